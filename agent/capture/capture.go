@@ -1,0 +1,250 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/lbpath/lbpath/agent/bpf"
+)
+
+// Config sizes the kernel side. Zero values take the defaults.
+type Config struct {
+	// RingBufferBytes is the size of the event ring buffer; a power of two
+	// and a multiple of the page size. Default 4 MiB (≈37k events).
+	RingBufferBytes uint32
+	// MaxConnections bounds the kernel table of open connections. A
+	// connection that finds it full is not tracked and is counted.
+	MaxConnections uint32
+}
+
+// Counter slots of the kernel's per-CPU counters array (enum counter).
+const (
+	counterRingDropState = iota
+	counterRingDropRstTx
+	counterRingDropICMP
+	counterConnsFull
+	counterCloseUntracked
+)
+
+// Counters are the kernel side's loss and coverage counts since load.
+type Counters struct {
+	// RingBufferDrops is per program: events lost because the ring buffer was full.
+	RingBufferDrops map[string]uint64
+	// ConnTableFull counts connections not tracked because the kernel
+	// connection table was full.
+	ConnTableFull uint64
+	// CloseUntracked counts closes of sockets the agent never saw open
+	// (opened before it started, or not tracked).
+	CloseUntracked uint64
+}
+
+// program describes one eBPF program and whether the agent can run without it.
+type program struct {
+	name     string
+	required bool
+	dropSlot int // counters slot for its ring-buffer drops, -1 if it emits nothing
+}
+
+var programs = []program{
+	{name: "on_state", required: true, dropSlot: counterRingDropState},
+	{name: "on_rst_rx", required: false, dropSlot: -1},
+	{name: "on_rst_tx", required: false, dropSlot: counterRingDropRstTx},
+	{name: "on_icmp_send", required: false, dropSlot: counterRingDropICMP},
+}
+
+// Capture owns the loaded programs, their links and the ring-buffer reader.
+type Capture struct {
+	log      *slog.Logger
+	maps     *ebpf.Collection
+	progs    []*ebpf.Program
+	links    []link.Link
+	reader   *ringbuf.Reader
+	counters *ebpf.Map
+	// Unavailable lists programs that could not load or attach, with the
+	// kernel's reason; they were reported once at Open.
+	Unavailable map[string]error
+	closeOnce   sync.Once
+}
+
+// Open loads the maps and every program, attaching each with its own link.
+// A program that cannot load or attach is logged once with the kernel's
+// reason and left out; only the state-change program is required.
+func Open(cfg Config, log *slog.Logger) (*Capture, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	spec, err := bpf.LoadLbpath()
+	if err != nil {
+		return nil, fmt.Errorf("load eBPF spec: %w", err)
+	}
+	if cfg.RingBufferBytes != 0 {
+		spec.Maps["events"].MaxEntries = cfg.RingBufferBytes
+	}
+	if cfg.MaxConnections != 0 {
+		spec.Maps["conns"].MaxEntries = cfg.MaxConnections
+	}
+
+	// Maps first, shared by all programs, so one program failing to load
+	// does not take the others with it.
+	mapSpec := spec.Copy()
+	mapSpec.Programs = map[string]*ebpf.ProgramSpec{}
+	maps, err := ebpf.NewCollection(mapSpec)
+	if err != nil {
+		return nil, fmt.Errorf("create eBPF maps: %w", err)
+	}
+	c := &Capture{log: log, maps: maps, counters: maps.Maps["counters"], Unavailable: map[string]error{}}
+
+	for _, p := range programs {
+		prog, l, err := loadAttach(spec, maps, p.name)
+		if err != nil {
+			if p.required {
+				c.Close()
+				return nil, fmt.Errorf("eBPF program %s: %w", p.name, err)
+			}
+			c.Unavailable[p.name] = err
+			log.Warn("eBPF program unavailable; continuing without it", "program", p.name, "reason", err)
+			continue
+		}
+		c.progs = append(c.progs, prog)
+		c.links = append(c.links, l)
+	}
+
+	c.reader, err = ringbuf.NewReader(maps.Maps["events"])
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	return c, nil
+}
+
+func loadAttach(spec *ebpf.CollectionSpec, maps *ebpf.Collection, name string) (*ebpf.Program, link.Link, error) {
+	ps := spec.Copy()
+	ps.Programs = map[string]*ebpf.ProgramSpec{name: ps.Programs[name]}
+	coll, err := ebpf.NewCollectionWithOptions(ps, ebpf.CollectionOptions{MapReplacements: maps.Maps})
+	if err != nil {
+		return nil, nil, fmt.Errorf("load: %w", err)
+	}
+	prog := coll.Programs[name]
+	delete(coll.Programs, name)
+	coll.Close() // maps are replacements owned by c.maps; only the program survives
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		prog.Close()
+		return nil, nil, fmt.Errorf("attach: %w", err)
+	}
+	return prog, l, nil
+}
+
+// Run reads events until ctx is done or the reader is closed, calling fn
+// for each decoded event. fn must not keep e: it is reused.
+// Records that fail to decode are counted in bad.
+func (c *Capture) Run(ctx context.Context, fn func(e *Event), bad func(err error)) error {
+	stop := context.AfterFunc(ctx, func() { c.reader.Close() })
+	defer stop()
+	var rec ringbuf.Record
+	var e Event
+	for {
+		if err := c.reader.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+		if err := Decode(rec.RawSample, &e); err != nil {
+			bad(err)
+			continue
+		}
+		fn(&e)
+	}
+}
+
+// Counters reads the kernel's per-CPU counters and sums them.
+func (c *Capture) Counters() (Counters, error) {
+	var out Counters
+	out.RingBufferDrops = map[string]uint64{}
+	read := func(slot int) (uint64, error) {
+		var per []uint64
+		if err := c.counters.Lookup(uint32(slot), &per); err != nil {
+			return 0, fmt.Errorf("read counter %d: %w", slot, err)
+		}
+		var sum uint64
+		for _, v := range per {
+			sum += v
+		}
+		return sum, nil
+	}
+	for _, p := range programs {
+		if p.dropSlot < 0 {
+			continue
+		}
+		v, err := read(p.dropSlot)
+		if err != nil {
+			return out, err
+		}
+		out.RingBufferDrops[p.name] = v
+	}
+	var err error
+	if out.ConnTableFull, err = read(counterConnsFull); err != nil {
+		return out, err
+	}
+	if out.CloseUntracked, err = read(counterCloseUntracked); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// Programs lists the names of the programs that are loaded and attached.
+func (c *Capture) Programs() []string {
+	var names []string
+	for _, p := range programs {
+		if _, bad := c.Unavailable[p.name]; !bad {
+			names = append(names, p.name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// ProgramIDs returns the kernel IDs of the loaded programs, so tests and
+// benchmarks can read their run-time statistics or prove they are gone.
+func (c *Capture) ProgramIDs() []ebpf.ProgramID {
+	var ids []ebpf.ProgramID
+	for _, p := range c.progs {
+		if info, err := p.Info(); err == nil {
+			if id, ok := info.ID(); ok {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+// Close detaches every link and releases programs and maps. Nothing is
+// pinned, so nothing outlives the process even if Close is never called.
+func (c *Capture) Close() error {
+	var errs []error
+	c.closeOnce.Do(func() {
+		if c.reader != nil {
+			errs = append(errs, c.reader.Close())
+		}
+		for _, l := range c.links {
+			errs = append(errs, l.Close())
+		}
+		for _, p := range c.progs {
+			errs = append(errs, p.Close())
+		}
+		if c.maps != nil {
+			c.maps.Close()
+		}
+	})
+	return errors.Join(errs...)
+}

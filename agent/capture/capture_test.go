@@ -1,0 +1,197 @@
+package capture
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/lbpath/lbpath/agent/bpf"
+	"github.com/lbpath/lbpath/internal/testenv"
+)
+
+func TestEventLayoutMatchesKernel(t *testing.T) {
+	if got := unsafe.Sizeof(bpf.LbpathEvent{}); got != EventSize {
+		t.Fatalf("struct event is %d bytes in the generated type, decoder assumes %d", got, EventSize)
+	}
+	var ev bpf.LbpathEvent
+	for name, off := range map[string]uintptr{
+		"Saddr": unsafe.Offsetof(ev.Saddr), "Netns": unsafe.Offsetof(ev.Netns),
+		"Err": unsafe.Offsetof(ev.Err), "Sport": unsafe.Offsetof(ev.Sport),
+		"Type": unsafe.Offsetof(ev.Type), "Flags": unsafe.Offsetof(ev.Flags),
+	} {
+		want := map[string]uintptr{"Saddr": 40, "Netns": 72, "Err": 84, "Sport": 88, "Type": 94, "Flags": 97}[name]
+		if off != want {
+			t.Errorf("offset of %s = %d, decoder uses %d", name, off, want)
+		}
+	}
+}
+
+// collector gathers events from a running Capture for assertions.
+type collector struct {
+	mu     sync.Mutex
+	events []Event
+}
+
+func (c *collector) add(e *Event) {
+	c.mu.Lock()
+	c.events = append(c.events, *e)
+	c.mu.Unlock()
+}
+
+func (c *collector) find(pred func(Event) bool) (Event, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.events {
+		if pred(e) {
+			return e, true
+		}
+	}
+	return Event{}, false
+}
+
+func startCapture(t *testing.T) (*Capture, *collector) {
+	t.Helper()
+	testenv.Root(t)
+	c, err := Open(Config{}, slog.Default())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	col := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, col.add, func(err error) { t.Errorf("decode: %v", err) }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		if err := c.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return c, col
+}
+
+func waitFor(t *testing.T, col *collector, what string, pred func(Event) bool) Event {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if e, ok := col.find(pred); ok {
+			return e
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no %s event within 5s", what)
+	return Event{}
+}
+
+// A real loopback connection: both sockets' open and close events carry
+// the tuple, the side, the bytes each direction moved and an RTT.
+func TestCaptureLoopbackConnection(t *testing.T) {
+	c, col := startCapture(t)
+	if len(c.Unavailable) != 0 {
+		t.Errorf("programs unavailable on this kernel: %v", c.Unavailable)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const up, down = 3000, 70000
+	srvDone := make(chan struct{})
+	go func() {
+		defer close(srvDone)
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		io.CopyN(io.Discard, s, up)
+		s.Write(make([]byte, down))
+		s.Close()
+	}()
+	cl, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Write(make([]byte, up))
+	io.Copy(io.Discard, cl)
+	cl.Close()
+	<-srvDone
+
+	clientPort := uint16(cl.LocalAddr().(*net.TCPAddr).Port)
+	serverPort := uint16(ln.Addr().(*net.TCPAddr).Port)
+	isClient := func(e Event) bool { return e.Local.Port() == clientPort && e.Remote.Port() == serverPort }
+	isServer := func(e Event) bool { return e.Local.Port() == serverPort && e.Remote.Port() == clientPort }
+
+	open := waitFor(t, col, "client open", func(e Event) bool { return isClient(e) && e.Type == EventOpen })
+	if open.Side != SideClient {
+		t.Errorf("client open side = %v", open.Side)
+	}
+	cc := waitFor(t, col, "client close", func(e Event) bool { return isClient(e) && e.Type == EventClose })
+	sc := waitFor(t, col, "server close", func(e Event) bool { return isServer(e) && e.Type == EventClose })
+	if cc.Side != SideClient || sc.Side != SideServer {
+		t.Errorf("sides: client %v server %v", cc.Side, sc.Side)
+	}
+	if cc.BytesAcked != up || cc.BytesReceived != down {
+		t.Errorf("client bytes acked/received = %d/%d, want %d/%d", cc.BytesAcked, cc.BytesReceived, up, down)
+	}
+	if sc.BytesReceived != up || sc.BytesAcked != down {
+		t.Errorf("server bytes received/acked = %d/%d, want %d/%d", sc.BytesReceived, sc.BytesAcked, up, down)
+	}
+	if cc.StartNs == 0 || cc.TimeNs <= cc.StartNs {
+		t.Errorf("client times start=%d end=%d", cc.StartNs, cc.TimeNs)
+	}
+	if cc.SRTT <= 0 {
+		t.Errorf("client SRTT = %v, want > 0", cc.SRTT)
+	}
+	if cc.Netns == 0 || cc.Netns != sc.Netns {
+		t.Errorf("netns client %d server %d", cc.Netns, sc.Netns)
+	}
+	if cc.Cookie == sc.Cookie {
+		t.Errorf("client and server share cookie %d", cc.Cookie)
+	}
+	// Duplicate CLOSE reports must not surface as two events.
+	time.Sleep(100 * time.Millisecond)
+	n := 0
+	col.mu.Lock()
+	for _, e := range col.events {
+		if isClient(e) && e.Type == EventClose {
+			n++
+		}
+	}
+	col.mu.Unlock()
+	if n != 1 {
+		t.Errorf("client close events = %d, want 1", n)
+	}
+}
+
+// A connect to a port nobody listens on: the client socket fails with
+// ECONNREFUSED and the refusing kernel reports the SYN it reset.
+func TestCaptureRefused(t *testing.T) {
+	_, col := startCapture(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close() // the port is now closed
+	if _, err := net.Dial("tcp4", ln.Addr().String()); err == nil {
+		t.Fatal("dial to closed port succeeded")
+	}
+	cc := waitFor(t, col, "failed client close", func(e Event) bool {
+		return e.Type == EventClose && e.Remote.Port() == port && e.Side == SideClient
+	})
+	if cc.Err != syscall.ECONNREFUSED || cc.OldState != StateSynSent {
+		t.Errorf("client close err=%v oldstate=%d, want ECONNREFUSED from SYN_SENT", cc.Err, cc.OldState)
+	}
+	ref := waitFor(t, col, "refused", func(e Event) bool { return e.Type == EventRefused && e.Local.Port() == port })
+	if ref.Remote != cc.Local {
+		t.Errorf("refused remote %v, client local %v", ref.Remote, cc.Local)
+	}
+}

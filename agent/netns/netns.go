@@ -1,0 +1,72 @@
+// Package netns runs code inside a Linux network namespace.
+//
+// Sockets (TCP, netlink, BPF attach points that are per-namespace) belong to
+// the namespace of the thread that created them, so the agent enters the
+// node's namespace only for the moment it opens such a socket and then
+// returns: everything else keeps running in the agent's own namespace.
+package netns
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Do runs fn on a locked OS thread that has joined the network namespace at
+// path. An empty path runs fn in the caller's namespace. The thread is moved
+// back before it is unlocked; if moving back fails, the thread is left locked
+// so the Go runtime discards it instead of reusing a thread in the wrong
+// namespace.
+func Do(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	target, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer target.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("open current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("setns %s: %w", path, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Leave the thread locked: the runtime terminates it when this
+			// goroutine exits, so no other goroutine runs in the wrong netns.
+			errc <- fmt.Errorf("return from netns %s: %w", path, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Inode returns the inode number that identifies the network namespace at
+// path; it is the value the kernel reports as net->ns.inum, which is how BPF
+// events name their namespace. An empty path means the caller's namespace.
+func Inode(path string) (uint32, error) {
+	if path == "" {
+		path = "/proc/self/ns/net"
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat netns %s: %w", path, err)
+	}
+	return uint32(st.Ino), nil
+}

@@ -1,0 +1,134 @@
+package conntrack
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lbpath/lbpath/agent/netns"
+	"github.com/lbpath/lbpath/internal/testenv"
+)
+
+// natNetns makes a throwaway namespace where connections to 10.99.0.1:80
+// are DNATed to 127.0.0.1:8080 by a real nftables rule.
+func natNetns(t *testing.T) string {
+	t.Helper()
+	testenv.Root(t)
+	for _, tool := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testenv.Unavailable(t, tool+" not installed")
+		}
+	}
+	name := fmt.Sprintf("lbp-cttest-%d", os.Getpid())
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	exec.Command("ip", "netns", "del", name).Run()
+	run("ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	run("ip", "-n", name, "link", "set", "lo", "up")
+	run("ip", "-n", name, "addr", "add", "10.99.0.1/32", "dev", "lo")
+	cmd := exec.Command("ip", "netns", "exec", name, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(`table ip t {
+  chain out { type nat hook output priority -100; ip daddr 10.99.0.1 tcp dport 80 dnat to 127.0.0.1:8080; }
+}`)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	return "/var/run/netns/" + name
+}
+
+func TestListenerReportsDNAT(t *testing.T) {
+	ns := natNetns(t)
+	var ln net.Listener
+	if err := netns.Do(ns, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:8080"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	// A connection made before the listener starts must be found by the dump.
+	var before net.Conn
+	if err := netns.Do(ns, func() (err error) { before, err = net.Dial("tcp4", "10.99.0.1:80"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer before.Close()
+
+	var mu sync.Mutex
+	var got []Entry
+	l := New(Config{Netns: ns}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx, func(e *Entry) { mu.Lock(); got = append(got, *e); mu.Unlock() }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // let it subscribe
+
+	var after net.Conn
+	if err := netns.Do(ns, func() (err error) { after, err = net.Dial("tcp4", "10.99.0.1:80"); return }); err != nil {
+		t.Fatal(err)
+	}
+	after.Close()
+
+	find := func(local net.Addr, dumped bool) (Entry, bool) {
+		src := netip.MustParseAddrPort(local.String())
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range got {
+			if e.Original.Src == src && e.Dumped == dumped && e.Type == EntryNew {
+				return e, true
+			}
+		}
+		return Entry{}, false
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, ok1 := find(before.LocalAddr(), true)
+		_, ok2 := find(after.LocalAddr(), false)
+		if ok1 && ok2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("entries missing: dumped=%v event=%v; got %+v", ok1, ok2, got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e, _ := find(after.LocalAddr(), false)
+	if e.Original.Dst != netip.MustParseAddrPort("10.99.0.1:80") {
+		t.Errorf("original dst = %v", e.Original.Dst)
+	}
+	if e.Reply.Src != netip.MustParseAddrPort("127.0.0.1:8080") {
+		t.Errorf("reply src = %v, want the DNAT target", e.Reply.Src)
+	}
+	if !e.DNAT || e.SNAT {
+		t.Errorf("DNAT=%v SNAT=%v, want DNAT only", e.DNAT, e.SNAT)
+	}
+	if ps := e.PodSide(); ps.Dst != e.Reply.Src || ps.Src != e.Reply.Dst {
+		t.Errorf("PodSide = %v", ps)
+	}
+	if l.Stats.Dumps.Load() != 1 || l.Stats.Overflows.Load() != 0 {
+		t.Errorf("dumps=%d overflows=%d", l.Stats.Dumps.Load(), l.Stats.Overflows.Load())
+	}
+}

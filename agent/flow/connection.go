@@ -1,0 +1,117 @@
+// Package flow joins socket lifecycle events (agent/capture) with NAT
+// translations (agent/conntrack) into one Connection record per TCP
+// connection per node.
+package flow
+
+import (
+	"net/netip"
+	"syscall"
+	"time"
+
+	"github.com/lbpath/lbpath/agent/conntrack"
+)
+
+// Role says what this node saw of a connection.
+type Role string
+
+// Roles.
+const (
+	// RoleServer: the accepting socket (a pod, or a hostNetwork server) is on this node.
+	RoleServer Role = "server"
+	// RoleClient: the connecting socket is on this node.
+	RoleClient Role = "client"
+	// RoleForward: this node translated the connection (Service → pod) and
+	// sent it to a backend no local socket accepted — it was the entry node
+	// of a cross-node hop.
+	RoleForward Role = "forward"
+	// RoleReject: this node's kernel refused the SYN: kube-proxy's REJECT for
+	// a Service without endpoints, or a port nobody listens on.
+	RoleReject Role = "reject"
+)
+
+// Outcome is how the connection ended.
+type Outcome string
+
+// Outcomes.
+const (
+	OutcomeOK          Outcome = "ok"          // closed normally
+	OutcomeReset       Outcome = "reset"       // ended by a RST, sent or received
+	OutcomeRefused     Outcome = "refused"     // the SYN was answered by RST or ICMP unreachable
+	OutcomeTimeout     Outcome = "timeout"     // the SYN was never answered
+	OutcomeUnreachable Outcome = "unreachable" // no route to the destination
+	OutcomeFailed      Outcome = "failed"      // any other error before or during the handshake
+	OutcomeForwarded   Outcome = "forwarded"   // RoleForward: the end is seen by the pod's node
+)
+
+// NAT is the conntrack translation this node applied.
+type NAT struct {
+	ID       uint32          `json:"id"`
+	Original conntrack.Tuple `json:"original"`
+	Reply    conntrack.Tuple `json:"reply"`
+	DNAT     bool            `json:"dnat"`
+	SNAT     bool            `json:"snat"`
+}
+
+// Connection is one TCP connection as one node saw it. Every field is
+// documented in docs/TELEMETRY.md.
+type Connection struct {
+	Node    string    `json:"node"`
+	Role    Role      `json:"role"`
+	Outcome Outcome   `json:"outcome"`
+	Start   time.Time `json:"start"`
+	End     time.Time `json:"end"`
+	// Client is the initiator's address as far as this node knows it: the
+	// NAT original source, else the socket's peer (for a server) or own
+	// address (for a client). Behind SNAT on another node it is that
+	// node's address; Merge fills in the real one.
+	Client netip.AddrPort `json:"client"`
+	// Target is the address the client dialled: ClusterIP, NodePort or LB
+	// IP when NAT was seen here, else the server socket's address.
+	Target netip.AddrPort `json:"target"`
+	// PodSrc → PodDst is the tuple the accepting socket sees (after DNAT
+	// and SNAT). Every node that sees the connection computes the same
+	// pair, so it is the key Merge joins nodes' records on.
+	PodSrc netip.AddrPort `json:"pod_src"`
+	PodDst netip.AddrPort `json:"pod_dst"`
+	NAT    *NAT           `json:"nat,omitempty"`
+	// SNAT is true when this node rewrote the client's source address.
+	SNAT bool `json:"snat"`
+	// Payload bytes, by direction (from the socket's counters; 0 for forward and reject).
+	BytesToServer uint64 `json:"bytes_to_server"`
+	BytesToClient uint64 `json:"bytes_to_client"`
+	SRTTMicros    uint32 `json:"srtt_us"`
+	Retransmits   uint32 `json:"retransmits"`
+	ResetSent     bool   `json:"reset_sent,omitempty"`
+	ResetReceived bool   `json:"reset_received,omitempty"`
+	Error         string `json:"error,omitempty"`
+	Netns         uint32 `json:"netns,omitempty"`
+	Cookie        uint64 `json:"socket_cookie,omitempty"`
+}
+
+// Duration is End - Start.
+func (c *Connection) Duration() time.Duration { return c.End.Sub(c.Start) }
+
+// WireKey is the tuple the accepting socket sees; see PodSrc.
+func (c *Connection) WireKey() conntrack.Tuple {
+	return conntrack.Tuple{Src: c.PodSrc, Dst: c.PodDst}
+}
+
+func errnoName(e syscall.Errno) string {
+	switch e {
+	case 0:
+		return ""
+	case syscall.ECONNREFUSED:
+		return "ECONNREFUSED"
+	case syscall.ETIMEDOUT:
+		return "ETIMEDOUT"
+	case syscall.ECONNRESET:
+		return "ECONNRESET"
+	case syscall.EHOSTUNREACH:
+		return "EHOSTUNREACH"
+	case syscall.ENETUNREACH:
+		return "ENETUNREACH"
+	case syscall.EPIPE:
+		return "EPIPE"
+	}
+	return e.Error()
+}

@@ -1,0 +1,433 @@
+package flow
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lbpath/lbpath/agent/capture"
+	"github.com/lbpath/lbpath/agent/conntrack"
+)
+
+// Config bounds the join tables. Zero values take the defaults.
+type Config struct {
+	// Node names this node in every record.
+	Node string
+	// Scope decides which sockets belong to this node. On a real node every
+	// socket does (nil Scope). Where several simulated nodes share one
+	// kernel (the testbed) it keeps another node's sockets out.
+	Scope func(local netip.Addr, netns uint32) bool
+	// JoinWait is how long a closed socket waits for its NAT entry, and
+	// how long a translated connection waits for a local socket before it
+	// is reported as forwarded to another node. Default 1 s.
+	JoinWait time.Duration
+	// NATTTL drops NAT entries whose destroy event never came. Default 10 min
+	// (longer than conntrack's 2 min TIME_WAIT and typical keep-alives, see
+	// docs/ARCHITECTURE.md for what happens to longer connections).
+	NATTTL time.Duration
+	// MaxNAT, MaxOpen and MaxPending bound the tables. Defaults 262144,
+	// 262144, 65536.
+	MaxNAT, MaxOpen, MaxPending int
+}
+
+// Stats counts what the table did; every loss has its own counter.
+type Stats struct {
+	Emitted          atomic.Uint64 // records emitted
+	Joined           atomic.Uint64 // socket records joined with a NAT entry
+	NoNAT            atomic.Uint64 // socket records emitted without NAT after JoinWait (direct connections)
+	Forwarded        atomic.Uint64 // forward records
+	Rejected         atomic.Uint64 // reject records
+	OutOfScope       atomic.Uint64 // socket events of other nodes (Scope false)
+	DuplicateNAT     atomic.Uint64 // NAT entries seen again (dump after events, repeated events)
+	NATExpired       atomic.Uint64 // NAT entries dropped by NATTTL without a destroy event
+	NATTableFull     atomic.Uint64 // NAT entries not stored: table full (their joins are lost)
+	OpenTableFull    atomic.Uint64 // open sockets not tracked: table full
+	PendingTableFull atomic.Uint64 // closed sockets emitted early without waiting for NAT: table full
+}
+
+type natRec struct {
+	entry   conntrack.Entry
+	claimed bool // a local socket owns this translation: no forward record
+}
+
+type pendKind uint8
+
+const (
+	pendServer pendKind = iota
+	pendClient
+	pendForward
+)
+
+type pending struct {
+	kind     pendKind
+	key      conntrack.Tuple
+	deadline uint64
+	done     bool
+	conn     Connection // socket record waiting for NAT
+	nat      *natRec    // forward candidate
+}
+
+// Table joins socket events and NAT entries. It is safe for concurrent use:
+// capture and conntrack feed it from their own goroutines.
+type Table struct {
+	cfg   Config
+	clock capture.Clock
+	emit  func(*Connection)
+	Stats Stats
+
+	mu        sync.Mutex
+	natByPod  map[conntrack.Tuple]*natRec // key: pod side (reply reversed)
+	natByOrig map[conntrack.Tuple]*natRec // key: original tuple
+	openSrv   map[conntrack.Tuple]struct{}
+	openCli   map[conntrack.Tuple]struct{}
+	pendSrv   map[conntrack.Tuple]*pending
+	pendCli   map[conntrack.Tuple]*pending
+	pendFwd   map[conntrack.Tuple]*pending // key: original tuple
+	fifo      []*pending                   // by deadline (deadlines are now+JoinWait, so FIFO)
+	lastSweep uint64
+}
+
+// NewTable returns a table that calls emit for every finished record. emit
+// runs with the table locked and must not keep the pointer.
+func NewTable(cfg Config, clock capture.Clock, emit func(*Connection)) *Table {
+	if cfg.JoinWait == 0 {
+		cfg.JoinWait = time.Second
+	}
+	if cfg.NATTTL == 0 {
+		cfg.NATTTL = 10 * time.Minute
+	}
+	if cfg.MaxNAT == 0 {
+		cfg.MaxNAT = 1 << 18
+	}
+	if cfg.MaxOpen == 0 {
+		cfg.MaxOpen = 1 << 18
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = 1 << 16
+	}
+	return &Table{
+		cfg: cfg, clock: clock, emit: emit,
+		natByPod: map[conntrack.Tuple]*natRec{}, natByOrig: map[conntrack.Tuple]*natRec{},
+		openSrv: map[conntrack.Tuple]struct{}{}, openCli: map[conntrack.Tuple]struct{}{},
+		pendSrv: map[conntrack.Tuple]*pending{}, pendCli: map[conntrack.Tuple]*pending{},
+		pendFwd: map[conntrack.Tuple]*pending{},
+	}
+}
+
+// Sizes reports current table sizes (for self-metrics and tests).
+func (t *Table) Sizes() (nat, open, pending int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.natByOrig), len(t.openSrv) + len(t.openCli), len(t.pendSrv) + len(t.pendCli) + len(t.pendFwd)
+}
+
+// Socket feeds one capture event.
+func (t *Table) Socket(e *capture.Event) {
+	if t.cfg.Scope != nil && !t.cfg.Scope(e.Local.Addr(), e.Netns) {
+		t.Stats.OutOfScope.Add(1)
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch e.Type {
+	case capture.EventOpen:
+		t.open(e)
+	case capture.EventClose:
+		t.close(e)
+	case capture.EventRefused:
+		t.reject(e)
+	}
+	t.expire(e.TimeNs)
+}
+
+func sockKey(e *capture.Event) (conntrack.Tuple, bool) {
+	if e.Side == capture.SideClient {
+		return conntrack.Tuple{Src: e.Local, Dst: e.Remote}, true
+	}
+	return conntrack.Tuple{Src: e.Remote, Dst: e.Local}, false
+}
+
+func (t *Table) open(e *capture.Event) {
+	key, client := sockKey(e)
+	open, byKey := t.openSrv, t.natByPod
+	if client {
+		open, byKey = t.openCli, t.natByOrig
+	}
+	if len(t.openSrv)+len(t.openCli) >= t.cfg.MaxOpen {
+		t.Stats.OpenTableFull.Add(1)
+	} else {
+		open[key] = struct{}{}
+	}
+	if n := byKey[key]; n != nil {
+		t.claim(n)
+	}
+}
+
+// claim marks a translation as owned by a local socket, cancelling its
+// forward candidate.
+func (t *Table) claim(n *natRec) {
+	n.claimed = true
+	if p := t.pendFwd[n.entry.Original]; p != nil && p.nat == n {
+		p.done = true
+		delete(t.pendFwd, n.entry.Original)
+	}
+}
+
+func (t *Table) close(e *capture.Event) {
+	key, client := sockKey(e)
+	var n *natRec
+	if client {
+		delete(t.openCli, key)
+		n = t.natByOrig[key]
+	} else {
+		delete(t.openSrv, key)
+		n = t.natByPod[key]
+	}
+	var c Connection
+	t.fromSocket(e, &c)
+	if n != nil {
+		t.claim(n)
+		t.join(&c, n)
+		t.Stats.Joined.Add(1)
+		t.out(&c)
+		return
+	}
+	// The NAT entry may still be on its way (ctnetlink and the ring buffer
+	// are separate queues), or there is none (a direct connection).
+	pend := t.pendSrv
+	kind := pendServer
+	if client {
+		pend, kind = t.pendCli, pendClient
+	}
+	if len(t.fifo) >= t.cfg.MaxPending {
+		t.Stats.PendingTableFull.Add(1)
+		t.Stats.NoNAT.Add(1)
+		t.out(&c)
+		return
+	}
+	p := &pending{kind: kind, key: key, deadline: e.TimeNs + uint64(t.cfg.JoinWait), conn: c}
+	if old := pend[key]; old != nil { // the same tuple closed twice within JoinWait
+		old.done = true
+		t.Stats.NoNAT.Add(1)
+		t.out(&old.conn)
+	}
+	pend[key] = p
+	t.fifo = append(t.fifo, p)
+}
+
+func (t *Table) reject(e *capture.Event) {
+	c := Connection{
+		Node: t.cfg.Node, Role: RoleReject, Outcome: OutcomeRefused,
+		Start: t.clock.Time(e.TimeNs), End: t.clock.Time(e.TimeNs),
+		Client: e.Remote, Target: e.Local, PodSrc: e.Remote, PodDst: e.Local,
+		Error: errnoName(e.Err), Netns: e.Netns,
+	}
+	if e.Err == syscall.EHOSTUNREACH {
+		c.Outcome = OutcomeUnreachable
+	}
+	t.Stats.Rejected.Add(1)
+	t.out(&c)
+}
+
+func (t *Table) fromSocket(e *capture.Event, c *Connection) {
+	*c = Connection{
+		Node: t.cfg.Node, Start: t.clock.Time(e.StartNs), End: t.clock.Time(e.TimeNs),
+		SRTTMicros: uint32(e.SRTT / time.Microsecond), Retransmits: e.Retransmits,
+		ResetSent:     e.Flags&capture.FlagResetSent != 0,
+		ResetReceived: e.Flags&capture.FlagResetReceived != 0,
+		Error:         errnoName(e.Err), Netns: e.Netns, Cookie: e.Cookie,
+	}
+	if e.Side == capture.SideClient {
+		c.Role = RoleClient
+		c.Client, c.Target = e.Local, e.Remote
+		c.PodSrc, c.PodDst = e.Local, e.Remote
+		c.BytesToServer, c.BytesToClient = e.BytesAcked, e.BytesReceived
+	} else {
+		c.Role = RoleServer
+		c.Client, c.Target = e.Remote, e.Local
+		c.PodSrc, c.PodDst = e.Remote, e.Local
+		c.BytesToServer, c.BytesToClient = e.BytesReceived, e.BytesAcked
+	}
+	c.Outcome = outcome(e)
+}
+
+func outcome(e *capture.Event) Outcome {
+	switch e.OldState {
+	case capture.StateSynSent:
+		switch e.Err {
+		case syscall.ECONNREFUSED:
+			return OutcomeRefused
+		case syscall.ETIMEDOUT:
+			return OutcomeTimeout
+		case syscall.EHOSTUNREACH, syscall.ENETUNREACH:
+			return OutcomeUnreachable
+		}
+		return OutcomeFailed
+	case capture.StateSynRecv:
+		return OutcomeFailed
+	}
+	if e.Flags&(capture.FlagResetSent|capture.FlagResetReceived) != 0 || e.Err == syscall.ECONNRESET {
+		return OutcomeReset
+	}
+	return OutcomeOK
+}
+
+// join applies a NAT translation to a socket record.
+func (t *Table) join(c *Connection, n *natRec) {
+	en := &n.entry
+	c.NAT = &NAT{ID: en.ID, Original: en.Original, Reply: en.Reply, DNAT: en.DNAT, SNAT: en.SNAT}
+	c.SNAT = en.SNAT
+	c.Client, c.Target = en.Original.Src, en.Original.Dst
+	ps := en.PodSide()
+	c.PodSrc, c.PodDst = ps.Src, ps.Dst
+}
+
+// NAT feeds one conntrack entry.
+func (t *Table) NAT(e *conntrack.Entry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ps := e.PodSide()
+	switch e.Type {
+	case conntrack.EntryDestroy:
+		if n := t.natByOrig[e.Original]; n != nil && n.entry.ID == e.ID {
+			delete(t.natByOrig, e.Original)
+			if t.natByPod[ps] == n {
+				delete(t.natByPod, ps)
+			}
+		}
+	case conntrack.EntryNew:
+		if old := t.natByOrig[e.Original]; old != nil {
+			t.Stats.DuplicateNAT.Add(1)
+			old.entry = *e
+			break
+		}
+		if len(t.natByOrig) >= t.cfg.MaxNAT {
+			t.Stats.NATTableFull.Add(1)
+			break
+		}
+		n := &natRec{entry: *e}
+		t.natByOrig[e.Original] = n
+		t.natByPod[ps] = n
+		// Sockets that closed before their translation arrived.
+		if p := t.pendSrv[ps]; p != nil {
+			t.finishPending(p, n)
+		}
+		if p := t.pendCli[e.Original]; p != nil {
+			t.finishPending(p, n)
+		}
+		_, srvOpen := t.openSrv[ps]
+		_, cliOpen := t.openCli[e.Original]
+		if srvOpen || cliOpen {
+			n.claimed = true
+		}
+		if e.DNAT && !n.claimed && !e.Dumped && len(t.fifo) < t.cfg.MaxPending {
+			p := &pending{kind: pendForward, key: e.Original, deadline: e.TimeNs + uint64(t.cfg.JoinWait), nat: n}
+			t.pendFwd[e.Original] = p
+			t.fifo = append(t.fifo, p)
+		} else if e.DNAT && !n.claimed && !e.Dumped {
+			t.Stats.PendingTableFull.Add(1)
+		}
+	}
+	t.expire(e.TimeNs)
+}
+
+func (t *Table) finishPending(p *pending, n *natRec) {
+	p.done = true
+	if p.kind == pendServer {
+		delete(t.pendSrv, p.key)
+	} else {
+		delete(t.pendCli, p.key)
+	}
+	n.claimed = true
+	t.join(&p.conn, n)
+	t.Stats.Joined.Add(1)
+	t.out(&p.conn)
+}
+
+// Tick expires what waited long enough; call it periodically so records
+// are emitted when no new events arrive.
+func (t *Table) Tick(nowNs uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expire(nowNs)
+}
+
+// Flush emits everything still pending, as if JoinWait had passed; used at
+// shutdown so nothing closed is lost.
+func (t *Table) Flush() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expire(^uint64(0))
+}
+
+func (t *Table) expire(now uint64) {
+	i := 0
+	for ; i < len(t.fifo); i++ {
+		p := t.fifo[i]
+		if p.done {
+			continue
+		}
+		if p.deadline > now {
+			break
+		}
+		p.done = true
+		switch p.kind {
+		case pendServer:
+			delete(t.pendSrv, p.key)
+			t.Stats.NoNAT.Add(1)
+			t.out(&p.conn)
+		case pendClient:
+			delete(t.pendCli, p.key)
+			t.Stats.NoNAT.Add(1)
+			t.out(&p.conn)
+		case pendForward:
+			delete(t.pendFwd, p.key)
+			if !p.nat.claimed {
+				t.forward(p.nat)
+			}
+		}
+	}
+	if i > 0 {
+		clear(t.fifo[:i])
+		t.fifo = t.fifo[i:]
+	}
+	if now-t.lastSweep > uint64(t.cfg.NATTTL)/4 || now == ^uint64(0) {
+		t.sweep(now)
+	}
+}
+
+func (t *Table) sweep(now uint64) {
+	t.lastSweep = now
+	if now == ^uint64(0) {
+		return
+	}
+	ttl := uint64(t.cfg.NATTTL)
+	for k, n := range t.natByOrig {
+		if now > n.entry.TimeNs && now-n.entry.TimeNs > ttl {
+			delete(t.natByOrig, k)
+			delete(t.natByPod, n.entry.PodSide())
+			t.Stats.NATExpired.Add(1)
+		}
+	}
+}
+
+func (t *Table) forward(n *natRec) {
+	en := &n.entry
+	ps := en.PodSide()
+	c := Connection{
+		Node: t.cfg.Node, Role: RoleForward, Outcome: OutcomeForwarded,
+		Start: t.clock.Time(en.TimeNs), End: t.clock.Time(en.TimeNs),
+		Client: en.Original.Src, Target: en.Original.Dst, PodSrc: ps.Src, PodDst: ps.Dst,
+		NAT:  &NAT{ID: en.ID, Original: en.Original, Reply: en.Reply, DNAT: en.DNAT, SNAT: en.SNAT},
+		SNAT: en.SNAT,
+	}
+	t.Stats.Forwarded.Add(1)
+	t.out(&c)
+}
+
+func (t *Table) out(c *Connection) {
+	t.Stats.Emitted.Add(1)
+	t.emit(c)
+}

@@ -1,0 +1,123 @@
+// Command lbpath-agent is lbpath's node agent: it captures TCP connections
+// with eBPF, joins them with the node's NAT translations and writes one
+// Connection record per line.
+//
+// Inside Kubernetes it runs as a hostNetwork DaemonSet; outside, --netns
+// points it at a node's network namespace.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lbpath/lbpath/agent"
+	"github.com/lbpath/lbpath/agent/flow"
+)
+
+// cidrList is a repeatable, comma-separable --pod-cidr flag.
+type cidrList []netip.Prefix
+
+func (c *cidrList) String() string { return fmt.Sprint(*c) }
+func (c *cidrList) Set(s string) error {
+	for _, part := range strings.Split(s, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(part))
+		if err != nil {
+			return fmt.Errorf("invalid CIDR %q: %w", part, err)
+		}
+		*c = append(*c, p)
+	}
+	return nil
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("lbpath-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg agent.Config
+	var cidrs cidrList
+	defNode := os.Getenv("NODE_NAME")
+	if defNode == "" {
+		defNode, _ = os.Hostname()
+	}
+	fs.StringVar(&cfg.Node, "node", defNode, "node name in every record (default $NODE_NAME, else the hostname)")
+	fs.StringVar(&cfg.Netns, "netns", "", "path of the node's network namespace (default: the agent's own)")
+	fs.Var(&cidrs, "pod-cidr", "limit socket records to pods in this CIDR and the node's own namespace (repeatable; for nodes sharing one kernel)")
+	output := fs.String("output", "jsonl", "record output: jsonl (one Connection per line on stdout)")
+	rb := fs.Uint("ring-buffer-bytes", 4<<20, "eBPF ring buffer size (power of two)")
+	maxConns := fs.Uint("max-connections", 65536, "kernel table of open connections")
+	fs.DurationVar(&cfg.Flow.JoinWait, "join-wait", time.Second, "how long a closed socket waits for its NAT entry")
+	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 30*time.Second, "how often counters are logged (0: only at exit)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2 // flag already printed the field and the reason
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "lbpath-agent: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "lbpath-agent: log-level: %v\n", err)
+		return 2
+	}
+	if *output != "jsonl" {
+		fmt.Fprintf(stderr, "lbpath-agent: output: %q is not supported (want jsonl)\n", *output)
+		return 2
+	}
+	if *rb > 1<<31 {
+		fmt.Fprintf(stderr, "lbpath-agent: ring-buffer-bytes: %d is too large\n", *rb)
+		return 2
+	}
+	if *maxConns == 0 || *maxConns > 1<<24 {
+		fmt.Fprintf(stderr, "lbpath-agent: max-connections: %d must be between 1 and %d\n", *maxConns, 1<<24)
+		return 2
+	}
+	cfg.Capture.RingBufferBytes = uint32(*rb)
+	cfg.Capture.MaxConnections = uint32(*maxConns)
+	cfg.PodCIDRs = cidrs
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	enc := json.NewEncoder(stdout)
+	var writeErr error
+	a, err := agent.New(cfg, log, func(c *flow.Connection) {
+		if err := enc.Encode(c); err != nil && writeErr == nil {
+			writeErr = err
+			log.Error("write record", "err", err)
+		}
+	})
+	if err != nil {
+		log.Error("start agent", "err", err)
+		return 1
+	}
+	log.Info("lbpath-agent running", "node", cfg.Node, "netns", cfg.Netns, "programs", a.Programs())
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent stopped", "err", err)
+		return 1
+	}
+	log.Info("lbpath-agent stopped cleanly")
+	return 0
+}

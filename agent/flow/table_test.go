@@ -1,0 +1,263 @@
+package flow
+
+import (
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lbpath/lbpath/agent/capture"
+	"github.com/lbpath/lbpath/agent/conntrack"
+)
+
+// These tests drive the join with synthetic events: the join's inputs are
+// decoded events, and ordering races (NAT before or after the socket) cannot
+// be forced reliably with a real kernel. The kernel path is covered by the
+// e2e tests in e2e/.
+
+var (
+	client  = netip.MustParseAddrPort("192.168.77.100:40000")
+	vip     = netip.MustParseAddrPort("203.0.113.10:80")
+	nodeIP  = netip.MustParseAddrPort("192.168.77.11:51000")
+	podAddr = netip.MustParseAddrPort("10.244.1.10:8080")
+)
+
+const ms = uint64(time.Millisecond)
+
+type rec struct{ got []Connection }
+
+func (r *rec) emit(c *Connection) { r.got = append(r.got, *c) }
+
+func newTable(cfg Config) (*Table, *rec) {
+	r := &rec{}
+	if cfg.Node == "" {
+		cfg.Node = "node1"
+	}
+	return NewTable(cfg, capture.Clock{}, r.emit), r
+}
+
+// snatEntry: client → VIP, DNAT to the pod, SNAT to the node.
+func snatEntry(at uint64) *conntrack.Entry {
+	return &conntrack.Entry{Type: conntrack.EntryNew, ID: 7,
+		Original: conntrack.Tuple{Src: client, Dst: vip},
+		Reply:    conntrack.Tuple{Src: podAddr, Dst: nodeIP},
+		DNAT:     true, SNAT: true, TimeNs: at}
+}
+
+func serverEvent(typ capture.EventType, at uint64) *capture.Event {
+	return &capture.Event{Type: typ, Side: capture.SideServer, Cookie: 1, StartNs: 1 * ms, TimeNs: at,
+		Local: podAddr, Remote: nodeIP, Netns: 99, BytesReceived: 120, BytesAcked: 4000,
+		SRTT: 250 * time.Microsecond, OldState: 4}
+}
+
+func checkJoined(t *testing.T, c Connection) {
+	t.Helper()
+	if c.Role != RoleServer || c.Outcome != OutcomeOK {
+		t.Errorf("role/outcome = %s/%s", c.Role, c.Outcome)
+	}
+	if c.Client != client || c.Target != vip {
+		t.Errorf("client/target = %v/%v, want %v/%v (NAT original)", c.Client, c.Target, client, vip)
+	}
+	if c.PodSrc != nodeIP || c.PodDst != podAddr {
+		t.Errorf("pod tuple = %v->%v", c.PodSrc, c.PodDst)
+	}
+	if c.NAT == nil || !c.NAT.DNAT || !c.SNAT {
+		t.Errorf("NAT = %+v SNAT=%v", c.NAT, c.SNAT)
+	}
+	if c.BytesToServer != 120 || c.BytesToClient != 4000 || c.SRTTMicros != 250 {
+		t.Errorf("bytes %d/%d srtt %d", c.BytesToServer, c.BytesToClient, c.SRTTMicros)
+	}
+}
+
+func TestNATBeforeSocket(t *testing.T) {
+	tb, r := newTable(Config{})
+	tb.NAT(snatEntry(1 * ms))
+	tb.Socket(serverEvent(capture.EventOpen, 2*ms))
+	tb.Socket(serverEvent(capture.EventClose, 5*ms))
+	tb.Tick(5000 * ms)
+	if len(r.got) != 1 {
+		t.Fatalf("got %d records, want 1 (no forward record for a locally accepted connection): %+v", len(r.got), r.got)
+	}
+	checkJoined(t, r.got[0])
+	if tb.Stats.Joined.Load() != 1 || tb.Stats.Forwarded.Load() != 0 {
+		t.Errorf("joined=%d forwarded=%d", tb.Stats.Joined.Load(), tb.Stats.Forwarded.Load())
+	}
+}
+
+func TestSocketBeforeNAT(t *testing.T) {
+	tb, r := newTable(Config{})
+	tb.Socket(serverEvent(capture.EventClose, 5*ms))
+	if len(r.got) != 0 {
+		t.Fatalf("emitted before the NAT entry could arrive: %+v", r.got)
+	}
+	tb.NAT(snatEntry(6 * ms))
+	if len(r.got) != 1 {
+		t.Fatalf("got %d records after NAT arrived, want 1", len(r.got))
+	}
+	checkJoined(t, r.got[0])
+	tb.Tick(5000 * ms)
+	if len(r.got) != 1 {
+		t.Fatalf("late NAT produced extra records: %+v", r.got[1:])
+	}
+}
+
+func TestNoNATEmittedAfterJoinWait(t *testing.T) {
+	tb, r := newTable(Config{JoinWait: 100 * time.Millisecond})
+	tb.Socket(serverEvent(capture.EventClose, 5*ms))
+	tb.Tick(104 * ms)
+	if len(r.got) != 0 {
+		t.Fatal("emitted before JoinWait")
+	}
+	tb.Tick(106 * ms)
+	if len(r.got) != 1 || r.got[0].NAT != nil || r.got[0].Client != nodeIP {
+		t.Fatalf("want one direct record, got %+v", r.got)
+	}
+	if tb.Stats.NoNAT.Load() != 1 {
+		t.Errorf("NoNAT = %d", tb.Stats.NoNAT.Load())
+	}
+}
+
+func TestForwardWhenNoLocalSocket(t *testing.T) {
+	tb, r := newTable(Config{JoinWait: 100 * time.Millisecond})
+	tb.NAT(snatEntry(1 * ms))
+	tb.Tick(50 * ms)
+	if len(r.got) != 0 {
+		t.Fatal("forward emitted before JoinWait")
+	}
+	tb.Tick(200 * ms)
+	if len(r.got) != 1 {
+		t.Fatalf("got %d records, want 1 forward", len(r.got))
+	}
+	f := r.got[0]
+	if f.Role != RoleForward || f.Outcome != OutcomeForwarded || f.Client != client || f.Target != vip ||
+		f.PodSrc != nodeIP || f.PodDst != podAddr || !f.SNAT {
+		t.Errorf("forward record = %+v", f)
+	}
+}
+
+func TestDuplicateNATAndClose(t *testing.T) {
+	tb, r := newTable(Config{})
+	tb.NAT(snatEntry(1 * ms))
+	dumped := snatEntry(2 * ms)
+	dumped.Dumped = true
+	tb.NAT(dumped) // a dump finds what an event already reported
+	tb.Socket(serverEvent(capture.EventOpen, 3*ms))
+	tb.Socket(serverEvent(capture.EventClose, 5*ms))
+	tb.Tick(5000 * ms)
+	if len(r.got) != 1 {
+		t.Fatalf("got %d records, want 1", len(r.got))
+	}
+	if tb.Stats.DuplicateNAT.Load() != 1 {
+		t.Errorf("DuplicateNAT = %d", tb.Stats.DuplicateNAT.Load())
+	}
+}
+
+func TestFailedConnections(t *testing.T) {
+	cases := []struct {
+		err  syscall.Errno
+		want Outcome
+	}{
+		{syscall.ECONNREFUSED, OutcomeRefused},
+		{syscall.ETIMEDOUT, OutcomeTimeout},
+		{syscall.EHOSTUNREACH, OutcomeUnreachable},
+		{syscall.EACCES, OutcomeFailed},
+	}
+	for _, tc := range cases {
+		tb, r := newTable(Config{JoinWait: time.Millisecond})
+		tb.Socket(&capture.Event{Type: capture.EventClose, Side: capture.SideClient, OldState: capture.StateSynSent,
+			Err: tc.err, Local: client, Remote: vip, StartNs: 1, TimeNs: 2})
+		tb.Flush()
+		if len(r.got) != 1 || r.got[0].Outcome != tc.want || r.got[0].Role != RoleClient {
+			t.Errorf("%v: got %+v, want outcome %s", tc.err, r.got, tc.want)
+		}
+	}
+	tb, r := newTable(Config{})
+	tb.Socket(&capture.Event{Type: capture.EventRefused, Local: vip, Remote: client, TimeNs: 3, Err: syscall.ECONNREFUSED})
+	if len(r.got) != 1 || r.got[0].Role != RoleReject || r.got[0].Outcome != OutcomeRefused || r.got[0].Target != vip {
+		t.Errorf("refused SYN: %+v", r.got)
+	}
+	tb, r = newTable(Config{})
+	ev := serverEvent(capture.EventClose, 5*ms)
+	ev.Flags = capture.FlagResetReceived
+	tb.NAT(snatEntry(1 * ms))
+	tb.Socket(ev)
+	if len(r.got) != 1 || r.got[0].Outcome != OutcomeReset || !r.got[0].ResetReceived {
+		t.Errorf("reset: %+v", r.got)
+	}
+}
+
+func TestBoundsAreCounted(t *testing.T) {
+	tb, r := newTable(Config{MaxNAT: 2, MaxPending: 2, JoinWait: time.Second})
+	for i := range 3 {
+		e := snatEntry(1 * ms)
+		e.Original.Src = netip.AddrPortFrom(client.Addr(), uint16(1000+i))
+		e.Reply.Dst = netip.AddrPortFrom(nodeIP.Addr(), uint16(2000+i))
+		tb.NAT(e)
+	}
+	if n, _, _ := tb.Sizes(); n != 2 || tb.Stats.NATTableFull.Load() != 1 {
+		t.Errorf("nat entries %d, full %d; want 2, 1", n, tb.Stats.NATTableFull.Load())
+	}
+	// Two forward candidates fill the pending table; a closed socket then
+	// cannot wait for its NAT and is emitted at once, counted.
+	ev := serverEvent(capture.EventClose, 2*ms)
+	ev.Remote = netip.MustParseAddrPort("10.0.0.1:1")
+	tb.Socket(ev)
+	if len(r.got) != 1 || tb.Stats.PendingTableFull.Load() != 1 {
+		t.Errorf("records %d pendingFull %d; want 1, 1", len(r.got), tb.Stats.PendingTableFull.Load())
+	}
+	// Entries whose destroy never came expire after NATTTL, counted.
+	tb2, _ := newTable(Config{NATTTL: time.Second})
+	tb2.NAT(snatEntry(1 * ms))
+	tb2.Tick(3000 * ms)
+	if n, _, _ := tb2.Sizes(); n != 0 || tb2.Stats.NATExpired.Load() != 1 {
+		t.Errorf("after TTL: nat %d expired %d", n, tb2.Stats.NATExpired.Load())
+	}
+	// A destroy removes the entry.
+	tb3, _ := newTable(Config{})
+	tb3.NAT(snatEntry(1 * ms))
+	d := snatEntry(2 * ms)
+	d.Type = conntrack.EntryDestroy
+	tb3.NAT(d)
+	if n, _, _ := tb3.Sizes(); n != 0 {
+		t.Errorf("after destroy: %d NAT entries", n)
+	}
+}
+
+func TestScope(t *testing.T) {
+	tb, r := newTable(Config{Scope: func(a netip.Addr, ns uint32) bool { return ns == 99 }})
+	ev := serverEvent(capture.EventClose, 5*ms)
+	ev.Netns = 5
+	tb.Socket(ev)
+	tb.Flush()
+	if len(r.got) != 0 || tb.Stats.OutOfScope.Load() != 1 {
+		t.Errorf("out-of-scope socket: records %d, counted %d", len(r.got), tb.Stats.OutOfScope.Load())
+	}
+}
+
+func TestMergeCrossNode(t *testing.T) {
+	// node1 DNATs+SNATs and forwards; node2 runs the pod.
+	t1, r1 := newTable(Config{Node: "node1", JoinWait: time.Millisecond})
+	t1.NAT(snatEntry(1 * ms))
+	t1.Flush()
+	t2, r2 := newTable(Config{Node: "node2", JoinWait: time.Millisecond})
+	t2.Socket(serverEvent(capture.EventClose, 5*ms))
+	t2.Flush()
+	all := append(r1.got, r2.got...)
+	m := Merge(all)
+	if len(m) != 1 {
+		t.Fatalf("merged into %d connections, want 1: %+v", len(m), m)
+	}
+	g := m[0]
+	if g.EntryNode != "node1" || g.PodNode != "node2" || !g.CrossNode || !g.SNAT {
+		t.Errorf("entry=%s pod=%s cross=%v snat=%v", g.EntryNode, g.PodNode, g.CrossNode, g.SNAT)
+	}
+	if g.Client != client || g.Target != vip || g.Outcome != OutcomeOK {
+		t.Errorf("client=%v target=%v outcome=%s", g.Client, g.Target, g.Outcome)
+	}
+	// A reused tuple later is a second connection.
+	again := r2.got[0]
+	again.Start = again.Start.Add(time.Minute)
+	if n := len(Merge(append(all, again))); n != 2 {
+		t.Errorf("reused tuple merged into %d connections, want 2", n)
+	}
+}

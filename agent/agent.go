@@ -29,6 +29,11 @@ type Config struct {
 	// local address is in one of them, or that live in the node's own
 	// namespace. Needed only where simulated nodes share a kernel.
 	PodCIDRs []netip.Prefix
+	// Scope, when set, replaces the PodCIDRs rule: it decides per socket
+	// (local address, netns inode) whether it belongs to this node. The
+	// testbed uses it to scope by namespace, which stays right even when
+	// two simulated clusters reuse the same addresses.
+	Scope func(local netip.Addr, netns uint32) bool
 	// Capture sizes the kernel side.
 	Capture capture.Config
 	// Flow bounds the join tables (Node and Scope are set by the agent).
@@ -92,7 +97,9 @@ func New(cfg Config, log *slog.Logger, sink func(*flow.Connection)) (*Agent, err
 	a := &Agent{cfg: cfg, log: log}
 	fc := cfg.Flow
 	fc.Node = cfg.Node
-	if len(cfg.PodCIDRs) > 0 {
+	if cfg.Scope != nil {
+		fc.Scope = cfg.Scope
+	} else if len(cfg.PodCIDRs) > 0 {
 		nodeNS, err := netns.Inode(cfg.Netns)
 		if err != nil {
 			return nil, err

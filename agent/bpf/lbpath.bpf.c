@@ -45,12 +45,14 @@ enum counter {
 
 #define F_RST_RX 1
 #define F_RST_TX 2
+#define F_ERROR 4 // an error was reported on the socket (inet_sk_error_report)
 
 struct conn {
 	__u64 start_ns;
+	__s32 err; // last error reported on the socket (inet_sk_error_report)
 	__u8 side;
 	__u8 flags;
-	__u8 _pad[6];
+	__u8 _pad[2];
 };
 
 // Crosses the ring buffer; naturally aligned, explicit padding, no packing.
@@ -180,6 +182,12 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	e->flags = c->flags;
 	e->oldstate = oldstate;
 	e->err = BPF_CORE_READ(sk, sk_err);
+	// An ICMP error wakes connect() before the state changes, and connect()
+	// clears sk_err when it reads it: the error hook kept a copy.
+	if (e->err == 0)
+		e->err = c->err;
+	if (e->err == 0)
+		e->err = BPF_CORE_READ(sk, sk_err_soft);
 	fill_tuple(e, sk);
 
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
@@ -223,6 +231,25 @@ static __always_inline void mark(const struct sock *sk, __u8 flag)
 	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
 	if (c)
 		c->flags |= flag;
+}
+
+SEC("tp_btf/inet_sk_error_report")
+int BPF_PROG(on_error, const struct sock *sk)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (!c)
+		return 0;
+	// On this kernel an ICMP error during SYN_SENT reports the error before
+	// sk_err is readable here, and connect() clears sk_err before the
+	// state changes: remember that an error arrived, and its value if seen.
+	c->flags |= F_ERROR;
+	__s32 err = BPF_CORE_READ(sk, sk_err);
+	if (err)
+		c->err = err;
+	return 0;
 }
 
 SEC("tp_btf/tcp_receive_reset")

@@ -16,9 +16,10 @@ import (
 type LbpathConn struct {
 	_       structs.HostLayout
 	StartNs uint64
+	Err     int32
 	Side    uint8
 	Flags   uint8
-	Pad     [6]uint8
+	Pad     [2]uint8
 }
 
 type LbpathEvent struct {
@@ -51,6 +52,7 @@ const (
 	LbpathMapConns       = "conns"
 	LbpathMapCounters    = "counters"
 	LbpathMapEvents      = "events"
+	LbpathProgOnError    = "on_error"
 	LbpathProgOnIcmpSend = "on_icmp_send"
 	LbpathProgOnRstRx    = "on_rst_rx"
 	LbpathProgOnRstTx    = "on_rst_tx"
@@ -100,6 +102,7 @@ type LbpathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbpathProgramSpecs struct {
+	OnError    *ebpf.ProgramSpec `ebpf:"on_error"`
 	OnIcmpSend *ebpf.ProgramSpec `ebpf:"on_icmp_send"`
 	OnRstRx    *ebpf.ProgramSpec `ebpf:"on_rst_rx"`
 	OnRstTx    *ebpf.ProgramSpec `ebpf:"on_rst_tx"`
@@ -166,6 +169,7 @@ type LbpathVariables struct {
 //
 // It can be passed to LoadLbpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbpathPrograms struct {
+	OnError    *ebpf.Program `ebpf:"on_error"`
 	OnIcmpSend *ebpf.Program `ebpf:"on_icmp_send"`
 	OnRstRx    *ebpf.Program `ebpf:"on_rst_rx"`
 	OnRstTx    *ebpf.Program `ebpf:"on_rst_tx"`
@@ -174,6 +178,7 @@ type LbpathPrograms struct {
 
 func (p *LbpathPrograms) Close() error {
 	return _LbpathClose(
+		p.OnError,
 		p.OnIcmpSend,
 		p.OnRstRx,
 		p.OnRstTx,

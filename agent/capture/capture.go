@@ -57,6 +57,7 @@ type program struct {
 var programs = []program{
 	{name: "on_state", required: true, dropSlot: counterRingDropState},
 	{name: "on_rst_rx", required: false, dropSlot: -1},
+	{name: "on_error", required: false, dropSlot: -1},
 	{name: "on_rst_tx", required: false, dropSlot: counterRingDropRstTx},
 	{name: "on_icmp_send", required: false, dropSlot: counterRingDropICMP},
 }

@@ -59,6 +59,9 @@ type Flags uint8
 const (
 	FlagResetReceived Flags = 1
 	FlagResetSent     Flags = 2
+	// FlagError: the kernel reported an error on the socket (an ICMP error
+	// or a reset); the errno may have been consumed by connect() already.
+	FlagError Flags = 4
 )
 
 // TCP states the kernel reports in OldState.

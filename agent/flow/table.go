@@ -239,6 +239,9 @@ func (t *Table) fromSocket(e *capture.Event, c *Connection) {
 		ResetReceived: e.Flags&capture.FlagResetReceived != 0,
 		Error:         errnoName(e.Err), Netns: e.Netns, Cookie: e.Cookie,
 	}
+	if e.Err == 0 && e.Flags&capture.FlagError != 0 && e.OldState == capture.StateSynSent {
+		c.Error = "ICMP_ERROR"
+	}
 	if e.Side == capture.SideClient {
 		c.Role = RoleClient
 		c.Client, c.Target = e.Local, e.Remote
@@ -263,6 +266,13 @@ func outcome(e *capture.Event) Outcome {
 			return OutcomeTimeout
 		case syscall.EHOSTUNREACH, syscall.ENETUNREACH:
 			return OutcomeUnreachable
+		case 0:
+			if e.Flags&capture.FlagError != 0 {
+				// An ICMP error answered the SYN but connect() consumed
+				// the errno first; the node that sent the ICMP reports
+				// the exact reason in a reject record.
+				return OutcomeRefused
+			}
 		}
 		return OutcomeFailed
 	case capture.StateSynRecv:

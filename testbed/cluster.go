@@ -1,0 +1,687 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lbpath/lbpath/agent/netns"
+)
+
+// Addresses of the fixed parts of the topology.
+var (
+	// LANPrefix is the L2 segment shared by the nodes and the external
+	// client.
+	LANPrefix = netip.MustParsePrefix("192.168.77.0/24")
+	// LANGateway is the bridge's own address. Nodes use it as their
+	// default route, which proxy ARP for the pods' 169.254.1.1 gateway
+	// requires and which sends un-DNATed service traffic into FORWARD,
+	// where kube-proxy's filter rules drop or reject it.
+	LANGateway = netip.MustParseAddr("192.168.77.1")
+	// ClientIP is the external client's address.
+	ClientIP = netip.MustParseAddr("192.168.77.100")
+	// ClusterCIDR is the pod range; node i gets 10.244.i.0/24.
+	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
+	// ServiceCIDR is the ClusterIP range.
+	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+	// ClientPodIP is the address of the in-cluster client pod on node1.
+	ClientPodIP = netip.MustParseAddr("10.244.1.200")
+	// podGateway is Calico's fake next hop, answered by proxy ARP on the
+	// node side of every pod veth.
+	podGateway = "169.254.1.1"
+)
+
+// Names of the services every cluster has.
+const (
+	// ServiceWeb has all server pods as endpoints.
+	ServiceWeb = "web"
+	// ServiceEmpty has no endpoints; kube-proxy rejects its traffic.
+	ServiceEmpty = "empty"
+	// ClientPodName is the name of the in-cluster client pod.
+	ClientPodName = "cpod"
+	// PodPort is the port every server pod listens on (the targetPort).
+	PodPort = 8080
+)
+
+// PodSpec places a server pod on a node.
+type PodSpec struct {
+	Name string
+	// Node is 1-based: 1 is "node1".
+	Node int
+}
+
+// Options configure Up. The zero value means the default two-node cluster in
+// iptables mode with externalTrafficPolicy=Cluster.
+type Options struct {
+	// Prefix starts every namespace name; default "lbp".
+	Prefix string
+	// Mode selects the built-in NAT writer; default iptables. Ignored if
+	// Writer is set.
+	Mode ProxyMode
+	// Writer replaces the built-in NAT writer, e.g. with a real
+	// kube-proxy.
+	Writer NATWriter
+	// Policy is the externalTrafficPolicy of service web; default Cluster.
+	Policy Policy
+	// Nodes is the number of nodes; default 2.
+	Nodes int
+	// Pods are the server pods; default pod-a and pod-b on node1, pod-c on
+	// node2.
+	Pods []PodSpec
+	// Logger receives setup progress; default slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultPods is the pod layout used when Options.Pods is empty.
+func DefaultPods() []PodSpec {
+	return []PodSpec{{Name: "pod-a", Node: 1}, {Name: "pod-b", Node: 1}, {Name: "pod-c", Node: 2}}
+}
+
+var validName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Prefix == "" {
+		o.Prefix = "lbp"
+	}
+	if !validName.MatchString(o.Prefix) || len(o.Prefix) > 32 {
+		return o, fmt.Errorf("invalid prefix %q: want lowercase letters, digits, dashes", o.Prefix)
+	}
+	if o.Mode == "" {
+		o.Mode = ModeIPTables
+	}
+	if o.Writer == nil {
+		if _, err := NewNATWriter(o.Mode); err != nil {
+			return o, err
+		}
+	}
+	if o.Policy == "" {
+		o.Policy = PolicyCluster
+	}
+	if o.Policy != PolicyCluster && o.Policy != PolicyLocal {
+		return o, fmt.Errorf("unknown externalTrafficPolicy %q", o.Policy)
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	if o.Nodes < 1 || o.Nodes > 50 {
+		return o, fmt.Errorf("node count %d out of range 1..50", o.Nodes)
+	}
+	if len(o.Pods) == 0 {
+		o.Pods = DefaultPods()
+	}
+	o.Pods = slices.Clone(o.Pods)
+	seen := map[string]bool{ClientPodName: true}
+	perNode := map[int]int{}
+	for _, p := range o.Pods {
+		if !validName.MatchString(p.Name) {
+			return o, fmt.Errorf("invalid pod name %q", p.Name)
+		}
+		if seen[p.Name] {
+			return o, fmt.Errorf("duplicate or reserved pod name %q", p.Name)
+		}
+		seen[p.Name] = true
+		if p.Node < 1 || p.Node > o.Nodes {
+			return o, fmt.Errorf("pod %s on node %d: only %d nodes", p.Name, p.Node, o.Nodes)
+		}
+		// Pod IPs are 10.244.i.(10+k) and must stay below the client
+		// pod's .200.
+		if perNode[p.Node]++; perNode[p.Node] > 150 {
+			return o, fmt.Errorf("too many pods on node %d", p.Node)
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o, nil
+}
+
+// Node is a Kubernetes node: a namespace that routes for its pods and runs
+// the service NAT.
+type Node struct {
+	// Name is "node1", "node2", …
+	Name string
+	// Index is 1-based.
+	Index int
+	// Netns is the namespace path under /var/run/netns.
+	Netns   string
+	IP      netip.Addr
+	PodCIDR netip.Prefix
+}
+
+// Pod is a pod namespace with one eth0 routed through its node.
+type Pod struct {
+	Name  string
+	Node  *Node
+	Netns string
+	IP    netip.Addr
+	// Port is the HTTP server port; 0 for the client pod, which runs no
+	// server.
+	Port uint16
+	// HostVeth is the node-side interface name (cali<N>).
+	HostVeth string
+}
+
+// Host is a namespace outside the cluster: the external client or the LAN.
+type Host struct {
+	Name  string
+	Netns string
+	IP    netip.Addr
+}
+
+// Cluster is a running testbed. Its methods are safe for concurrent use.
+type Cluster struct {
+	// Opt are the options after defaults were applied.
+	Opt   Options
+	Nodes []*Node
+	// Pods are the server pods, in Options.Pods order.
+	Pods []*Pod
+	// ClientPod is the in-cluster client (no server), on node1.
+	ClientPod *Pod
+	// Client is the external client on the LAN.
+	Client *Host
+	// LAN holds the bridge.
+	LAN *Host
+
+	log *slog.Logger
+
+	mu         sync.Mutex
+	writer     NATWriter
+	state      ServiceState
+	lbNode     int
+	servers    []*podServer
+	transports []*http.Transport
+	inodes     map[string]uint32 // netns name → inode we created
+	down       bool
+}
+
+func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
+
+// Up builds a cluster. Leftovers with the same prefix (a crashed run) are
+// removed first, so Up is idempotent. On error everything created so far is
+// torn down.
+func Up(ctx context.Context, opt Options) (*Cluster, error) {
+	start := time.Now()
+	opt, err := opt.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("testbed options: %w", err)
+	}
+	if err := Cleanup(opt.Prefix); err != nil {
+		return nil, fmt.Errorf("remove leftovers of %s: %w", opt.Prefix, err)
+	}
+	c := newCluster(opt)
+	if err := c.build(ctx); err != nil {
+		return nil, errors.Join(err, c.Down())
+	}
+	c.log.Debug("testbed up", "prefix", opt.Prefix, "mode", c.writer.Name(), "policy", opt.Policy,
+		"nodes", len(c.Nodes), "pods", len(c.Pods), "took", time.Since(start).Round(time.Millisecond))
+	return c, nil
+}
+
+// newCluster lays out names and addresses; nothing touches the kernel yet.
+func newCluster(opt Options) *Cluster {
+	c := &Cluster{Opt: opt, log: opt.Logger, inodes: map[string]uint32{}, lbNode: 1}
+	c.writer = opt.Writer
+	if c.writer == nil {
+		c.writer, _ = NewNATWriter(opt.Mode) // validated in withDefaults
+	}
+	ns := func(s string) string { return opt.Prefix + "-" + s }
+	c.LAN = &Host{Name: "lan", Netns: netnsPath(ns("lan")), IP: LANGateway}
+	c.Client = &Host{Name: "client", Netns: netnsPath(ns("client")), IP: ClientIP}
+	for i := 1; i <= opt.Nodes; i++ {
+		c.Nodes = append(c.Nodes, &Node{
+			Name:    fmt.Sprintf("node%d", i),
+			Index:   i,
+			Netns:   netnsPath(ns(fmt.Sprintf("node%d", i))),
+			IP:      netip.AddrFrom4([4]byte{192, 168, 77, byte(10 + i)}),
+			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
+		})
+	}
+	perNode := map[int]int{}
+	for k, spec := range opt.Pods {
+		n := c.Nodes[spec.Node-1]
+		ip := netip.AddrFrom4([4]byte{10, 244, byte(n.Index), byte(10 + perNode[n.Index])})
+		perNode[n.Index]++
+		c.Pods = append(c.Pods, &Pod{
+			Name: spec.Name, Node: n, Netns: netnsPath(ns("p-" + spec.Name)), IP: ip, Port: PodPort,
+			HostVeth: fmt.Sprintf("cali%d", k),
+		})
+	}
+	c.ClientPod = &Pod{
+		Name: ClientPodName, Node: c.Nodes[0], Netns: netnsPath(ns("p-" + ClientPodName)), IP: ClientPodIP,
+		HostVeth: fmt.Sprintf("cali%d", len(opt.Pods)),
+	}
+
+	web := Service{
+		Namespace: "default", Name: ServiceWeb, PortName: "http",
+		ClusterIP: netip.MustParseAddr("10.96.0.10"), Port: 80, NodePort: 30080,
+		LoadBalancerIP: netip.MustParseAddr("203.0.113.10"), TargetPort: PodPort, Policy: opt.Policy,
+	}
+	for _, p := range c.Pods {
+		web.Endpoints = append(web.Endpoints, Endpoint{Pod: p.Name, Node: p.Node.Name, IP: p.IP, Port: PodPort})
+	}
+	empty := Service{
+		Namespace: "default", Name: ServiceEmpty, PortName: "http",
+		ClusterIP: netip.MustParseAddr("10.96.0.11"), Port: 80, NodePort: 30081,
+		LoadBalancerIP: netip.MustParseAddr("203.0.113.11"), TargetPort: PodPort, Policy: PolicyCluster,
+	}
+	c.state = ServiceState{ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR, Services: []Service{web, empty}}
+	return c
+}
+
+// allPods is every pod namespace, server pods and client pod.
+func (c *Cluster) allPods() []*Pod { return append(slices.Clone(c.Pods), c.ClientPod) }
+
+func (c *Cluster) netnsNames() []string {
+	names := []string{filepath.Base(c.LAN.Netns), filepath.Base(c.Client.Netns)}
+	for _, n := range c.Nodes {
+		names = append(names, filepath.Base(n.Netns))
+	}
+	for _, p := range c.allPods() {
+		names = append(names, filepath.Base(p.Netns))
+	}
+	return names
+}
+
+func (c *Cluster) build(ctx context.Context) error {
+	// Namespaces first: veth peers are created directly inside their
+	// target namespace, so no link ever appears in the host namespace
+	// and deleting the namespaces is a complete cleanup.
+	names := c.netnsNames()
+	var add []string
+	for _, n := range names {
+		add = append(add, "netns add "+n)
+	}
+	if err := ipBatch(ctx, "", add); err != nil {
+		return fmt.Errorf("create namespaces: %w", err)
+	}
+	c.mu.Lock()
+	for _, n := range names {
+		ino, err := netns.Inode(netnsPath(n))
+		if err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		c.inodes[n] = ino
+	}
+	c.mu.Unlock()
+
+	// Defaults before links exist, so every new interface inherits them.
+	base := [][2]string{
+		{"net.ipv4.conf.all.rp_filter", "0"},
+		{"net.ipv4.conf.default.rp_filter", "0"},
+		// IPv4 only: no link-local addresses, RS or DAD noise.
+		{"net.ipv6.conf.all.disable_ipv6", "1"},
+		{"net.ipv6.conf.default.disable_ipv6", "1"},
+	}
+	for _, n := range names {
+		kv := base
+		if strings.HasPrefix(n, c.Opt.Prefix+"-node") {
+			kv = append(slices.Clone(base),
+				[2]string{"net.ipv4.ip_forward", "1"},
+				// The per-destination ICMP limit (burst 6, then
+				// 1/s) would turn kube-proxy's REJECTs into
+				// SYN timeouts after a handful of requests from
+				// the same client; tests send hundreds.
+				[2]string{"net.ipv4.icmp_ratelimit", "0"})
+		}
+		if err := writeSysctls(netnsPath(n), kv); err != nil {
+			return err
+		}
+	}
+
+	lan := filepath.Base(c.LAN.Netns)
+	lanCmds := []string{
+		"link set lo up",
+		"link add name br0 type bridge",
+		"addr add " + netip.PrefixFrom(LANGateway, LANPrefix.Bits()).String() + " dev br0",
+		"link set br0 up",
+		"link add name veth-cl type veth peer name eth0 netns " + filepath.Base(c.Client.Netns),
+		"link set veth-cl master br0 up",
+	}
+	for _, n := range c.Nodes {
+		v := fmt.Sprintf("veth-n%d", n.Index)
+		lanCmds = append(lanCmds,
+			"link add name "+v+" type veth peer name eth0 netns "+filepath.Base(n.Netns),
+			"link set "+v+" master br0 up")
+	}
+	if err := ipBatch(ctx, lan, lanCmds); err != nil {
+		return fmt.Errorf("set up LAN: %w", err)
+	}
+
+	for _, n := range c.Nodes {
+		cmds := []string{
+			"link set lo up",
+			"addr add " + netip.PrefixFrom(n.IP, LANPrefix.Bits()).String() + " dev eth0",
+			"link set eth0 up",
+			"route add default via " + LANGateway.String(),
+		}
+		for _, o := range c.Nodes {
+			if o != n {
+				cmds = append(cmds, "route add "+o.PodCIDR.String()+" via "+o.IP.String())
+			}
+		}
+		for _, p := range c.allPods() {
+			if p.Node != n {
+				continue
+			}
+			cmds = append(cmds,
+				"link add name "+p.HostVeth+" type veth peer name eth0 netns "+filepath.Base(p.Netns),
+				"link set "+p.HostVeth+" up",
+				"route add "+p.IP.String()+"/32 dev "+p.HostVeth+" scope link")
+		}
+		if err := ipBatch(ctx, filepath.Base(n.Netns), cmds); err != nil {
+			return fmt.Errorf("set up %s: %w", n.Name, err)
+		}
+	}
+	for _, p := range c.allPods() {
+		cmds := []string{
+			"link set lo up",
+			"addr add " + p.IP.String() + "/32 dev eth0",
+			"link set eth0 up",
+			"route add " + podGateway + " dev eth0 scope link",
+			"route add default via " + podGateway + " dev eth0",
+		}
+		if err := ipBatch(ctx, filepath.Base(p.Netns), cmds); err != nil {
+			return fmt.Errorf("set up pod %s: %w", p.Name, err)
+		}
+	}
+	clientCmds := []string{
+		"link set lo up",
+		"addr add " + netip.PrefixFrom(ClientIP, LANPrefix.Bits()).String() + " dev eth0",
+		"link set eth0 up",
+	}
+	if err := ipBatch(ctx, filepath.Base(c.Client.Netns), clientCmds); err != nil {
+		return fmt.Errorf("set up client: %w", err)
+	}
+
+	for _, n := range c.Nodes {
+		kv := [][2]string{{"net.ipv4.conf.eth0.rp_filter", "0"}}
+		for _, p := range c.allPods() {
+			if p.Node == n {
+				kv = append(kv,
+					[2]string{"net.ipv4.conf." + p.HostVeth + ".rp_filter", "0"},
+					[2]string{"net.ipv4.conf." + p.HostVeth + ".proxy_arp", "1"},
+					// Proxy ARP answers after a random delay of
+					// up to 0.8 s by default; Calico sets 0 too.
+					[2]string{"net.ipv4.neigh." + p.HostVeth + ".proxy_delay", "0"})
+			}
+		}
+		if err := writeSysctls(n.Netns, kv); err != nil {
+			return err
+		}
+	}
+
+	if err := c.RouteLB(1); err != nil {
+		return err
+	}
+	if err := c.Sync(ctx); err != nil {
+		return err
+	}
+	for _, p := range c.Pods {
+		s, err := startPodServer(p)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.servers = append(c.servers, s)
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+// Down stops the pod servers, closes idle client connections and deletes
+// every namespace this cluster created. It is safe to call more than once,
+// and it never deletes a same-named namespace created by a later Up.
+func (c *Cluster) Down() error {
+	c.mu.Lock()
+	if c.down {
+		c.mu.Unlock()
+		return nil
+	}
+	c.down = true
+	servers, transports := c.servers, c.transports
+	c.servers, c.transports = nil, nil
+	inodes := c.inodes
+	c.mu.Unlock()
+
+	var errs []error
+	for _, tr := range transports {
+		tr.CloseIdleConnections()
+	}
+	for _, s := range servers {
+		if err := s.stop(); err != nil {
+			errs = append(errs, fmt.Errorf("stop pod server: %w", err))
+		}
+	}
+	var del []string
+	for _, name := range c.netnsNames() {
+		want, ok := inodes[name]
+		if !ok {
+			continue
+		}
+		if got, err := netns.Inode(netnsPath(name)); err != nil || got != want {
+			continue // already gone, or replaced by someone else's Up
+		}
+		del = append(del, "netns del "+name)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ipBatch(ctx, "", del); err != nil {
+		errs = append(errs, fmt.Errorf("delete namespaces of %s: %w", c.Opt.Prefix, err))
+	}
+	return errors.Join(errs...)
+}
+
+// Cleanup deletes every namespace named "<prefix>-*", the leftovers of a run
+// that crashed before Down. Links and rules live only inside those
+// namespaces, so nothing else remains.
+func Cleanup(prefix string) error {
+	if !validName.MatchString(prefix) {
+		return fmt.Errorf("invalid prefix %q", prefix)
+	}
+	entries, err := os.ReadDir(netnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list %s: %w", netnsDir, err)
+	}
+	var del []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), prefix+"-") {
+			del = append(del, "netns del "+e.Name())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ipBatch(ctx, "", del); err != nil {
+		return fmt.Errorf("delete leftover namespaces: %w", err)
+	}
+	return nil
+}
+
+// RouteLB points the external client's routes for all LoadBalancer IPs at
+// node (1-based), like a cloud L4 load balancer picking the entry node.
+func (c *Cluster) RouteLB(node int) error {
+	if node < 1 || node > len(c.Nodes) {
+		return fmt.Errorf("route LB via node %d: only %d nodes", node, len(c.Nodes))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var cmds []string
+	for _, s := range c.state.Services {
+		if s.LoadBalancerIP.IsValid() {
+			cmds = append(cmds, "route replace "+s.LoadBalancerIP.String()+"/32 via "+c.Nodes[node-1].IP.String())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ipBatch(ctx, filepath.Base(c.Client.Netns), cmds); err != nil {
+		return fmt.Errorf("route LB via node%d: %w", node, err)
+	}
+	c.lbNode = node
+	return nil
+}
+
+// LBNode is the node the LoadBalancer IPs are currently routed through.
+func (c *Cluster) LBNode() *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Nodes[c.lbNode-1]
+}
+
+// Node returns the node with the given 1-based index.
+func (c *Cluster) Node(i int) *Node { return c.Nodes[i-1] }
+
+// Pod returns the server or client pod with the given name, or nil.
+func (c *Cluster) Pod(name string) *Pod {
+	for _, p := range c.allPods() {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// NodeByIP returns the node whose LAN address is ip, or nil.
+func (c *Cluster) NodeByIP(ip netip.Addr) *Node {
+	for _, n := range c.Nodes {
+		if n.IP == ip {
+			return n
+		}
+	}
+	return nil
+}
+
+// Service returns a copy of the named service's current state.
+func (c *Cluster) Service(name string) (Service, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.state.Services {
+		if s.Name == name {
+			return s.clone(), true
+		}
+	}
+	return Service{}, false
+}
+
+// Web is the current state of service web.
+func (c *Cluster) Web() Service { s, _ := c.Service(ServiceWeb); return s }
+
+// Empty is the current state of service empty.
+func (c *Cluster) Empty() Service { s, _ := c.Service(ServiceEmpty); return s }
+
+// State returns a copy of all services.
+func (c *Cluster) State() ServiceState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state.Clone()
+}
+
+// Writer is the NAT writer currently programming the nodes.
+func (c *Cluster) Writer() NATWriter {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writer
+}
+
+// Sync rewrites the NAT of every node from the current state.
+func (c *Cluster) Sync(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.syncLocked(ctx)
+}
+
+func (c *Cluster) syncLocked(ctx context.Context) error {
+	for _, n := range c.Nodes {
+		if err := c.writer.Sync(ctx, n, c.state.Clone()); err != nil {
+			return fmt.Errorf("sync %s NAT: %w", c.writer.Name(), err)
+		}
+	}
+	return nil
+}
+
+// SetMode switches every node to a built-in kube-proxy mode: the other
+// mode's rules are removed, then the new ones written. Existing conntrack
+// entries are kept, as they are when kube-proxy restarts in another mode.
+func (c *Cluster) SetMode(ctx context.Context, mode ProxyMode) error {
+	w, err := NewNATWriter(mode)
+	if err != nil {
+		return err
+	}
+	return c.SetWriter(ctx, w)
+}
+
+// SetWriter replaces the NAT writer: the old writer and all built-in writers
+// of another kind flush their rules from every node, then w syncs.
+func (c *Cluster) SetWriter(ctx context.Context, w NATWriter) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	flush := []NATWriter{c.writer, IPTablesWriter{}, NFTablesWriter{}}
+	done := map[string]bool{w.Name(): true}
+	for _, f := range flush {
+		if done[f.Name()] {
+			continue
+		}
+		done[f.Name()] = true
+		for _, n := range c.Nodes {
+			if err := f.Flush(ctx, n); err != nil {
+				return fmt.Errorf("switch to %s: %w", w.Name(), err)
+			}
+		}
+	}
+	c.writer = w
+	return c.syncLocked(ctx)
+}
+
+// SetPolicy sets service web's externalTrafficPolicy and rewrites the NAT.
+func (c *Cluster) SetPolicy(ctx context.Context, p Policy) error {
+	if p != PolicyCluster && p != PolicyLocal {
+		return fmt.Errorf("unknown externalTrafficPolicy %q", p)
+	}
+	return c.updateService(ctx, ServiceWeb, func(s *Service) error { s.Policy = p; return nil })
+}
+
+// SetEndpoints makes the named server pods the endpoints of service (web or
+// empty) and rewrites the NAT on every node, as kube-proxy does when an
+// EndpointSlice changes. No pods means no endpoints (REJECT).
+func (c *Cluster) SetEndpoints(ctx context.Context, service string, pods ...string) error {
+	return c.updateService(ctx, service, func(s *Service) error {
+		s.Endpoints = nil
+		for _, name := range pods {
+			p := c.Pod(name)
+			if p == nil || p.Port == 0 {
+				return fmt.Errorf("no server pod %q", name)
+			}
+			s.Endpoints = append(s.Endpoints, Endpoint{Pod: p.Name, Node: p.Node.Name, IP: p.IP, Port: p.Port})
+		}
+		return nil
+	})
+}
+
+func (c *Cluster) updateService(ctx context.Context, name string, fn func(*Service) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range c.state.Services {
+		if c.state.Services[i].Name != name {
+			continue
+		}
+		s := c.state.Services[i].clone()
+		if err := fn(&s); err != nil {
+			return fmt.Errorf("update service %s: %w", name, err)
+		}
+		c.state.Services[i] = s
+		return c.syncLocked(ctx)
+	}
+	return fmt.Errorf("no service %q", name)
+}

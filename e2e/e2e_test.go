@@ -11,15 +11,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/lbpath/lbpath/agent"
 	"github.com/lbpath/lbpath/agent/flow"
-	"github.com/lbpath/lbpath/agent/netns"
 	"github.com/lbpath/lbpath/internal/testenv"
 	"github.com/lbpath/lbpath/testbed"
+	"github.com/lbpath/lbpath/testbed/nodeagents"
 )
 
 // needCluster skips (fails in CI) when the testbed cannot run here.
@@ -49,77 +48,20 @@ func upCluster(t *testing.T, prefix string, mode testbed.ProxyMode, policy testb
 	return cl
 }
 
-// records collects every Connection the node agents emit.
-type records struct {
-	mu   sync.Mutex
-	all  []flow.Connection
-	logf func(string, ...any)
-}
-
-func (r *records) add(c *flow.Connection) {
-	r.mu.Lock()
-	r.all = append(r.all, *c)
-	r.mu.Unlock()
-}
-
-func (r *records) snapshot() []flow.Connection {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]flow.Connection(nil), r.all...)
-}
-
-// startAgents runs one in-process agent per testbed node, each attached to
-// its node's namespace and scoped to its pod CIDR (the nodes share a kernel).
-func startAgents(t *testing.T, cl *testbed.Cluster) (*records, []*agent.Agent) {
+// startAgents runs one in-process agent per testbed node (see nodeagents).
+func startAgents(t *testing.T, cl *testbed.Cluster) (*nodeagents.Set, []*agent.Agent) {
 	t.Helper()
-	recs := &records{}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var agents []*agent.Agent
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	for _, n := range cl.Nodes {
-		a, err := agent.New(agent.Config{
-			Node: n.Name, Netns: n.Netns, Scope: netnsScope(t, cl, n),
-			Flow: flow.Config{JoinWait: 500 * time.Millisecond},
-		}, log, recs.add)
-		if err != nil {
-			cancel()
-			t.Fatalf("agent for %s: %v", n.Name, err)
-		}
-		agents = append(agents, a)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := a.Run(ctx); err != nil {
-				t.Errorf("agent %s: %v", n.Name, err)
-			}
-		}()
+	set, err := nodeagents.Start(cl, flow.Config{JoinWait: 500 * time.Millisecond}, log)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	time.Sleep(300 * time.Millisecond) // conntrack subscriptions and first dump
-	return recs, agents
-}
-
-// netnsScope admits sockets in the node's namespace and its pods'. Scoping
-// by namespace rather than pod CIDR keeps the agent right even when another
-// testbed cluster with the same addresses runs at the same time.
-func netnsScope(t *testing.T, cl *testbed.Cluster, n *testbed.Node) func(netip.Addr, uint32) bool {
-	t.Helper()
-	set := map[uint32]bool{}
-	add := func(path string) {
-		ino, err := netns.Inode(path)
-		if err != nil {
-			t.Fatal(err)
+	t.Cleanup(func() {
+		if err := set.Stop(); err != nil {
+			t.Errorf("agents: %v", err)
 		}
-		set[ino] = true
-	}
-	add(n.Netns)
-	for _, p := range append(append([]*testbed.Pod(nil), cl.Pods...), cl.ClientPod) {
-		if p.Node == n {
-			add(p.Netns)
-		}
-	}
-	return func(_ netip.Addr, ns uint32) bool { return set[ns] }
+	})
+	return set, set.Agents
 }
 
 // expectation is the ground truth of one request, known by construction.
@@ -139,11 +81,11 @@ func findMerged(ms []flow.Merged, res testbed.Result) (flow.Merged, bool) {
 }
 
 // waitMerged polls until every expectation has its merged connection.
-func waitMerged(t *testing.T, recs *records, exps []expectation) []flow.Merged {
+func waitMerged(t *testing.T, recs *nodeagents.Set, exps []expectation) []flow.Merged {
 	t.Helper()
 	deadline := time.Now().Add(8 * time.Second)
 	for {
-		ms := flow.Merge(recs.snapshot())
+		ms := flow.Merge(recs.Records())
 		missing := 0
 		for _, e := range exps {
 			if _, ok := findMerged(ms, e.res); !ok {
@@ -290,7 +232,7 @@ func TestPathMatrix(t *testing.T) {
 							m, ok := findMerged(ms, e.res)
 							if !ok {
 								t.Errorf("no record for %v->%v (pod %s, seen remote %v, %v..%v)", e.res.Local, e.res.Remote, e.res.Pod, e.res.SeenRemote, e.res.Start, e.res.End)
-								for _, r := range recs.snapshot() {
+								for _, r := range recs.Records() {
 									if r.Client.Port() == e.res.Local.Port() || r.PodSrc.Port() == e.res.SeenRemote.Port() {
 										t.Logf("  related record: %+v nat %+v", r, r.NAT)
 									}
@@ -375,7 +317,7 @@ func TestFailedConnections(t *testing.T) {
 			for _, w := range want {
 				for {
 					found := false
-					for _, c := range recs.snapshot() {
+					for _, c := range recs.Records() {
 						if w.pred(c) {
 							found = true
 							break
@@ -386,7 +328,7 @@ func TestFailedConnections(t *testing.T) {
 					}
 					if time.Now().After(deadline) {
 						t.Errorf("missing: %s", w.what)
-						for _, c := range recs.snapshot() {
+						for _, c := range recs.Records() {
 							t.Logf("record: %+v", c)
 						}
 						break

@@ -47,9 +47,16 @@ type Stats struct {
 	PendingTableFull atomic.Uint64 // closed sockets emitted early without waiting for NAT: table full
 }
 
+// natRec is immutable once stored (but for claimed), so records may point
+// at its NAT without copying.
 type natRec struct {
 	entry   conntrack.Entry
+	nat     NAT
 	claimed bool // a local socket owns this translation: no forward record
+}
+
+func newNATRec(e *conntrack.Entry) *natRec {
+	return &natRec{entry: *e, nat: NAT{ID: e.ID, Original: e.Original, Reply: e.Reply, DNAT: e.DNAT, SNAT: e.SNAT}}
 }
 
 type pendKind uint8
@@ -85,8 +92,11 @@ type Table struct {
 	pendSrv   map[conntrack.Tuple]*pending
 	pendCli   map[conntrack.Tuple]*pending
 	pendFwd   map[conntrack.Tuple]*pending // key: original tuple
-	fifo      []*pending                   // by deadline (deadlines are now+JoinWait, so FIFO)
+	fifo      []*pending                   // by deadline (deadlines are now+JoinWait, so FIFO); live from head
+	head      int
+	free      []*pending // popped entries, reused so the hot path does not allocate
 	lastSweep uint64
+	scratch   Connection // the record being emitted; emit must not keep it
 }
 
 // NewTable returns a table that calls emit for every finished record. emit
@@ -185,13 +195,13 @@ func (t *Table) close(e *capture.Event) {
 		delete(t.openSrv, key)
 		n = t.natByPod[key]
 	}
-	var c Connection
-	t.fromSocket(e, &c)
+	c := &t.scratch
+	t.fromSocket(e, c)
 	if n != nil {
 		t.claim(n)
-		t.join(&c, n)
+		t.join(c, n)
 		t.Stats.Joined.Add(1)
-		t.out(&c)
+		t.out(c)
 		return
 	}
 	// The NAT entry may still be on its way (ctnetlink and the ring buffer
@@ -201,24 +211,41 @@ func (t *Table) close(e *capture.Event) {
 	if client {
 		pend, kind = t.pendCli, pendClient
 	}
-	if len(t.fifo) >= t.cfg.MaxPending {
+	if t.pendingLen() >= t.cfg.MaxPending {
 		t.Stats.PendingTableFull.Add(1)
 		t.Stats.NoNAT.Add(1)
-		t.out(&c)
+		t.out(c)
 		return
 	}
-	p := &pending{kind: kind, key: key, deadline: e.TimeNs + uint64(t.cfg.JoinWait), conn: c}
+	p := t.newPending(kind, key, e.TimeNs)
+	p.conn = *c
 	if old := pend[key]; old != nil { // the same tuple closed twice within JoinWait
 		old.done = true
 		t.Stats.NoNAT.Add(1)
 		t.out(&old.conn)
 	}
 	pend[key] = p
+}
+
+func (t *Table) pendingLen() int { return len(t.fifo) - t.head }
+
+// newPending queues an entry whose deadline is JoinWait after at.
+func (t *Table) newPending(kind pendKind, key conntrack.Tuple, at uint64) *pending {
+	var p *pending
+	if n := len(t.free); n > 0 {
+		p = t.free[n-1]
+		t.free = t.free[:n-1]
+	} else {
+		p = &pending{}
+	}
+	p.kind, p.key, p.deadline = kind, key, at+uint64(t.cfg.JoinWait)
 	t.fifo = append(t.fifo, p)
+	return p
 }
 
 func (t *Table) reject(e *capture.Event) {
-	c := Connection{
+	c := &t.scratch
+	*c = Connection{
 		Node: t.cfg.Node, Role: RoleReject, Outcome: OutcomeRefused,
 		Start: t.clock.Time(e.TimeNs), End: t.clock.Time(e.TimeNs),
 		Client: e.Remote, Target: e.Local, PodSrc: e.Remote, PodDst: e.Local,
@@ -228,7 +255,7 @@ func (t *Table) reject(e *capture.Event) {
 		c.Outcome = OutcomeUnreachable
 	}
 	t.Stats.Rejected.Add(1)
-	t.out(&c)
+	t.out(c)
 }
 
 func (t *Table) fromSocket(e *capture.Event, c *Connection) {
@@ -287,7 +314,7 @@ func outcome(e *capture.Event) Outcome {
 // join applies a NAT translation to a socket record.
 func (t *Table) join(c *Connection, n *natRec) {
 	en := &n.entry
-	c.NAT = &NAT{ID: en.ID, Original: en.Original, Reply: en.Reply, DNAT: en.DNAT, SNAT: en.SNAT}
+	c.NAT = &n.nat
 	c.SNAT = en.SNAT
 	c.Client, c.Target = en.Original.Src, en.Original.Dst
 	ps := en.PodSide()
@@ -309,15 +336,16 @@ func (t *Table) NAT(e *conntrack.Entry) {
 		}
 	case conntrack.EntryNew:
 		if old := t.natByOrig[e.Original]; old != nil {
+			// The same kernel entry again (a dump after its event): same
+			// tuples, nothing to update.
 			t.Stats.DuplicateNAT.Add(1)
-			old.entry = *e
 			break
 		}
 		if len(t.natByOrig) >= t.cfg.MaxNAT {
 			t.Stats.NATTableFull.Add(1)
 			break
 		}
-		n := &natRec{entry: *e}
+		n := newNATRec(e)
 		t.natByOrig[e.Original] = n
 		t.natByPod[ps] = n
 		// Sockets that closed before their translation arrived.
@@ -332,10 +360,10 @@ func (t *Table) NAT(e *conntrack.Entry) {
 		if srvOpen || cliOpen {
 			n.claimed = true
 		}
-		if e.DNAT && !n.claimed && !e.Dumped && len(t.fifo) < t.cfg.MaxPending {
-			p := &pending{kind: pendForward, key: e.Original, deadline: e.TimeNs + uint64(t.cfg.JoinWait), nat: n}
+		if e.DNAT && !n.claimed && !e.Dumped && t.pendingLen() < t.cfg.MaxPending {
+			p := t.newPending(pendForward, e.Original, e.TimeNs)
+			p.nat = n
 			t.pendFwd[e.Original] = p
-			t.fifo = append(t.fifo, p)
 		} else if e.DNAT && !n.claimed && !e.Dumped {
 			t.Stats.PendingTableFull.Add(1)
 		}
@@ -373,14 +401,16 @@ func (t *Table) Flush() {
 }
 
 func (t *Table) expire(now uint64) {
-	i := 0
-	for ; i < len(t.fifo); i++ {
-		p := t.fifo[i]
-		if p.done {
-			continue
-		}
-		if p.deadline > now {
+	for t.head < len(t.fifo) {
+		p := t.fifo[t.head]
+		if !p.done && p.deadline > now {
 			break
+		}
+		t.fifo[t.head] = nil
+		t.head++
+		if p.done { // claimed or replaced earlier: nothing references it any more
+			t.recycle(p)
+			continue
 		}
 		p.done = true
 		switch p.kind {
@@ -398,13 +428,24 @@ func (t *Table) expire(now uint64) {
 				t.forward(p.nat)
 			}
 		}
+		t.recycle(p)
 	}
-	if i > 0 {
-		clear(t.fifo[:i])
-		t.fifo = t.fifo[i:]
+	// Compact so appends reuse the array instead of growing it forever.
+	if t.head > 0 && t.head >= len(t.fifo)/2 {
+		n := copy(t.fifo, t.fifo[t.head:])
+		clear(t.fifo[n:])
+		t.fifo = t.fifo[:n]
+		t.head = 0
 	}
 	if now-t.lastSweep > uint64(t.cfg.NATTTL)/4 || now == ^uint64(0) {
 		t.sweep(now)
+	}
+}
+
+func (t *Table) recycle(p *pending) {
+	*p = pending{}
+	if len(t.free) < 1024 {
+		t.free = append(t.free, p)
 	}
 }
 
@@ -426,15 +467,15 @@ func (t *Table) sweep(now uint64) {
 func (t *Table) forward(n *natRec) {
 	en := &n.entry
 	ps := en.PodSide()
-	c := Connection{
+	c := &t.scratch
+	*c = Connection{
 		Node: t.cfg.Node, Role: RoleForward, Outcome: OutcomeForwarded,
 		Start: t.clock.Time(en.TimeNs), End: t.clock.Time(en.TimeNs),
 		Client: en.Original.Src, Target: en.Original.Dst, PodSrc: ps.Src, PodDst: ps.Dst,
-		NAT:  &NAT{ID: en.ID, Original: en.Original, Reply: en.Reply, DNAT: en.DNAT, SNAT: en.SNAT},
-		SNAT: en.SNAT,
+		NAT: &n.nat, SNAT: en.SNAT,
 	}
 	t.Stats.Forwarded.Add(1)
-	t.out(&c)
+	t.out(c)
 }
 
 func (t *Table) out(c *Connection) {

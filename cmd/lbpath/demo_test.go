@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/lbpath/lbpath/internal/testenv"
+	"github.com/lbpath/lbpath/testbed"
+)
+
+// The demo is the README's first command: it must keep working, and its
+// table must agree with what the traffic generator sent.
+func TestDemo(t *testing.T) {
+	testenv.Root(t)
+	for _, tool := range []string{"ip", "iptables-restore", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testenv.Unavailable(t, tool+" not installed")
+		}
+	}
+	for _, mode := range []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables} {
+		t.Run(string(mode), func(t *testing.T) {
+			opt := defaultDemoOptions()
+			opt.Mode = mode
+			opt.Prefix = "lbpdt"
+			opt.Connections = 40
+			opt.KeepAliveRequests = 100
+			var out bytes.Buffer
+			rep, err := demo(context.Background(), opt, &out, io.Discard)
+			if err != nil {
+				t.Fatalf("demo: %v\n%s", err, out.String())
+			}
+			if rep.matched != opt.Connections+1 || rep.missing != 0 || rep.wrongPod != 0 {
+				t.Errorf("ground truth: matched %d of %d, missing %d, wrong %d", rep.matched, opt.Connections+1, rep.missing, rep.wrongPod)
+			}
+			if rep.refused != opt.Refused {
+				t.Errorf("refused records %d, want %d", rep.refused, opt.Refused)
+			}
+			// The pinned keep-alive pod carries most requests: the table must say so.
+			if !strings.Contains(out.String(), rep.hotPod+" ◀ hot") || !strings.Contains(out.String(), "skew: "+rep.hotPod) {
+				t.Errorf("table does not point at the hot pod %s:\n%s", rep.hotPod, out.String())
+			}
+			if !strings.Contains(out.String(), "ground truth: 41 of 41 connections") {
+				t.Errorf("table lacks the ground-truth line:\n%s", out.String())
+			}
+		})
+	}
+}
+
+func TestDemoBadFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	for _, args := range [][]string{
+		{"demo", "--mode", "ipvs"},
+		{"demo", "--policy", "Nowhere"},
+		{"demo", "--connections", "1"},
+		{"demo", "--bogus"},
+		{"nosuchcommand"},
+	} {
+		stderr.Reset()
+		if code := run(context.Background(), args, io.Discard, &stderr); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+		if stderr.Len() == 0 {
+			t.Errorf("%v: no error message", args)
+		}
+	}
+	stderr.Reset()
+	run(context.Background(), []string{"demo", "--mode", "ipvs"}, io.Discard, &stderr)
+	if !strings.Contains(stderr.String(), "mode:") {
+		t.Errorf("error does not name the field: %q", stderr.String())
+	}
+}

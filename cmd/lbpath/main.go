@@ -1,0 +1,71 @@
+// Command lbpath is lbpath's command line: `lbpath demo` brings up a mini
+// cluster in network namespaces, runs the node agents against it, drives
+// skewed traffic and prints what lbpath saw per pod.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+const usage = `usage: lbpath <command> [flags]
+
+commands:
+  demo    bring up a mini cluster (network namespaces, kube-proxy NAT), run the
+          agents, drive skewed traffic and print the per-pod table (needs root)
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "demo":
+		fs := flag.NewFlagSet("lbpath demo", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		opt := defaultDemoOptions()
+		fs.StringVar((*string)(&opt.Mode), "mode", string(opt.Mode), "kube-proxy mode to imitate: iptables or nftables")
+		fs.StringVar((*string)(&opt.Policy), "policy", string(opt.Policy), "externalTrafficPolicy: Cluster or Local")
+		fs.IntVar(&opt.Connections, "connections", opt.Connections, "fresh connections to send through the LB IP (spread over the nodes)")
+		fs.IntVar(&opt.KeepAliveRequests, "keepalive-requests", opt.KeepAliveRequests, "requests on the one pinned keep-alive connection (the skew)")
+		fs.StringVar(&opt.Prefix, "prefix", opt.Prefix, "name prefix of the demo's network namespaces")
+		if err := fs.Parse(args[1:]); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return 2
+		}
+		if err := opt.validate(); err != nil {
+			fmt.Fprintf(stderr, "lbpath demo: %v\n", err)
+			return 2
+		}
+		if os.Geteuid() != 0 {
+			fmt.Fprintln(stderr, "lbpath demo needs root: it creates network namespaces, NAT rules and eBPF programs. Run it as root (e.g. sudo ./scripts/demo.sh).")
+			return 1
+		}
+		if err := runDemo(ctx, opt, stdout, stderr); err != nil {
+			fmt.Fprintf(stderr, "lbpath demo: %v\n", err)
+			return 1
+		}
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "lbpath: unknown command %q\n%s", args[0], usage)
+	return 2
+}

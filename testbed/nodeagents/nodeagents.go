@@ -1,0 +1,117 @@
+// Package nodeagents runs one lbpath agent per testbed node, in-process,
+// and collects every Connection they emit. The e2e tests and the demo use
+// it; it is the testbed's stand-in for a DaemonSet.
+package nodeagents
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/lbpath/lbpath/agent"
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/netns"
+	"github.com/lbpath/lbpath/testbed"
+)
+
+// Set is the running agents of one cluster and what they emitted.
+type Set struct {
+	Agents []*agent.Agent
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errs   []error
+
+	mu   sync.Mutex
+	recs []flow.Connection
+}
+
+// Start runs an agent for every node of cl. Each agent attaches to its
+// node's namespace and is scoped to the namespaces of that node and its
+// pods: all simulated nodes share one kernel, and scoping by namespace
+// rather than pod CIDR stays right even when another testbed cluster with
+// the same addresses runs at the same time.
+func Start(cl *testbed.Cluster, fc flow.Config, log *slog.Logger) (*Set, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Set{cancel: cancel}
+	for _, n := range cl.Nodes {
+		a, err := agent.New(agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n), Flow: fc}, log, s.add)
+		if err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("agent for %s: %w", n.Name, err)
+		}
+		s.Agents = append(s.Agents, a)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := a.Run(ctx); err != nil {
+				s.mu.Lock()
+				s.errs = append(s.errs, fmt.Errorf("agent %s: %w", n.Name, err))
+				s.mu.Unlock()
+			}
+		}()
+	}
+	// Let the conntrack subscriptions and their first dump finish.
+	time.Sleep(300 * time.Millisecond)
+	return s, nil
+}
+
+func (s *Set) add(c *flow.Connection) {
+	s.mu.Lock()
+	s.recs = append(s.recs, *c)
+	s.mu.Unlock()
+}
+
+// Records returns a copy of everything emitted so far.
+func (s *Set) Records() []flow.Connection {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]flow.Connection(nil), s.recs...)
+}
+
+// Stop stops every agent (flushing what they hold) and returns their errors.
+func (s *Set) Stop() error {
+	s.cancel()
+	s.wg.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(s.errs...)
+}
+
+// scope admits sockets in node n's namespace or in the namespace of a pod
+// on n. Pods come and go (rollouts), so a miss refreshes the inode table,
+// at most every 100 ms.
+func scope(cl *testbed.Cluster, n *testbed.Node) func(netip.Addr, uint32) bool {
+	var mu sync.Mutex
+	set := map[uint32]bool{}
+	var last time.Time
+	refresh := func() {
+		set = map[uint32]bool{}
+		if ino, err := netns.Inode(n.Netns); err == nil {
+			set[ino] = true
+		}
+		for _, p := range append(append([]*testbed.Pod(nil), cl.Pods...), cl.ClientPod) {
+			if p != nil && p.Node == n {
+				if ino, err := netns.Inode(p.Netns); err == nil {
+					set[ino] = true
+				}
+			}
+		}
+		last = time.Now()
+	}
+	refresh()
+	return func(_ netip.Addr, ino uint32) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if set[ino] {
+			return true
+		}
+		if time.Since(last) > 100*time.Millisecond {
+			refresh()
+		}
+		return set[ino]
+	}
+}

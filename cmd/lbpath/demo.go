@@ -111,6 +111,9 @@ func demo(ctx context.Context, opt demoOptions, out, errOut io.Writer) (*demoRep
 			node = 2
 		}
 		if i == 0 || i == half {
+			// Let the last connection's final ACK pass before the "cloud
+			// LB" moves; rerouted mid-teardown it would land on the other node.
+			time.Sleep(100 * time.Millisecond)
 			if err := cl.RouteLB(node); err != nil {
 				return nil, err
 			}
@@ -123,6 +126,7 @@ func demo(ctx context.Context, opt demoOptions, out, errOut io.Writer) (*demoRep
 	}
 	// 2. The skew: one client with keep-alive, pinned to whichever pod its
 	// single connection landed on, sends many requests with big answers.
+	time.Sleep(100 * time.Millisecond)
 	if err := cl.RouteLB(1); err != nil {
 		return nil, err
 	}

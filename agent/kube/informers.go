@@ -1,0 +1,416 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Config says how to reach the API server.
+type Config struct {
+	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
+	Kubeconfig string
+	// Resync is the informers' resync period; 0 disables it.
+	Resync time.Duration
+	// Index bounds the address history.
+	Index IndexConfig
+}
+
+// RESTConfig builds the client configuration: the kubeconfig when given,
+// else the in-cluster service account.
+func (c Config) RESTConfig() (*rest.Config, error) {
+	if c.Kubeconfig != "" {
+		rc, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", c.Kubeconfig, err)
+		}
+		return rc, nil
+	}
+	rc, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster config (set --kubeconfig outside a cluster): %w", err)
+	}
+	return rc, nil
+}
+
+// Watcher runs the informers and feeds the Index.
+type Watcher struct {
+	Index   *Index
+	factory informers.SharedInformerFactory
+	log     *slog.Logger
+	synced  []cache.InformerSynced
+	// Events counts informer events handled; WatchErrors counts watch
+	// failures (API server down or slow), which client-go retries.
+	Events, WatchErrors atomic.Uint64
+}
+
+// NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices
+// and ReplicaSets, cluster-wide. Pods are watched cluster-wide, not only this
+// node's: a connection's client is often a pod on another node, and after the
+// transform a pod costs a few hundred bytes (docs/PERFORMANCE.md).
+func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	w := &Watcher{Index: NewIndex(cfg.Index), log: log,
+		factory: informers.NewSharedInformerFactoryWithOptions(cs, cfg.Resync, informers.WithTransform(strip))}
+	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandlerFuncs) error {
+		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+			w.WatchErrors.Add(1)
+			w.log.Debug("kube watch error; client-go retries", "err", err)
+		}); err != nil {
+			return fmt.Errorf("watch error handler: %w", err)
+		}
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return fmt.Errorf("event handler: %w", err)
+		}
+		w.synced = append(w.synced, inf.HasSynced)
+		return nil
+	}
+	x := w.Index
+	now := time.Now
+	for _, step := range []func() error{
+		func() error {
+			return add(w.factory.Core().V1().Nodes().Informer(), cache.ResourceEventHandlerFuncs{
+				AddFunc:    func(o any) { w.Events.Add(1); w.onNode(o) },
+				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onNode(o) },
+				DeleteFunc: func(o any) {
+					w.Events.Add(1)
+					if n, ok := unwrap(o).(*corev1.Node); ok {
+						x.DeleteNode(n.Name, now())
+					}
+				},
+			})
+		},
+		func() error {
+			return add(w.factory.Core().V1().Pods().Informer(), cache.ResourceEventHandlerFuncs{
+				AddFunc:    func(o any) { w.Events.Add(1); w.onPod(o) },
+				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onPod(o) },
+				DeleteFunc: func(o any) {
+					w.Events.Add(1)
+					if p, ok := unwrap(o).(*corev1.Pod); ok {
+						x.DeletePod(p.Namespace, p.Name, now())
+					}
+				},
+			})
+		},
+		func() error {
+			return add(w.factory.Core().V1().Services().Informer(), cache.ResourceEventHandlerFuncs{
+				AddFunc:    func(o any) { w.Events.Add(1); w.onService(o) },
+				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onService(o) },
+				DeleteFunc: func(o any) {
+					w.Events.Add(1)
+					if s, ok := unwrap(o).(*corev1.Service); ok {
+						x.DeleteService(s.Namespace, s.Name, now())
+					}
+				},
+			})
+		},
+		func() error {
+			return add(w.factory.Discovery().V1().EndpointSlices().Informer(), cache.ResourceEventHandlerFuncs{
+				AddFunc:    func(o any) { w.Events.Add(1); w.onSlice(o) },
+				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onSlice(o) },
+				DeleteFunc: func(o any) {
+					w.Events.Add(1)
+					if s, ok := unwrap(o).(*discoveryv1.EndpointSlice); ok {
+						x.DeleteEndpointSlice(s.Namespace+"/"+s.Name, now())
+					}
+				},
+			})
+		},
+		func() error {
+			return add(w.factory.Apps().V1().ReplicaSets().Informer(), cache.ResourceEventHandlerFuncs{
+				AddFunc:    func(o any) { w.Events.Add(1); w.onRS(o) },
+				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onRS(o) },
+				DeleteFunc: func(o any) {
+					w.Events.Add(1)
+					if rs, ok := unwrap(o).(*appsv1.ReplicaSet); ok {
+						x.DeleteReplicaSet(rs.Namespace, rs.Name)
+					}
+				},
+			})
+		},
+	} {
+		if err := step(); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// Run starts the informers and returns; they stop when ctx is done. The
+// agent does not wait for the API server: it captures regardless, and
+// connections that cannot be named yet wait a bounded time in agent/path.
+func (w *Watcher) Run(ctx context.Context) {
+	w.factory.Start(ctx.Done())
+}
+
+// WaitSynced waits until every informer has listed once, or ctx is done.
+func (w *Watcher) WaitSynced(ctx context.Context) bool {
+	return cache.WaitForCacheSync(ctx.Done(), w.synced...)
+}
+
+// Synced reports whether every informer has listed once.
+func (w *Watcher) Synced() bool {
+	for _, s := range w.synced {
+		if !s() {
+			return false
+		}
+	}
+	return true
+}
+
+func unwrap(o any) any {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		return d.Obj
+	}
+	return o
+}
+
+// strip drops what the agent never reads before the object enters the
+// informer cache: managed fields, annotations, and most of the spec.
+func strip(o any) (any, error) {
+	switch v := o.(type) {
+	case *corev1.Pod:
+		p := &corev1.Pod{ObjectMeta: slimMeta(v.ObjectMeta, "pod-template-hash")}
+		p.Spec.NodeName = v.Spec.NodeName
+		p.Spec.HostNetwork = v.Spec.HostNetwork
+		for _, c := range v.Spec.Containers {
+			var ports []corev1.ContainerPort
+			for _, cp := range c.Ports {
+				if cp.HostPort != 0 {
+					ports = append(ports, corev1.ContainerPort{HostPort: cp.HostPort, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol})
+				}
+			}
+			if len(ports) > 0 {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Ports: ports})
+			}
+		}
+		p.Status.PodIP = v.Status.PodIP
+		p.Status.Phase = v.Status.Phase
+		for _, c := range v.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				p.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
+			}
+		}
+		return p, nil
+	case *corev1.Node:
+		n := &corev1.Node{ObjectMeta: slimMeta(v.ObjectMeta, "topology.kubernetes.io/zone")}
+		for _, a := range v.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				n.Status.Addresses = append(n.Status.Addresses, a)
+			}
+		}
+		return n, nil
+	case *corev1.Service:
+		s := &corev1.Service{ObjectMeta: slimMeta(v.ObjectMeta)}
+		s.Spec.Type = v.Spec.Type
+		s.Spec.ClusterIPs = v.Spec.ClusterIPs
+		s.Spec.ClusterIP = v.Spec.ClusterIP
+		s.Spec.Ports = v.Spec.Ports
+		s.Spec.ExternalIPs = v.Spec.ExternalIPs
+		s.Spec.ExternalTrafficPolicy = v.Spec.ExternalTrafficPolicy
+		s.Status.LoadBalancer = v.Status.LoadBalancer
+		return s, nil
+	case *discoveryv1.EndpointSlice:
+		e := &discoveryv1.EndpointSlice{ObjectMeta: slimMeta(v.ObjectMeta, discoveryv1.LabelServiceName)}
+		e.AddressType = v.AddressType
+		e.Ports = v.Ports
+		for _, ep := range v.Endpoints {
+			ep.Hostname, ep.DeprecatedTopology, ep.Hints, ep.Zone = nil, nil, nil, nil
+			if ep.TargetRef != nil {
+				ep.TargetRef = &corev1.ObjectReference{Kind: ep.TargetRef.Kind, Name: ep.TargetRef.Name}
+			}
+			e.Endpoints = append(e.Endpoints, ep)
+		}
+		return e, nil
+	case *appsv1.ReplicaSet:
+		return &appsv1.ReplicaSet{ObjectMeta: slimMeta(v.ObjectMeta)}, nil
+	}
+	return o, nil
+}
+
+// slimMeta keeps identity, owner references, deletion and the named labels.
+func slimMeta(m metav1.ObjectMeta, keepLabels ...string) metav1.ObjectMeta {
+	out := metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID,
+		ResourceVersion: m.ResourceVersion, CreationTimestamp: m.CreationTimestamp,
+		DeletionTimestamp: m.DeletionTimestamp}
+	for _, r := range m.OwnerReferences {
+		if r.Controller != nil && *r.Controller {
+			out.OwnerReferences = []metav1.OwnerReference{{Kind: r.Kind, Name: r.Name, APIVersion: r.APIVersion}}
+		}
+	}
+	for _, k := range keepLabels {
+		if v, ok := m.Labels[k]; ok {
+			if out.Labels == nil {
+				out.Labels = map[string]string{}
+			}
+			out.Labels[k] = v
+		}
+	}
+	return out
+}
+
+func parseIP(s string) netip.Addr {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a.Unmap()
+}
+
+func ownerOf(m metav1.ObjectMeta, kind string) string {
+	for _, r := range m.OwnerReferences {
+		if r.Kind == kind {
+			return r.Name
+		}
+	}
+	return ""
+}
+
+// PodFrom converts an API Pod (stripped or not) to the index's view.
+func PodFrom(v *corev1.Pod) *Pod {
+	p := &Pod{Namespace: v.Namespace, Name: v.Name, UID: string(v.UID), Node: v.Spec.NodeName,
+		IP: parseIP(v.Status.PodIP), HostNetwork: v.Spec.HostNetwork,
+		Terminating:  v.DeletionTimestamp != nil,
+		ReplicaSet:   ownerOf(v.ObjectMeta, "ReplicaSet"),
+		TemplateHash: v.Labels["pod-template-hash"]}
+	for _, c := range v.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			p.Ready = true
+		}
+	}
+	for _, c := range v.Spec.Containers {
+		for _, cp := range c.Ports {
+			if cp.HostPort > 0 && cp.HostPort < 65536 && (cp.Protocol == "" || cp.Protocol == corev1.ProtocolTCP) {
+				p.HostPorts = append(p.HostPorts, HostPort{HostPort: uint16(cp.HostPort), ContainerPort: uint16(cp.ContainerPort)})
+			}
+		}
+	}
+	return p
+}
+
+func (w *Watcher) onPod(o any) {
+	if v, ok := o.(*corev1.Pod); ok {
+		w.Index.SetPod(PodFrom(v), time.Now())
+	}
+}
+
+func (w *Watcher) onNode(o any) {
+	v, ok := o.(*corev1.Node)
+	if !ok {
+		return
+	}
+	n := &Node{Name: v.Name, Zone: v.Labels["topology.kubernetes.io/zone"]}
+	for _, a := range v.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP && !n.InternalIP.IsValid() {
+			n.InternalIP = parseIP(a.Address)
+		}
+	}
+	w.Index.SetNode(n, time.Now())
+}
+
+// ServiceFrom converts an API Service to the index's view (TCP ports only).
+func ServiceFrom(v *corev1.Service) *Service {
+	s := &Service{Namespace: v.Namespace, Name: v.Name, Type: string(v.Spec.Type),
+		ExternalTrafficPolicy: string(v.Spec.ExternalTrafficPolicy), Created: v.CreationTimestamp.Time}
+	if s.ExternalTrafficPolicy == "" {
+		s.ExternalTrafficPolicy = "Cluster"
+	}
+	ips := v.Spec.ClusterIPs
+	if len(ips) == 0 && v.Spec.ClusterIP != "" {
+		ips = []string{v.Spec.ClusterIP}
+	}
+	for _, ip := range ips {
+		if a := parseIP(ip); a.IsValid() {
+			s.ClusterIPs = append(s.ClusterIPs, a)
+		}
+	}
+	for _, p := range v.Spec.Ports {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		if p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
+			continue
+		}
+		sp := ServicePort{Name: p.Name, Port: uint16(p.Port), NodePort: uint16(p.NodePort)}
+		if p.TargetPort.IntVal > 0 && p.TargetPort.IntVal < 65536 {
+			sp.TargetPort = uint16(p.TargetPort.IntVal)
+		}
+		s.Ports = append(s.Ports, sp)
+	}
+	for _, in := range v.Status.LoadBalancer.Ingress {
+		if a := parseIP(in.IP); a.IsValid() {
+			s.LBIngress = append(s.LBIngress, a)
+		}
+	}
+	for _, ip := range v.Spec.ExternalIPs {
+		if a := parseIP(ip); a.IsValid() {
+			s.LBIngress = append(s.LBIngress, a)
+		}
+	}
+	return s
+}
+
+func (w *Watcher) onService(o any) {
+	if v, ok := o.(*corev1.Service); ok {
+		w.Index.SetService(ServiceFrom(v), time.Now())
+	}
+}
+
+func (w *Watcher) onSlice(o any) {
+	v, ok := o.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return
+	}
+	svc := v.Labels[discoveryv1.LabelServiceName]
+	if svc == "" {
+		return
+	}
+	var ports []uint16
+	for _, p := range v.Ports {
+		if p.Port != nil && *p.Port > 0 && *p.Port < 65536 && (p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP) {
+			ports = append(ports, uint16(*p.Port))
+		}
+	}
+	var eps []Endpoint
+	for _, e := range v.Endpoints {
+		ep := Endpoint{
+			Ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
+			Serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,
+			Terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
+		}
+		if e.NodeName != nil {
+			ep.Node = *e.NodeName
+		}
+		if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
+			ep.PodName = e.TargetRef.Name
+		}
+		for _, a := range e.Addresses {
+			if ip := parseIP(a); ip.IsValid() {
+				ep.IP = ip
+				eps = append(eps, ep)
+			}
+		}
+	}
+	w.Index.SetEndpointSlice(v.Namespace+"/"+v.Name, v.Namespace+"/"+svc, ports, eps, time.Now())
+}
+
+func (w *Watcher) onRS(o any) {
+	if v, ok := o.(*appsv1.ReplicaSet); ok {
+		w.Index.SetReplicaSet(v.Namespace, v.Name, ownerOf(v.ObjectMeta, "Deployment"))
+	}
+}

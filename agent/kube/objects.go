@@ -1,0 +1,87 @@
+// Package kube keeps what the agent needs to know about Kubernetes objects:
+// client-go informers stripped to a few fields, and an index from IP (and
+// IP:port) to the object that held the address, with the time interval in
+// which it held it. Connections are named by the object that owned an
+// address when the connection happened, so a pod IP reused during a rollout
+// is not attributed to the pod that had it before.
+package kube
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Pod is the stripped view of a Pod.
+type Pod struct {
+	Namespace, Name, UID string
+	Node                 string
+	IP                   netip.Addr
+	HostNetwork          bool
+	Ready                bool
+	Terminating          bool
+	ReplicaSet           string
+	Deployment           string
+	TemplateHash         string // label pod-template-hash
+	HostPorts            []HostPort
+}
+
+// HostPort is a container port published on the node's address.
+type HostPort struct {
+	HostPort, ContainerPort uint16
+}
+
+// Node is the stripped view of a Node.
+type Node struct {
+	Name       string
+	InternalIP netip.Addr
+	Zone       string // topology.kubernetes.io/zone
+}
+
+// ServicePort is one TCP port of a Service.
+type ServicePort struct {
+	Name       string
+	Port       uint16
+	NodePort   uint16
+	TargetPort uint16 // 0 when it is a named port
+}
+
+// Service is the stripped view of a Service.
+type Service struct {
+	Namespace, Name string
+	Type            string // ClusterIP, NodePort, LoadBalancer
+	ClusterIPs      []netip.Addr
+	Ports           []ServicePort
+	// LBIngress are status.loadBalancer.ingress IPs (and spec.externalIPs);
+	// empty for a LoadBalancer means EXTERNAL-IP is pending.
+	LBIngress []netip.Addr
+	// ExternalTrafficPolicy is Cluster or Local.
+	ExternalTrafficPolicy string
+	Created               time.Time
+	// LBPendingSince is when the agent first saw this LoadBalancer Service
+	// without an ingress address (its creation time if it never had one).
+	LBPendingSince time.Time
+}
+
+// Key is namespace/name.
+func (s *Service) Key() string { return s.Namespace + "/" + s.Name }
+
+// Endpoint is one address of an EndpointSlice.
+type Endpoint struct {
+	IP          netip.Addr
+	Node        string
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	PodName     string
+}
+
+// Entry says how a connection addressed a Service.
+type Entry string
+
+// Entries.
+const (
+	EntryClusterIP    Entry = "clusterip"
+	EntryNodePort     Entry = "nodeport"
+	EntryLoadBalancer Entry = "loadbalancer"
+	EntryDirect       Entry = "direct" // to a pod address, not through a Service
+)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"os"
@@ -36,6 +37,10 @@ var (
 	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
 	// ClientPodIP is the address of the in-cluster client pod on node1.
 	ClientPodIP = netip.MustParseAddr("10.244.1.200")
+	// HostIP is the host (root) namespace's address on the LAN when
+	// Options.HostLink is set: where host processes such as a
+	// kube-apiserver listen for the nodes.
+	HostIP = netip.MustParseAddr("192.168.77.2")
 	// podGateway is Calico's fake next hop, answered by proxy ARP on the
 	// node side of every pod veth.
 	podGateway = "169.254.1.1"
@@ -58,6 +63,9 @@ type PodSpec struct {
 	Name string
 	// Node is 1-based: 1 is "node1".
 	Node int
+	// Delay makes the pod's server wait this long before answering, to
+	// play a slower version of an application.
+	Delay time.Duration
 }
 
 // Options configure Up. The zero value means the default two-node cluster in
@@ -80,6 +88,15 @@ type Options struct {
 	Pods []PodSpec
 	// Logger receives setup progress; default slog.Default().
 	Logger *slog.Logger
+	// HostLink adds a veth from the host (root) namespace into the LAN
+	// bridge, addressed HostIP, so that the nodes can reach processes on
+	// the host such as a kube-apiserver. The host then routes LANPrefix
+	// over it, so only one cluster per host may set HostLink.
+	HostLink bool
+	// NoStaticPods makes Up create no server pods (Pods is ignored); a
+	// kubelet stand-in adds them at run time with AddPod. The client pod
+	// is always created.
+	NoStaticPods bool
 }
 
 // DefaultPods is the pod layout used when Options.Pods is empty.
@@ -116,7 +133,10 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Nodes < 1 || o.Nodes > 50 {
 		return o, fmt.Errorf("node count %d out of range 1..50", o.Nodes)
 	}
-	if len(o.Pods) == 0 {
+	switch {
+	case o.NoStaticPods:
+		o.Pods = nil
+	case len(o.Pods) == 0:
 		o.Pods = DefaultPods()
 	}
 	o.Pods = slices.Clone(o.Pods)
@@ -202,6 +222,17 @@ type Cluster struct {
 	transports []*http.Transport
 	inodes     map[string]uint32 // netns name → inode we created
 	down       bool
+	// added are the pods created by AddPod, by name.
+	added map[string]*addedPod
+	// nextVeth numbers the node-side veths of added pods; the static pods
+	// and the client pod use cali0…cali<len(Pods)>.
+	nextVeth int
+}
+
+// addedPod is a pod created at run time and the server answering in it.
+type addedPod struct {
+	pod    *Pod
+	server *podServer
 }
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
@@ -229,7 +260,8 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 
 // newCluster lays out names and addresses; nothing touches the kernel yet.
 func newCluster(opt Options) *Cluster {
-	c := &Cluster{Opt: opt, log: opt.Logger, inodes: map[string]uint32{}, lbNode: 1}
+	c := &Cluster{Opt: opt, log: opt.Logger, inodes: map[string]uint32{}, lbNode: 1,
+		added: map[string]*addedPod{}, nextVeth: len(opt.Pods) + 1}
 	c.writer = opt.Writer
 	if c.writer == nil {
 		c.writer, _ = NewNATWriter(opt.Mode) // validated in withDefaults
@@ -357,6 +389,11 @@ func (c *Cluster) build(ctx context.Context) error {
 	if err := ipBatch(ctx, lan, lanCmds); err != nil {
 		return fmt.Errorf("set up LAN: %w", err)
 	}
+	if c.Opt.HostLink {
+		if err := c.buildHostLink(ctx); err != nil {
+			return err
+		}
+	}
 
 	for _, n := range c.Nodes {
 		cmds := []string{
@@ -427,8 +464,8 @@ func (c *Cluster) build(ctx context.Context) error {
 	if err := c.Sync(ctx); err != nil {
 		return err
 	}
-	for _, p := range c.Pods {
-		s, err := startPodServer(p)
+	for i, p := range c.Pods {
+		s, err := startPodServer(p, c.Opt.Pods[i].Delay)
 		if err != nil {
 			return err
 		}
@@ -451,7 +488,13 @@ func (c *Cluster) Down() error {
 	c.down = true
 	servers, transports := c.servers, c.transports
 	c.servers, c.transports = nil, nil
-	inodes := c.inodes
+	for _, a := range c.added {
+		if a.server != nil { // nil while AddPod is still building it
+			servers = append(servers, a.server)
+		}
+	}
+	clear(c.added)
+	inodes := maps.Clone(c.inodes)
 	c.mu.Unlock()
 
 	var errs []error
@@ -464,11 +507,9 @@ func (c *Cluster) Down() error {
 		}
 	}
 	var del []string
-	for _, name := range c.netnsNames() {
-		want, ok := inodes[name]
-		if !ok {
-			continue
-		}
+	// inodes holds the pods added at run time too, not only netnsNames.
+	for _, name := range slices.Sorted(maps.Keys(inodes)) {
+		want := inodes[name]
 		if got, err := netns.Inode(netnsPath(name)); err != nil || got != want {
 			continue // already gone, or replaced by someone else's Up
 		}
@@ -543,12 +584,18 @@ func (c *Cluster) LBNode() *Node {
 // Node returns the node with the given 1-based index.
 func (c *Cluster) Node(i int) *Node { return c.Nodes[i-1] }
 
-// Pod returns the server or client pod with the given name, or nil.
+// Pod returns the server or client pod with the given name, including pods
+// added with AddPod, or nil.
 func (c *Cluster) Pod(name string) *Pod {
 	for _, p := range c.allPods() {
 		if p.Name == name {
 			return p
 		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a, ok := c.added[name]; ok {
+		return a.pod
 	}
 	return nil
 }

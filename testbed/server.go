@@ -33,7 +33,7 @@ type podServer struct {
 	done chan struct{}
 }
 
-func startPodServer(pod *Pod) (*podServer, error) {
+func startPodServer(pod *Pod, delay time.Duration) (*podServer, error) {
 	var ln net.Listener
 	err := netns.Do(pod.Netns, func() error {
 		var err error
@@ -45,7 +45,7 @@ func startPodServer(pod *Pod) (*podServer, error) {
 	}
 	ps := &podServer{
 		srv: &http.Server{
-			Handler:           podHandler(pod.Name),
+			Handler:           podHandler(pod.Name, delay),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 		},
@@ -73,12 +73,21 @@ func (ps *podServer) stop() error {
 	return err
 }
 
-func podHandler(name string) http.Handler {
+func podHandler(name string, delay time.Duration) http.Handler {
 	body := []byte(name + "\n")
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Drain the body so request bytes are fully received and the
 		// connection can be reused.
 		_, _ = io.Copy(io.Discard, r.Body)
+		if delay > 0 {
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
 		pad := 0
 		if v := r.URL.Query().Get("pad"); v != "" {
 			n, err := strconv.Atoi(v)

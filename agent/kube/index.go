@@ -81,10 +81,10 @@ type Index struct {
 	pods       map[string]*Pod // namespace/name → current
 	nodes      map[string]*Node
 	svcs       map[string]*Service
-	slices     map[string][]*svcEndpoint // slice namespace/name → its endpoints
+	slices     map[string][]*svcEndpoint  // slice namespace/name → its endpoints
 	svcSlices  map[string]map[string]bool // service namespace/name → its slices
 	sliceSvc   map[string]string          // slice → its service
-	rsToDeploy map[string]string         // namespace/replicaset → deployment
+	rsToDeploy map[string]string          // namespace/replicaset → deployment
 }
 
 // svcEndpoint is one endpoint of a Service as an EndpointSlice lists it.

@@ -25,6 +25,7 @@ enum ev_type {
 	EV_OPEN = 1,    // handshake completed (client or server side)
 	EV_CLOSE = 2,   // socket reached TCP_CLOSE; carries the final counters
 	EV_REFUSED = 3, // the kernel refused a SYN no socket took (RST or ICMP unreachable)
+	EV_REQUEST = 4, // a server socket answered a request: first byte read -> first byte written
 };
 
 enum side {
@@ -40,6 +41,7 @@ enum counter {
 	C_RB_DROP_ICMP = 2,   // ring buffer full in on_icmp_send
 	C_CONNS_FULL = 3,     // conns map full: a connection goes untracked
 	C_CLOSE_UNTRACKED = 4, // close of a socket opened before the agent (or untracked)
+	C_RB_DROP_REQUEST = 5, // ring buffer full in on_send (request events)
 	C_MAX = 8,
 };
 
@@ -49,11 +51,19 @@ enum counter {
 
 struct conn {
 	__u64 start_ns;
-	__s32 err; // last error reported on the socket (inet_sk_error_report)
+	__u64 req_start_ns; // first read of the request being served (server side)
+	__u64 req_bytes;    // bytes read for it so far
+	__u32 requests;     // request/response turns completed
+	__s32 err;          // last error reported on the socket (inet_sk_error_report)
 	__u8 side;
 	__u8 flags;
-	__u8 _pad[2];
+	__u8 phase; // PHASE_*: where the server socket is in its request/response turn
+	__u8 _pad[5];
 };
+
+#define PHASE_IDLE 0
+#define PHASE_REQUEST 1  // reading a request
+#define PHASE_RESPONSE 2 // writing its response
 
 // Crosses the ring buffer; naturally aligned, explicit padding, no packing.
 struct event {
@@ -321,5 +331,70 @@ int BPF_PROG(on_icmp_send, const struct sk_buff *skb, int type, int code)
 	// Port unreachable is what connect() reports as ECONNREFUSED; any other
 	// unreachable code as EHOSTUNREACH.
 	refused_from_skb(skb, C_RB_DROP_ICMP, code == 3 ? 111 : 113);
+	return 0;
+}
+
+#define MSG_PEEK 2
+
+// Request timing without touching the application: on an accepted socket a
+// request/response turn starts at the first successful read after a write
+// (or after accept) and is answered at the first successful write after
+// that. For HTTP/1.x on keep-alive connections a turn is one request; the
+// read returns when the request's first bytes arrive because servers block
+// in read between requests. These hooks run per socket read/write call, not
+// per packet, and return after one map lookup for untracked sockets.
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (!c || c->side != SIDE_SERVER)
+		return 0;
+	if (c->phase != PHASE_REQUEST) {
+		c->phase = PHASE_REQUEST;
+		c->req_start_ns = bpf_ktime_get_ns();
+		c->req_bytes = 0;
+	}
+	c->req_bytes += ret;
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	if (!c || c->side != SIDE_SERVER || c->phase != PHASE_REQUEST)
+		return 0;
+	c->phase = PHASE_RESPONSE;
+	c->requests++;
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(C_RB_DROP_REQUEST);
+		return 0;
+	}
+	e->cookie = cookie;
+	e->start_ns = c->req_start_ns;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->bytes_acked = 0;
+	e->bytes_received = c->req_bytes;
+	e->srtt_us = 0;
+	e->total_retrans = c->requests;
+	e->err = 0;
+	e->type = EV_REQUEST;
+	e->side = SIDE_SERVER;
+	e->oldstate = 0;
+	e->flags = 0;
+	fill_tuple(e, sk);
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

@@ -14,12 +14,16 @@ import (
 )
 
 type LbpathConn struct {
-	_       structs.HostLayout
-	StartNs uint64
-	Err     int32
-	Side    uint8
-	Flags   uint8
-	Pad     [2]uint8
+	_          structs.HostLayout
+	StartNs    uint64
+	ReqStartNs uint64
+	ReqBytes   uint64
+	Requests   uint32
+	Err        int32
+	Side       uint8
+	Flags      uint8
+	Phase      uint8
+	Pad        [5]uint8
 }
 
 type LbpathEvent struct {
@@ -54,8 +58,10 @@ const (
 	LbpathMapEvents      = "events"
 	LbpathProgOnError    = "on_error"
 	LbpathProgOnIcmpSend = "on_icmp_send"
+	LbpathProgOnRecv     = "on_recv"
 	LbpathProgOnRstRx    = "on_rst_rx"
 	LbpathProgOnRstTx    = "on_rst_tx"
+	LbpathProgOnSend     = "on_send"
 	LbpathProgOnState    = "on_state"
 	LbpathVarUnusedEvent = "unused_event"
 )
@@ -104,8 +110,10 @@ type LbpathSpecs struct {
 type LbpathProgramSpecs struct {
 	OnError    *ebpf.ProgramSpec `ebpf:"on_error"`
 	OnIcmpSend *ebpf.ProgramSpec `ebpf:"on_icmp_send"`
+	OnRecv     *ebpf.ProgramSpec `ebpf:"on_recv"`
 	OnRstRx    *ebpf.ProgramSpec `ebpf:"on_rst_rx"`
 	OnRstTx    *ebpf.ProgramSpec `ebpf:"on_rst_tx"`
+	OnSend     *ebpf.ProgramSpec `ebpf:"on_send"`
 	OnState    *ebpf.ProgramSpec `ebpf:"on_state"`
 }
 
@@ -171,8 +179,10 @@ type LbpathVariables struct {
 type LbpathPrograms struct {
 	OnError    *ebpf.Program `ebpf:"on_error"`
 	OnIcmpSend *ebpf.Program `ebpf:"on_icmp_send"`
+	OnRecv     *ebpf.Program `ebpf:"on_recv"`
 	OnRstRx    *ebpf.Program `ebpf:"on_rst_rx"`
 	OnRstTx    *ebpf.Program `ebpf:"on_rst_tx"`
+	OnSend     *ebpf.Program `ebpf:"on_send"`
 	OnState    *ebpf.Program `ebpf:"on_state"`
 }
 
@@ -180,8 +190,10 @@ func (p *LbpathPrograms) Close() error {
 	return _LbpathClose(
 		p.OnError,
 		p.OnIcmpSend,
+		p.OnRecv,
 		p.OnRstRx,
 		p.OnRstTx,
+		p.OnSend,
 		p.OnState,
 	)
 }

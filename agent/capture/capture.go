@@ -33,6 +33,7 @@ const (
 	counterRingDropICMP
 	counterConnsFull
 	counterCloseUntracked
+	counterRingDropRequest
 )
 
 // Counters are the kernel side's loss and coverage counts since load.
@@ -60,6 +61,8 @@ var programs = []program{
 	{name: "on_error", required: false, dropSlot: -1},
 	{name: "on_rst_tx", required: false, dropSlot: counterRingDropRstTx},
 	{name: "on_icmp_send", required: false, dropSlot: counterRingDropICMP},
+	{name: "on_recv", required: false, dropSlot: -1},
+	{name: "on_send", required: false, dropSlot: counterRingDropRequest},
 }
 
 // Capture owns the loaded programs, their links and the ring-buffer reader.

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -193,5 +194,72 @@ func TestCaptureRefused(t *testing.T) {
 	ref := waitFor(t, col, "refused", func(e Event) bool { return e.Type == EventRefused && e.Local.Port() == port })
 	if ref.Remote != cc.Local {
 		t.Errorf("refused remote %v, client local %v", ref.Remote, cc.Local)
+	}
+}
+
+// Three request/response turns on one kept-alive connection: three request
+// events on the server socket, each timed from the request's first read to
+// the response's first write, with the request's size.
+func TestCaptureRequestTurns(t *testing.T) {
+	_, col := startCapture(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	delays := []time.Duration{5 * time.Millisecond, 30 * time.Millisecond, 60 * time.Millisecond}
+	sizes := []int{100, 2000, 300}
+	go func() {
+		s, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		for i, d := range delays {
+			if _, err := io.ReadFull(s, make([]byte, sizes[i])); err != nil {
+				return
+			}
+			time.Sleep(d)
+			s.Write([]byte("response header"))
+			s.Write([]byte("response body")) // a second write in the same turn
+		}
+	}()
+	cl, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	buf := make([]byte, 28)
+	for i := range delays {
+		cl.Write(make([]byte, sizes[i]))
+		if _, err := io.ReadFull(cl, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serverPort := uint16(ln.Addr().(*net.TCPAddr).Port)
+	for i, d := range delays {
+		turn := uint32(i + 1)
+		e := waitFor(t, col, fmt.Sprintf("request %d", turn), func(e Event) bool {
+			return e.Type == EventRequest && e.Local.Port() == serverPort && e.Retransmits == turn
+		})
+		lat := time.Duration(e.TimeNs - e.StartNs)
+		if lat < d || lat > d+50*time.Millisecond {
+			t.Errorf("request %d latency %v, server waited %v", turn, lat, d)
+		}
+		if e.BytesReceived != uint64(sizes[i]) {
+			t.Errorf("request %d bytes %d, want %d", turn, e.BytesReceived, sizes[i])
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	n := 0
+	col.mu.Lock()
+	for _, e := range col.events {
+		if e.Type == EventRequest && e.Local.Port() == serverPort {
+			n++
+		}
+	}
+	col.mu.Unlock()
+	if n != len(delays) {
+		t.Errorf("%d request events, want %d (one per turn, not per write)", n, len(delays))
 	}
 }

@@ -18,6 +18,10 @@ const (
 	EventOpen    EventType = 1 // handshake completed
 	EventClose   EventType = 2 // socket reached TCP_CLOSE; final counters
 	EventRefused EventType = 3 // the kernel refused a SYN that no socket took
+	// EventRequest: a server socket answered a request. StartNs is the first
+	// read of the request, TimeNs the first write of its response,
+	// BytesReceived the request's bytes and Retransmits holds the turn number.
+	EventRequest EventType = 4
 )
 
 func (t EventType) String() string {
@@ -28,6 +32,8 @@ func (t EventType) String() string {
 		return "close"
 	case EventRefused:
 		return "refused"
+	case EventRequest:
+		return "request"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

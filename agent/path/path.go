@@ -1,0 +1,267 @@
+// Package path names every hop of a connection with Kubernetes objects:
+// client → entry (LB IP, NodePort on a node, ClusterIP) → [cross-node hop] →
+// pod, and attaches diagnoses an SRE acts on (client IP lost to SNAT,
+// traffic to a not-ready pod, LoadBalancer pending, ...).
+package path
+
+import (
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
+)
+
+// PeerKind says what a client address is.
+type PeerKind string
+
+// Peer kinds.
+const (
+	PeerPod      PeerKind = "pod"
+	PeerNode     PeerKind = "node"
+	PeerExternal PeerKind = "external"
+)
+
+// Peer is the client of a connection.
+type Peer struct {
+	Addr netip.AddrPort
+	Kind PeerKind
+	Pod  *kube.Pod  // when Kind is pod
+	Node *kube.Node // when Kind is node (the node itself, or an SNAT address)
+	// Lost is true when Addr is not the real client: another node SNATed
+	// it and this view has no record of the original.
+	Lost bool
+}
+
+// Diagnosis codes; messages are for humans, codes for alerts and filters.
+const (
+	DiagSNAT             = "client_ip_lost_snat"
+	DiagCrossNode        = "cross_node_hop"
+	DiagLocalNoEndpoint  = "local_policy_node_without_endpoint"
+	DiagNoReadyEndpoints = "service_without_ready_endpoints"
+	DiagEndpointNotReady = "endpoint_not_ready"
+	DiagTerminating      = "endpoint_terminating"
+	DiagLBPending        = "loadbalancer_pending"
+	DiagRefused          = "connection_refused"
+)
+
+// Diagnosis is one finding about a connection's path.
+type Diagnosis struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Path is a Connection with every hop named.
+type Path struct {
+	Conn      flow.Connection
+	Client    Peer
+	Entry     kube.Entry     // how the Service was addressed ("" when no Service)
+	EntryAddr netip.AddrPort // the address dialled
+	EntryNode string         // the node that translated it, when known
+	Service   *kube.Service
+	Pod       *kube.Pod // the pod that accepted the connection
+	PodNode   string
+	PodZone   string
+	PodPort   uint16
+	CrossNode bool
+	SNAT      bool // the client's address was lost on the way
+	// EndpointReady/Terminating are the EndpointSlice's view of the pod at
+	// the time of the connection (Ready true when unknown).
+	EndpointReady, EndpointTerminating bool
+	Diagnoses                          []Diagnosis
+}
+
+// Config tunes the diagnoses.
+type Config struct {
+	// Node is this agent's node name.
+	Node string
+	// LBPendingAfter is how long a LoadBalancer may lack an EXTERNAL-IP
+	// before it is diagnosed. Default 2m.
+	LBPendingAfter time.Duration
+}
+
+// Stats counts naming results.
+type Stats struct {
+	Named, PodUnknown, ServiceUnknown atomic.Uint64
+}
+
+// Namer names connections from a kube.Index.
+type Namer struct {
+	cfg   Config
+	idx   *kube.Index
+	Stats Stats
+}
+
+// NewNamer returns a namer over idx.
+func NewNamer(cfg Config, idx *kube.Index) *Namer {
+	if cfg.LBPendingAfter == 0 {
+		cfg.LBPendingAfter = 2 * time.Minute
+	}
+	return &Namer{cfg: cfg, idx: idx}
+}
+
+// Name builds the path of c. complete is false when the pod side could not
+// be named (the caller may wait for metadata and try again).
+func (n *Namer) Name(c *flow.Connection) (p Path, complete bool) {
+	at := c.Start
+	p = Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port()}
+
+	// Entry: the address the client dialled.
+	if s, e, ok := n.idx.ServiceAt(c.Target, at); ok {
+		p.Service, p.Entry = s, e
+	} else if c.Target != c.PodDst {
+		n.Stats.ServiceUnknown.Add(1)
+	} else {
+		p.Entry = kube.EntryDirect
+	}
+	switch {
+	case c.Role == flow.RoleForward || (c.NAT != nil && c.NAT.DNAT):
+		p.EntryNode = c.Node
+	case c.Role == flow.RoleReject:
+		p.EntryNode = c.Node
+	}
+
+	// Pod side.
+	complete = true
+	if c.Role != flow.RoleReject {
+		if pod, ok := n.idx.PodAt(c.PodDst.Addr(), at); ok {
+			p.Pod = pod
+		} else if pod, ok := n.idx.HostPortAt(c.PodDst, at); ok {
+			p.Pod = pod
+		} else {
+			complete = false
+			n.Stats.PodUnknown.Add(1)
+		}
+	}
+	if p.Pod != nil {
+		p.PodNode = p.Pod.Node
+		if node, ok := n.idx.NodeByName(p.Pod.Node); ok {
+			p.PodZone = node.Zone
+		}
+		if svc, ep, ok := n.idx.EndpointAt(c.PodDst, at); ok {
+			if p.Service == nil {
+				if s, ok := n.serviceByKey(svc); ok {
+					p.Service = s
+				}
+			}
+			p.EndpointReady, p.EndpointTerminating = ep.Ready, ep.Terminating
+		} else {
+			p.EndpointReady, p.EndpointTerminating = p.Pod.Ready, p.Pod.Terminating
+		}
+	} else if c.Role == flow.RoleServer {
+		p.PodNode = c.Node
+	}
+
+	// Client: what the pod side saw, unless a NAT record says more.
+	p.Client = n.peer(c.Client, at)
+	src := c.PodSrc
+	if c.NAT == nil && c.Role == flow.RoleServer {
+		// No translation here: if the source is another node's address,
+		// that node SNATed it (Cluster policy): the hop crossed nodes and
+		// the client's address is lost in this view.
+		if node, ok := n.idx.NodeAt(src.Addr(), at); ok && node.Name != c.Node {
+			p.Client.Lost = true
+			p.SNAT = true
+			p.EntryNode = node.Name
+		}
+	}
+	if p.EntryNode != "" && p.PodNode != "" && p.EntryNode != p.PodNode {
+		p.CrossNode = true
+	}
+	n.diagnose(&p)
+	if complete {
+		n.Stats.Named.Add(1)
+	}
+	return p, complete
+}
+
+func (n *Namer) serviceByKey(key string) (*kube.Service, bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return n.idx.Service(key[:i], key[i+1:])
+		}
+	}
+	return nil, false
+}
+
+func (n *Namer) peer(a netip.AddrPort, at time.Time) Peer {
+	if pod, ok := n.idx.PodAt(a.Addr(), at); ok {
+		return Peer{Addr: a, Kind: PeerPod, Pod: pod}
+	}
+	if node, ok := n.idx.NodeAt(a.Addr(), at); ok {
+		return Peer{Addr: a, Kind: PeerNode, Node: node}
+	}
+	return Peer{Addr: a, Kind: PeerExternal}
+}
+
+func (n *Namer) diagnose(p *Path) {
+	add := func(code, format string, args ...any) {
+		p.Diagnoses = append(p.Diagnoses, Diagnosis{Code: code, Message: fmt.Sprintf(format, args...)})
+	}
+	svcName := "the Service"
+	if p.Service != nil {
+		svcName = "Service " + p.Service.Key()
+	}
+	if p.SNAT {
+		by := p.EntryNode
+		if by == "" {
+			by = "the entry node"
+		}
+		add(DiagSNAT, "client address lost: %s rewrote the source (externalTrafficPolicy Cluster); the pod saw %v", by, p.Conn.PodSrc)
+	}
+	if p.CrossNode {
+		add(DiagCrossNode, "entered on %s, served on %s: one extra node hop", p.EntryNode, p.PodNode)
+	}
+	if p.Conn.Outcome == flow.OutcomeRefused {
+		add(DiagRefused, "connection to %v refused", p.EntryAddr)
+	}
+	if p.Service != nil {
+		all, onEntry := n.idx.ReadyEndpoints(p.Service.Key(), p.EntryNode)
+		if all == 0 {
+			add(DiagNoReadyEndpoints, "%s has no ready endpoints", svcName)
+		}
+		if p.Service.ExternalTrafficPolicy == "Local" && p.EntryNode != "" && onEntry == 0 && all > 0 &&
+			(p.Entry == kube.EntryNodePort || p.Entry == kube.EntryLoadBalancer) {
+			add(DiagLocalNoEndpoint, "%s has externalTrafficPolicy Local and node %s has no ready endpoint: traffic sent there is dropped", svcName, p.EntryNode)
+		}
+		if p.Service.Type == "LoadBalancer" && len(p.Service.LBIngress) == 0 && !p.Service.LBPendingSince.IsZero() &&
+			p.Conn.Start.Sub(p.Service.LBPendingSince) > n.cfg.LBPendingAfter {
+			add(DiagLBPending, "%s is type LoadBalancer but its EXTERNAL-IP has been pending for %s", svcName,
+				p.Conn.Start.Sub(p.Service.LBPendingSince).Round(time.Second))
+		}
+	}
+	if p.Pod != nil {
+		if p.EndpointTerminating {
+			add(DiagTerminating, "pod %s/%s was terminating when it got this connection", p.Pod.Namespace, p.Pod.Name)
+		} else if !p.EndpointReady {
+			add(DiagEndpointNotReady, "pod %s/%s was not ready when it got this connection", p.Pod.Namespace, p.Pod.Name)
+		}
+	}
+}
+
+// Inventory is cluster-level findings that are not about one connection.
+type Inventory struct {
+	LoadBalancers int      // Services of type LoadBalancer: one cloud LB each
+	Pending       []string // LoadBalancer Services whose EXTERNAL-IP is pending past the threshold
+	Hint          string
+}
+
+// Inventory reports LoadBalancer Services and pending ones at now.
+func (n *Namer) Inventory(now time.Time) Inventory {
+	var inv Inventory
+	for _, s := range n.idx.Services() {
+		if s.Type != "LoadBalancer" {
+			continue
+		}
+		inv.LoadBalancers++
+		if len(s.LBIngress) == 0 && !s.LBPendingSince.IsZero() && now.Sub(s.LBPendingSince) > n.cfg.LBPendingAfter {
+			inv.Pending = append(inv.Pending, s.Key())
+		}
+	}
+	if inv.LoadBalancers > 3 {
+		inv.Hint = fmt.Sprintf("%d Services of type LoadBalancer each provision a cloud load balancer; HTTP Services can share one through an Ingress or Gateway", inv.LoadBalancers)
+	}
+	return inv
+}

@@ -14,7 +14,11 @@ import (
 	"github.com/lbpath/lbpath/agent/capture"
 	"github.com/lbpath/lbpath/agent/conntrack"
 	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
 	"github.com/lbpath/lbpath/agent/netns"
+	"github.com/lbpath/lbpath/agent/path"
+	"github.com/lbpath/lbpath/exporter"
+	"k8s.io/client-go/kubernetes"
 )
 
 // Config is the agent's configuration. Validate reports the first invalid
@@ -40,6 +44,27 @@ type Config struct {
 	Flow flow.Config
 	// StatsInterval is how often counters are logged; 0 disables.
 	StatsInterval time.Duration
+	// Kube, when set, names connections from the API server.
+	Kube *kube.Config
+	// KubeClient overrides the client built from Kube (tests).
+	KubeClient kubernetes.Interface
+	// Metadata bounds how long connections wait for names.
+	Metadata path.PipelineConfig
+	// Path tunes the diagnoses.
+	Path path.Config
+	// Export, when set, sends spans and metrics over OTLP.
+	Export *exporter.Config
+}
+
+// Outputs receive what the agent produces. Each is optional and must not
+// keep the pointer it is given.
+type Outputs struct {
+	// Connection receives every per-node record before naming.
+	Connection func(*flow.Connection)
+	// Path receives every named record (names empty without Kube).
+	Path func(*path.Path)
+	// Request receives every named request/response turn.
+	Request func(*path.Request)
 }
 
 // Validate checks the configuration and names the field at fault.
@@ -63,6 +88,14 @@ func (c *Config) Validate() error {
 	if c.Flow.JoinWait < 0 {
 		return fmt.Errorf("join-wait: %v must not be negative", c.Flow.JoinWait)
 	}
+	if c.Metadata.MetadataWait < 0 {
+		return fmt.Errorf("metadata-wait: %v must not be negative", c.Metadata.MetadataWait)
+	}
+	if c.Export != nil {
+		if err := c.Export.Validate(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -72,29 +105,69 @@ type Stats struct {
 	Decode    uint64 // ring-buffer records that failed to decode
 	Conntrack *conntrack.Stats
 	Flow      *flow.Stats
+	Pipeline  *path.PipelineStats // nil without Kube
+	Kube      *kube.Watcher       // nil without Kube
+	Export    *exporter.Stats     // nil without Export
 }
 
 // Agent is one running node agent.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	capture *capture.Capture
-	ct      *conntrack.Listener
-	table   *flow.Table
-	decode  uint64
-	mu      sync.Mutex
+	cfg      Config
+	log      *slog.Logger
+	out      Outputs
+	capture  *capture.Capture
+	ct       *conntrack.Listener
+	table    *flow.Table
+	watcher  *kube.Watcher
+	pipeline *path.Pipeline
+	exp      *exporter.Exporter
+	decode   uint64
+	mu       sync.Mutex
 }
 
 // New loads and attaches the eBPF programs; records go to sink, which is
 // called from one goroutine at a time and must not keep the pointer.
-func New(cfg Config, log *slog.Logger, sink func(*flow.Connection)) (*Agent, error) {
+func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, log: log}
+	a := &Agent{cfg: cfg, log: log, out: out}
+	if cfg.Kube != nil || cfg.KubeClient != nil {
+		cs := cfg.KubeClient
+		kc := kube.Config{}
+		if cfg.Kube != nil {
+			kc = *cfg.Kube
+		}
+		if cs == nil {
+			rc, err := kc.RESTConfig()
+			if err != nil {
+				return nil, err
+			}
+			if cs, err = kubernetes.NewForConfig(rc); err != nil {
+				return nil, fmt.Errorf("kubernetes client: %w", err)
+			}
+		}
+		w, err := kube.NewWatcher(cs, kc, log)
+		if err != nil {
+			return nil, err
+		}
+		a.watcher = w
+		pc := cfg.Path
+		pc.Node = cfg.Node
+		a.pipeline = path.NewPipeline(path.NewNamer(pc, w.Index), cfg.Metadata, a.emitPath, a.emitRequest)
+	}
+	if cfg.Export != nil {
+		ec := *cfg.Export
+		ec.Node = cfg.Node
+		exp, err := exporter.New(context.Background(), ec, log, a.drops)
+		if err != nil {
+			return nil, fmt.Errorf("otlp exporter: %w", err)
+		}
+		a.exp = exp
+	}
 	fc := cfg.Flow
 	fc.Node = cfg.Node
 	if cfg.Scope != nil {
@@ -117,18 +190,98 @@ func New(cfg Config, log *slog.Logger, sink func(*flow.Connection)) (*Agent, err
 			return false
 		}
 	}
-	a.table = flow.NewTable(fc, capture.NewClock(), sink)
+	fc.Requests = a.onRequest
+	a.table = flow.NewTable(fc, capture.NewClock(), a.onConnection)
 	a.ct = conntrack.New(conntrack.Config{Netns: cfg.Netns}, log)
 	var err error
 	a.capture, err = capture.Open(cfg.Capture, log)
 	if err != nil {
+		if a.exp != nil {
+			a.exp.Shutdown(context.Background())
+		}
 		return nil, err
 	}
 	return a, nil
 }
 
+func (a *Agent) onConnection(c *flow.Connection) {
+	if a.out.Connection != nil {
+		a.out.Connection(c)
+	}
+	if a.pipeline != nil {
+		a.pipeline.Connection(c)
+		return
+	}
+	if a.out.Path != nil || a.exp != nil {
+		p := path.Unnamed(c)
+		a.emitPath(&p)
+	}
+}
+
+func (a *Agent) onRequest(r *flow.Request) {
+	if a.pipeline != nil {
+		a.pipeline.Request(r)
+		return
+	}
+	if a.out.Request != nil || a.exp != nil {
+		a.emitRequest(&path.Request{Req: *r})
+	}
+}
+
+func (a *Agent) emitPath(p *path.Path) {
+	if a.exp != nil {
+		a.exp.Path(p)
+	}
+	if a.out.Path != nil {
+		a.out.Path(p)
+	}
+}
+
+func (a *Agent) emitRequest(r *path.Request) {
+	if a.exp != nil {
+		a.exp.Request(r)
+	}
+	if a.out.Request != nil {
+		a.out.Request(r)
+	}
+}
+
+// drops lists every loss counter for the lbpath.agent.dropped self-metric.
+func (a *Agent) drops() []exporter.Drop {
+	s := a.Stats()
+	var d []exporter.Drop
+	for prog, n := range s.Kernel.RingBufferDrops {
+		d = append(d, exporter.Drop{Stage: "ringbuf", Reason: prog, Count: n})
+	}
+	d = append(d,
+		exporter.Drop{Stage: "kernel", Reason: "conn_table_full", Count: s.Kernel.ConnTableFull},
+		exporter.Drop{Stage: "capture", Reason: "decode_error", Count: s.Decode},
+		exporter.Drop{Stage: "conntrack", Reason: "overflow", Count: s.Conntrack.Overflows.Load()},
+		exporter.Drop{Stage: "conntrack", Reason: "dump_error", Count: s.Conntrack.DumpErrors.Load()},
+		exporter.Drop{Stage: "flow", Reason: "nat_table_full", Count: s.Flow.NATTableFull.Load()},
+		exporter.Drop{Stage: "flow", Reason: "nat_expired", Count: s.Flow.NATExpired.Load()},
+		exporter.Drop{Stage: "flow", Reason: "open_table_full", Count: s.Flow.OpenTableFull.Load()},
+		exporter.Drop{Stage: "flow", Reason: "pending_table_full", Count: s.Flow.PendingTableFull.Load()},
+	)
+	if s.Pipeline != nil {
+		d = append(d,
+			exporter.Drop{Stage: "metadata", Reason: "unattributed", Count: s.Pipeline.Unattributed.Load()},
+			exporter.Drop{Stage: "metadata", Reason: "wait_full", Count: s.Pipeline.WaitFull.Load()},
+			exporter.Drop{Stage: "metadata", Reason: "request_unattributed", Count: s.Pipeline.RequestsUnattributed.Load()},
+			exporter.Drop{Stage: "metadata", Reason: "watch_error", Count: a.watcher.WatchErrors.Load()},
+		)
+	}
+	return d
+}
+
 // Programs lists the attached eBPF programs.
 func (a *Agent) Programs() []string { return a.capture.Programs() }
+
+// Watcher exposes the Kubernetes watcher (nil without Kube).
+func (a *Agent) Watcher() *kube.Watcher { return a.watcher }
+
+// Exporter exposes the OTLP exporter (nil without Export).
+func (a *Agent) Exporter() *exporter.Exporter { return a.exp }
 
 // Capture exposes the kernel side (program IDs for tests and benchmarks).
 func (a *Agent) Capture() *capture.Capture { return a.capture }
@@ -139,6 +292,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.capture.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if a.watcher != nil {
+		a.watcher.Run(ctx)
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Add(3)
@@ -172,6 +328,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				return
 			case now := <-tick.C:
 				a.table.Tick(capture.MonoNow())
+				if a.pipeline != nil {
+					a.pipeline.Tick(now)
+				}
 				if a.cfg.StatsInterval > 0 && now.Sub(last) >= a.cfg.StatsInterval {
 					last = now
 					a.logStats()
@@ -181,6 +340,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	wg.Wait()
 	a.table.Flush()
+	if a.pipeline != nil {
+		a.pipeline.Flush()
+	}
+	if a.exp != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := a.exp.Shutdown(sctx); err != nil {
+			a.log.Warn("otlp export at shutdown", "err", err)
+		}
+		scancel()
+	}
 	a.logStats()
 	close(errc)
 	var errs []error
@@ -199,7 +368,14 @@ func (a *Agent) Stats() Stats {
 	a.mu.Lock()
 	d := a.decode
 	a.mu.Unlock()
-	return Stats{Kernel: k, Decode: d, Conntrack: &a.ct.Stats, Flow: &a.table.Stats}
+	st := Stats{Kernel: k, Decode: d, Conntrack: &a.ct.Stats, Flow: &a.table.Stats, Kube: a.watcher}
+	if a.pipeline != nil {
+		st.Pipeline = &a.pipeline.Stats
+	}
+	if a.exp != nil {
+		st.Export = &a.exp.Stats
+	}
+	return st
 }
 
 func (a *Agent) logStats() {
@@ -214,4 +390,14 @@ func (a *Agent) logStats() {
 		"nat_table_full", s.Flow.NATTableFull.Load(), "pending_full", s.Flow.PendingTableFull.Load(),
 		"open_table_full", s.Flow.OpenTableFull.Load(), "nat_expired", s.Flow.NATExpired.Load(),
 		"nat_entries", nat, "open", open, "pending", pend)
+	if s.Pipeline != nil {
+		a.log.Info("metadata stats", "node", a.cfg.Node, "synced", a.watcher.Synced(),
+			"unattributed", s.Pipeline.Unattributed.Load(), "waiting", a.pipeline.Waiting(),
+			"watch_errors", a.watcher.WatchErrors.Load(), "kube_events", a.watcher.Events.Load())
+	}
+	if s.Export != nil {
+		a.log.Info("export stats", "node", a.cfg.Node, "connections", s.Export.Connections.Load(),
+			"queue_full", s.Export.QueueFull.Load(), "spans_failed", s.Export.SpansFailed.Load(),
+			"metric_exports_failed", s.Export.MetricsFailed.Load())
+	}
 }

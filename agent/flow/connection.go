@@ -115,3 +115,18 @@ func errnoName(e syscall.Errno) string {
 	}
 	return e.Error()
 }
+
+// Request is one request/response turn on an accepting socket: from the
+// first read of the request to the first write of its response (for
+// HTTP/1.x on keep-alive connections, one HTTP request).
+type Request struct {
+	Node    string         `json:"node"`
+	Start   time.Time      `json:"start"`
+	Latency time.Duration  `json:"latency_ns"`
+	Bytes   uint64         `json:"bytes"` // request bytes read
+	Turn    uint32         `json:"turn"`  // 1 for the connection's first request
+	PodSrc  netip.AddrPort `json:"pod_src"`
+	PodDst  netip.AddrPort `json:"pod_dst"`
+	Netns   uint32         `json:"netns,omitempty"`
+	Cookie  uint64         `json:"socket_cookie,omitempty"`
+}

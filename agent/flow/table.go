@@ -30,6 +30,9 @@ type Config struct {
 	// MaxNAT, MaxOpen and MaxPending bound the tables. Defaults 262144,
 	// 262144, 65536.
 	MaxNAT, MaxOpen, MaxPending int
+	// Requests receives request/response turns of accepting sockets; nil
+	// ignores them.
+	Requests func(*Request)
 }
 
 // Stats counts what the table did; every loss has its own counter.
@@ -39,6 +42,7 @@ type Stats struct {
 	NoNAT            atomic.Uint64 // socket records emitted without NAT after JoinWait (direct connections)
 	Forwarded        atomic.Uint64 // forward records
 	Rejected         atomic.Uint64 // reject records
+	Requests         atomic.Uint64 // request/response turns passed on
 	OutOfScope       atomic.Uint64 // socket events of other nodes (Scope false)
 	DuplicateNAT     atomic.Uint64 // NAT entries seen again (dump after events, repeated events)
 	NATExpired       atomic.Uint64 // NAT entries dropped by NATTTL without a destroy event
@@ -84,19 +88,20 @@ type Table struct {
 	emit  func(*Connection)
 	Stats Stats
 
-	mu        sync.Mutex
-	natByPod  map[conntrack.Tuple]*natRec // key: pod side (reply reversed)
-	natByOrig map[conntrack.Tuple]*natRec // key: original tuple
-	openSrv   map[conntrack.Tuple]struct{}
-	openCli   map[conntrack.Tuple]struct{}
-	pendSrv   map[conntrack.Tuple]*pending
-	pendCli   map[conntrack.Tuple]*pending
-	pendFwd   map[conntrack.Tuple]*pending // key: original tuple
-	fifo      []*pending                   // by deadline (deadlines are now+JoinWait, so FIFO); live from head
-	head      int
-	free      []*pending // popped entries, reused so the hot path does not allocate
-	lastSweep uint64
-	scratch   Connection // the record being emitted; emit must not keep it
+	mu         sync.Mutex
+	natByPod   map[conntrack.Tuple]*natRec // key: pod side (reply reversed)
+	natByOrig  map[conntrack.Tuple]*natRec // key: original tuple
+	openSrv    map[conntrack.Tuple]struct{}
+	openCli    map[conntrack.Tuple]struct{}
+	pendSrv    map[conntrack.Tuple]*pending
+	pendCli    map[conntrack.Tuple]*pending
+	pendFwd    map[conntrack.Tuple]*pending // key: original tuple
+	fifo       []*pending                   // by deadline (deadlines are now+JoinWait, so FIFO); live from head
+	head       int
+	free       []*pending // popped entries, reused so the hot path does not allocate
+	lastSweep  uint64
+	scratch    Connection // the record being emitted; emit must not keep it
+	reqScratch Request
 }
 
 // NewTable returns a table that calls emit for every finished record. emit
@@ -148,6 +153,14 @@ func (t *Table) Socket(e *capture.Event) {
 		t.close(e)
 	case capture.EventRefused:
 		t.reject(e)
+	case capture.EventRequest:
+		if t.cfg.Requests != nil {
+			t.Stats.Requests.Add(1)
+			t.reqScratch = Request{Node: t.cfg.Node, Start: t.clock.Time(e.StartNs),
+				Latency: time.Duration(e.TimeNs - e.StartNs), Bytes: e.BytesReceived, Turn: e.Retransmits,
+				PodSrc: e.Remote, PodDst: e.Local, Netns: e.Netns, Cookie: e.Cookie}
+			t.cfg.Requests(&t.reqScratch)
+		}
 	}
 	t.expire(e.TimeNs)
 }

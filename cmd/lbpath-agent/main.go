@@ -22,7 +22,9 @@ import (
 	"time"
 
 	"github.com/lbpath/lbpath/agent"
-	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
+	"github.com/lbpath/lbpath/agent/path"
+	"github.com/lbpath/lbpath/exporter"
 )
 
 // cidrList is a repeatable, comma-separable --pod-cidr flag.
@@ -56,7 +58,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.Node, "node", defNode, "node name in every record (default $NODE_NAME, else the hostname)")
 	fs.StringVar(&cfg.Netns, "netns", "", "path of the node's network namespace (default: the agent's own)")
 	fs.Var(&cidrs, "pod-cidr", "limit socket records to pods in this CIDR and the node's own namespace (repeatable; for nodes sharing one kernel)")
-	output := fs.String("output", "jsonl", "record output: jsonl (one Connection per line on stdout)")
+	output := fs.String("output", "jsonl", "record output: jsonl (one record per line on stdout) or none")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig path (outside a cluster)")
+	noKube := fs.Bool("no-kube", false, "do not name connections from the API server")
+	inCluster := os.Getenv("KUBERNETES_SERVICE_HOST") != ""
+	fs.DurationVar(&cfg.Metadata.MetadataWait, "metadata-wait", 2*time.Second, "how long a connection waits for its pod's metadata")
+	fs.DurationVar(&cfg.Path.LBPendingAfter, "lb-pending-after", 2*time.Minute, "diagnose a LoadBalancer whose EXTERNAL-IP is pending this long")
+	var ec exporter.Config
+	fs.StringVar(&ec.Endpoint, "otlp-endpoint", "", "OTLP endpoint (host:port for grpc, URL for http); enables export (also OTEL_EXPORTER_OTLP_ENDPOINT)")
+	fs.StringVar(&ec.Protocol, "otlp-protocol", "", "grpc or http/protobuf (default grpc, or OTEL_EXPORTER_OTLP_PROTOCOL)")
+	fs.BoolVar(&ec.Insecure, "otlp-insecure", false, "OTLP without TLS")
+	headers := fs.String("otlp-headers", "", "OTLP headers k=v,k2=v2")
+	fs.StringVar(&ec.Compression, "otlp-compression", "", "gzip or none")
+	fs.StringVar(&ec.CAFile, "otlp-ca", "", "CA certificate to verify the OTLP server")
+	fs.StringVar(&ec.CertFile, "otlp-cert", "", "client certificate for mTLS")
+	fs.StringVar(&ec.KeyFile, "otlp-key", "", "client key for mTLS")
+	fs.DurationVar(&ec.MetricInterval, "metric-interval", 10*time.Second, "how often metrics are pushed")
+	fs.IntVar(&ec.QueueSize, "export-queue", 8192, "connections waiting to be exported; beyond it they are dropped and counted")
+	fs.StringVar(&ec.ClientAddresses, "client-addresses", "keep", "client.address in exported data: keep, hash or drop")
+	fs.StringVar(&ec.Cluster, "cluster", os.Getenv("CLUSTER_NAME"), "k8s.cluster.name")
 	rb := fs.Uint("ring-buffer-bytes", 4<<20, "eBPF ring buffer size (power of two)")
 	maxConns := fs.Uint("max-connections", 65536, "kernel table of open connections")
 	fs.DurationVar(&cfg.Flow.JoinWait, "join-wait", time.Second, "how long a closed socket waits for its NAT entry")
@@ -77,9 +97,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lbpath-agent: log-level: %v\n", err)
 		return 2
 	}
-	if *output != "jsonl" {
-		fmt.Fprintf(stderr, "lbpath-agent: output: %q is not supported (want jsonl)\n", *output)
+	if *output != "jsonl" && *output != "none" {
+		fmt.Fprintf(stderr, "lbpath-agent: output: %q is not supported (want jsonl or none)\n", *output)
 		return 2
+	}
+	h, err := exporter.ParseHeaders(*headers)
+	if err != nil {
+		fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)
+		return 2
+	}
+	ec.Headers = h
+	if ec.Endpoint != "" || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" {
+		cfg.Export = &ec
+	}
+	if !*noKube && (*kubeconfig != "" || inCluster) {
+		cfg.Kube = &kube.Config{Kubeconfig: *kubeconfig}
 	}
 	if *rb > 1<<31 {
 		fmt.Fprintf(stderr, "lbpath-agent: ring-buffer-bytes: %d is too large\n", *rb)
@@ -100,17 +132,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	enc := json.NewEncoder(stdout)
 	var writeErr error
-	a, err := agent.New(cfg, log, func(c *flow.Connection) {
-		if err := enc.Encode(c); err != nil && writeErr == nil {
-			writeErr = err
-			log.Error("write record", "err", err)
+	var out agent.Outputs
+	if *output == "jsonl" {
+		out.Path = func(p *path.Path) {
+			if err := enc.Encode(p.Record()); err != nil && writeErr == nil {
+				writeErr = err
+				log.Error("write record", "err", err)
+			}
 		}
-	})
+	}
+	a, err := agent.New(cfg, log, out)
 	if err != nil {
 		log.Error("start agent", "err", err)
 		return 1
 	}
-	log.Info("lbpath-agent running", "node", cfg.Node, "netns", cfg.Netns, "programs", a.Programs())
+	log.Info("lbpath-agent running", "node", cfg.Node, "netns", cfg.Netns, "programs", a.Programs(),
+		"kube", cfg.Kube != nil, "otlp", cfg.Export != nil)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -38,7 +38,7 @@ func Start(cl *testbed.Cluster, fc flow.Config, log *slog.Logger) (*Set, error) 
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Set{cancel: cancel}
 	for _, n := range cl.Nodes {
-		a, err := agent.New(agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n), Flow: fc}, log, s.add)
+		a, err := agent.New(agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n), Flow: fc}, log, agent.Outputs{Connection: s.add})
 		if err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("agent for %s: %w", n.Name, err)

@@ -1,0 +1,160 @@
+package path
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
+)
+
+// Request is a request/response turn named with its pod and Service.
+type Request struct {
+	Req     flow.Request
+	Pod     *kube.Pod
+	Service *kube.Service
+}
+
+// PipelineConfig bounds the wait for metadata.
+type PipelineConfig struct {
+	// MetadataWait is how long a connection whose pod cannot be named yet
+	// (informers behind, API server down) waits before it is emitted with
+	// what is known. Default 2s.
+	MetadataWait time.Duration
+	// MaxWaiting bounds the connections waiting; past it they are emitted
+	// at once, unattributed. Default 16384.
+	MaxWaiting int
+}
+
+// PipelineStats counts what could not be named.
+type PipelineStats struct {
+	// Unattributed counts connections emitted without their pod named.
+	Unattributed atomic.Uint64
+	// WaitFull counts connections that could not wait for metadata.
+	WaitFull atomic.Uint64
+	// RequestsUnattributed counts requests whose pod was unknown.
+	RequestsUnattributed atomic.Uint64
+}
+
+type waiting struct {
+	conn     flow.Connection
+	deadline time.Time
+}
+
+// Pipeline names connections, holding back for a bounded time those whose
+// metadata has not arrived, so an API server outage costs names, never
+// records, and never unbounded memory.
+type Pipeline struct {
+	namer *Namer
+	cfg   PipelineConfig
+	emit  func(*Path)
+	req   func(*Request)
+	Stats PipelineStats
+
+	mu   sync.Mutex
+	wait []waiting
+}
+
+// NewPipeline returns a pipeline that calls emit for every named (or given
+// up on) connection and req for every request. Both run with the pipeline
+// locked and must not keep the pointer.
+func NewPipeline(n *Namer, cfg PipelineConfig, emit func(*Path), req func(*Request)) *Pipeline {
+	if cfg.MetadataWait == 0 {
+		cfg.MetadataWait = 2 * time.Second
+	}
+	if cfg.MaxWaiting == 0 {
+		cfg.MaxWaiting = 16384
+	}
+	return &Pipeline{namer: n, cfg: cfg, emit: emit, req: req}
+}
+
+// Namer returns the namer (for inventory and stats).
+func (pl *Pipeline) Namer() *Namer { return pl.namer }
+
+// Connection names c now or queues it until its metadata arrives.
+func (pl *Pipeline) Connection(c *flow.Connection) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	p, complete := pl.namer.Name(c)
+	if complete {
+		pl.emit(&p)
+		return
+	}
+	if len(pl.wait) >= pl.cfg.MaxWaiting {
+		pl.Stats.WaitFull.Add(1)
+		pl.Stats.Unattributed.Add(1)
+		pl.emit(&p)
+		return
+	}
+	pl.wait = append(pl.wait, waiting{conn: *c, deadline: time.Now().Add(pl.cfg.MetadataWait)})
+}
+
+// Request names a request by its pod (requests do not wait: they are
+// aggregated into metrics, and a pod that is unknown now is counted).
+func (pl *Pipeline) Request(r *flow.Request) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	at := r.Start
+	out := Request{Req: *r}
+	if pod, ok := pl.namer.idx.PodAt(r.PodDst.Addr(), at); ok {
+		out.Pod = pod
+	} else if pod, ok := pl.namer.idx.HostPortAt(r.PodDst, at); ok {
+		out.Pod = pod
+	} else {
+		pl.Stats.RequestsUnattributed.Add(1)
+	}
+	if svc, _, ok := pl.namer.idx.EndpointAt(r.PodDst, at); ok {
+		out.Service, _ = pl.namer.serviceByKey(svc)
+	}
+	pl.req(&out)
+}
+
+// Tick retries waiting connections and gives up on those past their wait.
+func (pl *Pipeline) Tick(now time.Time) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	keep := pl.wait[:0]
+	for i := range pl.wait {
+		w := &pl.wait[i]
+		p, complete := pl.namer.Name(&w.conn)
+		switch {
+		case complete:
+			pl.emit(&p)
+		case !now.Before(w.deadline):
+			pl.Stats.Unattributed.Add(1)
+			pl.emit(&p)
+		default:
+			keep = append(keep, *w)
+		}
+	}
+	clear(pl.wait[len(keep):])
+	pl.wait = keep
+}
+
+// Flush emits everything still waiting.
+func (pl *Pipeline) Flush() {
+	pl.Tick(time.Now().Add(24 * time.Hour))
+}
+
+// Waiting is how many connections wait for metadata.
+func (pl *Pipeline) Waiting() int {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return len(pl.wait)
+}
+
+// Unnamed builds a path with no Kubernetes names, for agents running without
+// an API server.
+func Unnamed(c *flow.Connection) Path {
+	return Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port(),
+		EntryNode: entryNodeOf(c)}
+}
+
+func entryNodeOf(c *flow.Connection) string {
+	if c.Role == flow.RoleForward || c.Role == flow.RoleReject || (c.NAT != nil && c.NAT.DNAT) {
+		return c.Node
+	}
+	return ""
+}
+

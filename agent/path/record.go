@@ -1,0 +1,46 @@
+package path
+
+import "github.com/lbpath/lbpath/agent/flow"
+
+// Record is the JSON form of a Path: the Connection's fields plus the names
+// (all documented in docs/TELEMETRY.md).
+type Record struct {
+	flow.Connection
+	Service     string      `json:"service,omitempty"` // namespace/name
+	Entry       string      `json:"entry,omitempty"`
+	EntryNode   string      `json:"entry_node,omitempty"`
+	Pod         string      `json:"pod,omitempty"` // namespace/name
+	PodNode     string      `json:"pod_node,omitempty"`
+	PodZone     string      `json:"pod_zone,omitempty"`
+	Deployment  string      `json:"deployment,omitempty"`
+	ReplicaSet  string      `json:"replicaset,omitempty"`
+	ClientKind  string      `json:"client_kind,omitempty"`
+	ClientName  string      `json:"client_name,omitempty"` // pod namespace/name or node name
+	ClientLost  bool        `json:"client_lost,omitempty"`
+	CrossNode   bool        `json:"cross_node,omitempty"`
+	NotReady    bool        `json:"endpoint_not_ready,omitempty"`
+	Terminating bool        `json:"endpoint_terminating,omitempty"`
+	Diagnoses   []Diagnosis `json:"diagnoses,omitempty"`
+}
+
+// Record returns the JSON form of p.
+func (p *Path) Record() Record {
+	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
+		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
+		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses}
+	r.SNAT = p.SNAT
+	if p.Service != nil {
+		r.Service = p.Service.Key()
+	}
+	if p.Pod != nil {
+		r.Pod = p.Pod.Namespace + "/" + p.Pod.Name
+		r.Deployment, r.ReplicaSet = p.Pod.Deployment, p.Pod.ReplicaSet
+	}
+	switch {
+	case p.Client.Pod != nil:
+		r.ClientName = p.Client.Pod.Namespace + "/" + p.Client.Pod.Name
+	case p.Client.Node != nil:
+		r.ClientName = p.Client.Node.Name
+	}
+	return r
+}

@@ -1,0 +1,479 @@
+package exporter
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
+	"github.com/lbpath/lbpath/agent/path"
+)
+
+type (
+	podRef = kube.Pod
+	svcRef = kube.Service
+)
+
+// Stats counts what the exporter dropped; every drop is also exported as
+// the self-metric lbpath.agent.dropped.
+type Stats struct {
+	Connections   atomic.Uint64 // connections exported as spans and metrics
+	QueueFull     atomic.Uint64 // connections dropped: the span queue was full
+	SpansFailed   atomic.Uint64 // spans the OTLP exporter gave up on after retries
+	MetricsFailed atomic.Uint64 // metric exports that failed after retries
+}
+
+// Exporter sends spans and metrics for named connections.
+type Exporter struct {
+	cfg    Config
+	log    *slog.Logger
+	tp     *sdktrace.TracerProvider
+	mp     *sdkmetric.MeterProvider
+	tracer trace.Tracer
+	inst   instruments
+	salt   [16]byte
+	Stats  Stats
+
+	queue chan path.Path
+	wg    sync.WaitGroup
+	once  sync.Once
+}
+
+// New builds the OTLP pipelines. selfStats, when non-nil, is read at every
+// metric collection for the agent's own loss counters.
+func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []Drop) (*Exporter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.QueueSize == 0 {
+		cfg.QueueSize = 8192
+	}
+	if cfg.MetricInterval == 0 {
+		cfg.MetricInterval = 10 * time.Second
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	e := &Exporter{cfg: cfg, log: log, queue: make(chan path.Path, cfg.QueueSize)}
+	_, _ = rand.Read(e.salt[:]) // per-process salt: hashes cannot be joined across restarts
+
+	attrs := []attribute.KeyValue{
+		attribute.String("service.name", "lbpath-agent"),
+		attribute.String("k8s.node.name", cfg.Node),
+	}
+	if cfg.Cluster != "" {
+		attrs = append(attrs, attribute.String("k8s.cluster.name", cfg.Cluster))
+	}
+	res := resource.NewSchemaless(attrs...)
+
+	if !cfg.NoTraces {
+		se, err := e.spanExporter(ctx)
+		if err != nil {
+			return nil, err
+		}
+		e.tp = sdktrace.NewTracerProvider(
+			sdktrace.WithResource(res),
+			sdktrace.WithIDGenerator(idGenerator{}),
+			// Blocking: the SDK never drops silently; the exporter's own
+			// bounded queue in front of it is where drops happen, counted.
+			sdktrace.WithBatcher(&countingSpans{SpanExporter: se, failed: &e.Stats.SpansFailed},
+				sdktrace.WithBlocking(), sdktrace.WithMaxQueueSize(4096), sdktrace.WithMaxExportBatchSize(512)),
+		)
+		e.tracer = e.tp.Tracer("github.com/lbpath/lbpath/exporter")
+	}
+	if !cfg.NoMetrics {
+		me, err := e.metricExporter(ctx)
+		if err != nil {
+			return nil, err
+		}
+		e.mp = sdkmetric.NewMeterProvider(
+			sdkmetric.WithResource(res),
+			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(&countingMetrics{Exporter: me, failed: &e.Stats.MetricsFailed},
+				sdkmetric.WithInterval(cfg.MetricInterval))),
+		)
+		if err := e.inst.init(e.mp.Meter("github.com/lbpath/lbpath/exporter"), e, selfStats); err != nil {
+			return nil, err
+		}
+	}
+	e.wg.Add(1)
+	go e.run()
+	return e, nil
+}
+
+func (e *Exporter) spanExporter(ctx context.Context) (sdktrace.SpanExporter, error) {
+	tc, err := e.cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if e.cfg.Protocol == "http/protobuf" {
+		var opts []otlptracehttp.Option
+		if e.cfg.Endpoint != "" {
+			opts = append(opts, otlptracehttp.WithEndpointURL(httpURL(e.cfg.Endpoint, e.cfg.Insecure, "/v1/traces")))
+		}
+		if e.cfg.Insecure {
+			opts = append(opts, otlptracehttp.WithInsecure())
+		}
+		if tc != nil {
+			opts = append(opts, otlptracehttp.WithTLSClientConfig(tc))
+		}
+		if len(e.cfg.Headers) > 0 {
+			opts = append(opts, otlptracehttp.WithHeaders(e.cfg.Headers))
+		}
+		if e.cfg.Compression == "gzip" {
+			opts = append(opts, otlptracehttp.WithCompression(otlptracehttp.GzipCompression))
+		}
+		opts = append(opts, otlptracehttp.WithTimeout(e.cfg.Timeout))
+		return otlptracehttp.New(ctx, opts...)
+	}
+	var opts []otlptracegrpc.Option
+	if e.cfg.Endpoint != "" {
+		opts = append(opts, otlptracegrpc.WithEndpoint(e.cfg.Endpoint))
+	}
+	if e.cfg.Insecure {
+		opts = append(opts, otlptracegrpc.WithInsecure())
+	}
+	if tc != nil {
+		opts = append(opts, otlptracegrpc.WithTLSCredentials(credentials.NewTLS(tc)))
+	}
+	if len(e.cfg.Headers) > 0 {
+		opts = append(opts, otlptracegrpc.WithHeaders(e.cfg.Headers))
+	}
+	if e.cfg.Compression == "gzip" {
+		opts = append(opts, otlptracegrpc.WithCompressor("gzip"))
+	}
+	opts = append(opts, otlptracegrpc.WithTimeout(e.cfg.Timeout))
+	return otlptracegrpc.New(ctx, opts...)
+}
+
+func (e *Exporter) metricExporter(ctx context.Context) (sdkmetric.Exporter, error) {
+	tc, err := e.cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if e.cfg.Protocol == "http/protobuf" {
+		var opts []otlpmetrichttp.Option
+		if e.cfg.Endpoint != "" {
+			opts = append(opts, otlpmetrichttp.WithEndpointURL(httpURL(e.cfg.Endpoint, e.cfg.Insecure, "/v1/metrics")))
+		}
+		if e.cfg.Insecure {
+			opts = append(opts, otlpmetrichttp.WithInsecure())
+		}
+		if tc != nil {
+			opts = append(opts, otlpmetrichttp.WithTLSClientConfig(tc))
+		}
+		if len(e.cfg.Headers) > 0 {
+			opts = append(opts, otlpmetrichttp.WithHeaders(e.cfg.Headers))
+		}
+		if e.cfg.Compression == "gzip" {
+			opts = append(opts, otlpmetrichttp.WithCompression(otlpmetrichttp.GzipCompression))
+		}
+		opts = append(opts, otlpmetrichttp.WithTimeout(e.cfg.Timeout))
+		return otlpmetrichttp.New(ctx, opts...)
+	}
+	var opts []otlpmetricgrpc.Option
+	if e.cfg.Endpoint != "" {
+		opts = append(opts, otlpmetricgrpc.WithEndpoint(e.cfg.Endpoint))
+	}
+	if e.cfg.Insecure {
+		opts = append(opts, otlpmetricgrpc.WithInsecure())
+	}
+	if tc != nil {
+		opts = append(opts, otlpmetricgrpc.WithTLSCredentials(credentials.NewTLS(tc)))
+	}
+	if len(e.cfg.Headers) > 0 {
+		opts = append(opts, otlpmetricgrpc.WithHeaders(e.cfg.Headers))
+	}
+	if e.cfg.Compression == "gzip" {
+		opts = append(opts, otlpmetricgrpc.WithCompressor("gzip"))
+	}
+	opts = append(opts, otlpmetricgrpc.WithTimeout(e.cfg.Timeout))
+	return otlpmetricgrpc.New(ctx, opts...)
+}
+
+// httpURL accepts host:port or a URL and returns a URL with the signal path.
+func httpURL(endpoint string, insecure bool, signal string) string {
+	if len(endpoint) > 7 && (endpoint[:7] == "http://" || (len(endpoint) > 8 && endpoint[:8] == "https://")) {
+		return endpoint
+	}
+	scheme := "https://"
+	if insecure {
+		scheme = "http://"
+	}
+	return scheme + endpoint + signal
+}
+
+// countingSpans counts spans the OTLP exporter could not deliver after its
+// retries.
+type countingSpans struct {
+	sdktrace.SpanExporter
+	failed *atomic.Uint64
+}
+
+func (c *countingSpans) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := c.SpanExporter.ExportSpans(ctx, spans)
+	if err != nil {
+		c.failed.Add(uint64(len(spans)))
+	}
+	return err
+}
+
+// countingMetrics counts failed metric exports.
+type countingMetrics struct {
+	sdkmetric.Exporter
+	failed *atomic.Uint64
+}
+
+func (c *countingMetrics) Export(ctx context.Context, rm *metricdata.ResourceMetrics) error {
+	err := c.Exporter.Export(ctx, rm)
+	if err != nil {
+		c.failed.Add(1)
+	}
+	return err
+}
+
+// Path queues a named connection for export; it never blocks. When the
+// queue is full the connection is dropped and counted.
+func (e *Exporter) Path(p *path.Path) {
+	select {
+	case e.queue <- *p:
+	default:
+		e.Stats.QueueFull.Add(1)
+	}
+}
+
+// Request records a request's latency and count (metrics only).
+func (e *Exporter) Request(r *path.Request) {
+	if e.mp == nil {
+		return
+	}
+	attrs := podAttrs(r.Pod, r.Service)
+	set := metric.WithAttributeSet(attribute.NewSet(attrs...))
+	ctx := context.Background()
+	e.inst.requests.Add(ctx, 1, set)
+	e.inst.requestDuration.Record(ctx, r.Req.Latency.Seconds(), set)
+}
+
+func (e *Exporter) run() {
+	defer e.wg.Done()
+	for p := range e.queue {
+		e.export(&p)
+	}
+}
+
+// Shutdown drains the queue and flushes both pipelines.
+func (e *Exporter) Shutdown(ctx context.Context) error {
+	var errs []error
+	e.once.Do(func() {
+		close(e.queue)
+		e.wg.Wait()
+		if e.tp != nil {
+			errs = append(errs, e.tp.Shutdown(ctx))
+		}
+		if e.mp != nil {
+			errs = append(errs, e.mp.Shutdown(ctx))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// ForceFlush pushes what is buffered now (tests, shutdown).
+func (e *Exporter) ForceFlush(ctx context.Context) error {
+	// Let the worker take what is queued before flushing the SDK.
+	for len(e.queue) > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	var errs []error
+	if e.tp != nil {
+		errs = append(errs, e.tp.ForceFlush(ctx))
+	}
+	if e.mp != nil {
+		errs = append(errs, e.mp.ForceFlush(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Exporter) clientAddr(a netip.AddrPort) (string, bool) {
+	switch e.cfg.ClientAddresses {
+	case "drop":
+		return "", false
+	case "hash":
+		h := sha256.New()
+		h.Write(e.salt[:])
+		b := a.Addr().As16()
+		h.Write(b[:])
+		return "sha256:" + hex.EncodeToString(h.Sum(nil)[:12]), true
+	}
+	return a.Addr().String(), true
+}
+
+// synTime estimates when the connection's SYN passed: the entry node sees
+// it at NAT confirmation, the pod's node one RTT before the handshake
+// completed.
+func synTime(c *flow.Connection) time.Time {
+	if c.Role == flow.RoleServer && c.SRTTMicros > 0 {
+		return c.Start.Add(-time.Duration(c.SRTTMicros) * time.Microsecond)
+	}
+	return c.Start
+}
+
+func (e *Exporter) export(p *path.Path) {
+	e.Stats.Connections.Add(1)
+	if e.mp != nil {
+		e.inst.record(p)
+	}
+	if e.tracer != nil {
+		e.span(p)
+	}
+}
+
+func (e *Exporter) span(p *path.Path) {
+	c := &p.Conn
+	tid := TraceID(c.WireKey(), synTime(c))
+	base := c.Node + "/" + string(c.Role)
+	kind := trace.SpanKindServer
+	switch c.Role {
+	case flow.RoleForward, flow.RoleClient:
+		kind = trace.SpanKindClient
+	case flow.RoleReject:
+		kind = trace.SpanKindInternal
+	}
+	name := "lbpath.connection"
+	if p.Service != nil {
+		name = "lbpath.connection " + p.Service.Key()
+	}
+	ctx := withIDs(context.Background(), tid, SpanID(tid, base))
+	attrs := e.spanAttrs(p)
+	_, root := e.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithTimestamp(c.Start), trace.WithAttributes(attrs...))
+	for _, d := range p.Diagnoses {
+		root.AddEvent(d.Code, trace.WithTimestamp(c.Start), trace.WithAttributes(attribute.String("lbpath.diagnosis.message", d.Message)))
+	}
+	if c.Outcome != flow.OutcomeOK && c.Outcome != flow.OutcomeForwarded {
+		root.SetStatus(2, string(c.Outcome)) // codes.Error
+	}
+	// Hop children: what this node can vouch for.
+	rootCtx := trace.ContextWithSpan(context.Background(), root)
+	hop := func(hopName, from, to string) {
+		hctx := withIDs(rootCtx, tid, SpanID(tid, base+"/"+hopName))
+		_, s := e.tracer.Start(hctx, hopName, trace.WithSpanKind(trace.SpanKindInternal), trace.WithTimestamp(c.Start),
+			trace.WithAttributes(attribute.String("lbpath.hop.from", from), attribute.String("lbpath.hop.to", to)))
+		s.End(trace.WithTimestamp(c.End))
+	}
+	entry := p.EntryAddr.String()
+	if p.EntryNode != "" && p.EntryNode == c.Node && (p.Entry == "loadbalancer" || p.Entry == "nodeport") {
+		hop("hop lb→node", entry, c.Node)
+	}
+	if p.CrossNode && p.EntryNode == c.Node {
+		hop("hop node→node", p.EntryNode, p.PodNode)
+	}
+	if c.Role == flow.RoleServer {
+		podName := c.PodDst.String()
+		if p.Pod != nil {
+			podName = p.Pod.Namespace + "/" + p.Pod.Name
+		}
+		hop("hop node→pod", c.Node, podName)
+	}
+	root.End(trace.WithTimestamp(c.End))
+}
+
+func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
+	c := &p.Conn
+	a := []attribute.KeyValue{
+		attribute.String("network.transport", "tcp"),
+		attribute.String("network.peer.address", c.PodSrc.Addr().String()),
+		attribute.Int("network.peer.port", int(c.PodSrc.Port())),
+		attribute.String("server.address", c.Target.Addr().String()),
+		attribute.Int("server.port", int(c.Target.Port())),
+		attribute.String("lbpath.role", string(c.Role)),
+		attribute.String("lbpath.outcome", string(c.Outcome)),
+		attribute.String("lbpath.node", c.Node),
+		attribute.String("lbpath.pod.address", c.PodDst.String()),
+		attribute.Bool("lbpath.snat", p.SNAT),
+		attribute.Bool("lbpath.cross_node", p.CrossNode),
+		attribute.Int64("lbpath.bytes_to_server", int64(c.BytesToServer)),
+		attribute.Int64("lbpath.bytes_to_client", int64(c.BytesToClient)),
+		attribute.Int64("lbpath.rtt_us", int64(c.SRTTMicros)),
+		attribute.Int64("lbpath.retransmits", int64(c.Retransmits)),
+	}
+	if !p.Client.Lost {
+		if s, ok := e.clientAddr(p.Client.Addr); ok {
+			a = append(a, attribute.String("client.address", s))
+			if e.cfg.ClientAddresses == "" || e.cfg.ClientAddresses == "keep" {
+				a = append(a, attribute.Int("client.port", int(p.Client.Addr.Port())))
+			}
+		}
+	}
+	if p.Entry != "" {
+		a = append(a, attribute.String("lbpath.entry", string(p.Entry)))
+	}
+	if p.EntryNode != "" {
+		a = append(a, attribute.String("lbpath.entry_node", p.EntryNode))
+	}
+	if c.Error != "" {
+		a = append(a, attribute.String("error.type", c.Error))
+	}
+	if c.NAT != nil {
+		a = append(a, attribute.String("lbpath.nat.original", c.NAT.Original.String()),
+			attribute.String("lbpath.nat.reply", c.NAT.Reply.String()))
+	}
+	a = append(a, podAttrs(p.Pod, p.Service)...)
+	if p.Pod == nil && p.PodNode != "" {
+		a = append(a, attribute.String("k8s.node.name", p.PodNode))
+	}
+	if p.PodZone != "" {
+		a = append(a, attribute.String("lbpath.pod.zone", p.PodZone))
+	}
+	return a
+}
+
+// podAttrs are the pod and Service attributes shared by spans and metrics.
+func podAttrs(pod *podRef, svc *svcRef) []attribute.KeyValue {
+	var a []attribute.KeyValue
+	if svc != nil {
+		a = append(a, attribute.String("k8s.namespace.name", svc.Namespace), attribute.String("k8s.service.name", svc.Name))
+	}
+	if pod != nil {
+		if svc == nil {
+			a = append(a, attribute.String("k8s.namespace.name", pod.Namespace))
+		}
+		a = append(a, attribute.String("k8s.pod.name", pod.Name), attribute.String("k8s.node.name", pod.Node))
+		if pod.Deployment != "" {
+			a = append(a, attribute.String("k8s.deployment.name", pod.Deployment))
+		}
+		if pod.ReplicaSet != "" {
+			a = append(a, attribute.String("k8s.replicaset.name", pod.ReplicaSet))
+		}
+		if pod.TemplateHash != "" {
+			a = append(a, attribute.String("lbpath.pod_template_hash", pod.TemplateHash))
+		}
+	}
+	return a
+}
+

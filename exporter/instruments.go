@@ -1,0 +1,155 @@
+package exporter
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/path"
+)
+
+// Drop is one loss counter of the agent, exported as lbpath.agent.dropped
+// with attributes lbpath.stage and lbpath.reason.
+type Drop struct {
+	Stage, Reason string
+	Count         uint64
+}
+
+// Explicit bucket boundaries: scraped Prometheus exporters render
+// exponential histograms without buckets (see docs/TELEMETRY.md), and these
+// resolve the latencies SREs alert on.
+var (
+	requestBuckets    = []float64{0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10}
+	connectionBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800}
+	rttBuckets        = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
+)
+
+type instruments struct {
+	connections     metric.Int64Counter
+	requests        metric.Int64Counter
+	bytes           metric.Int64Counter
+	requestDuration metric.Float64Histogram
+	connDuration    metric.Float64Histogram
+	rtt             metric.Float64Histogram
+	retransmits     metric.Int64Counter
+}
+
+// Instrument names, declared once: docs/TELEMETRY.md and the dashboards'
+// query check read this list.
+const (
+	MetricConnections        = "lbpath.connections"
+	MetricRequests           = "lbpath.requests"
+	MetricBytes              = "lbpath.bytes"
+	MetricRequestDuration    = "lbpath.request.duration"
+	MetricConnectionDuration = "lbpath.connection.duration"
+	MetricRTT                = "lbpath.rtt"
+	MetricRetransmits        = "lbpath.retransmits"
+	MetricDropped            = "lbpath.agent.dropped"
+	MetricExported           = "lbpath.agent.exported"
+)
+
+func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) error {
+	var err error
+	must := func(e2 error) {
+		if err == nil && e2 != nil {
+			err = e2
+		}
+	}
+	var e2 error
+	in.connections, e2 = m.Int64Counter(MetricConnections, metric.WithUnit("{connection}"),
+		metric.WithDescription("TCP connections seen, by pod, Service, entry, role and outcome"))
+	must(e2)
+	in.requests, e2 = m.Int64Counter(MetricRequests, metric.WithUnit("{request}"),
+		metric.WithDescription("Request/response turns answered by a pod (HTTP/1.x requests)"))
+	must(e2)
+	in.bytes, e2 = m.Int64Counter(MetricBytes, metric.WithUnit("By"),
+		metric.WithDescription("TCP payload bytes by direction"))
+	must(e2)
+	in.requestDuration, e2 = m.Float64Histogram(MetricRequestDuration, metric.WithUnit("s"),
+		metric.WithDescription("Request latency at the pod: first request byte read to first response byte written"),
+		metric.WithExplicitBucketBoundaries(requestBuckets...))
+	must(e2)
+	in.connDuration, e2 = m.Float64Histogram(MetricConnectionDuration, metric.WithUnit("s"),
+		metric.WithDescription("Connection lifetime"), metric.WithExplicitBucketBoundaries(connectionBuckets...))
+	must(e2)
+	in.rtt, e2 = m.Float64Histogram(MetricRTT, metric.WithUnit("s"),
+		metric.WithDescription("Smoothed TCP round-trip time at connection close"), metric.WithExplicitBucketBoundaries(rttBuckets...))
+	must(e2)
+	in.retransmits, e2 = m.Int64Counter(MetricRetransmits, metric.WithUnit("{segment}"),
+		metric.WithDescription("TCP segments retransmitted"))
+	must(e2)
+	if err != nil {
+		return fmt.Errorf("create instruments: %w", err)
+	}
+	dropped, err := m.Int64ObservableCounter(MetricDropped, metric.WithUnit("{item}"),
+		metric.WithDescription("Everything the agent lost, by stage and reason"))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", MetricDropped, err)
+	}
+	exported, err := m.Int64ObservableCounter(MetricExported, metric.WithUnit("{connection}"),
+		metric.WithDescription("Connections handed to the OTLP pipelines"))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", MetricExported, err)
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		drops := []Drop{
+			{"export", "queue_full", e.Stats.QueueFull.Load()},
+			{"export", "spans_failed", e.Stats.SpansFailed.Load()},
+			{"export", "metric_exports_failed", e.Stats.MetricsFailed.Load()},
+		}
+		if self != nil {
+			drops = append(drops, self()...)
+		}
+		for _, d := range drops {
+			o.ObserveInt64(dropped, int64(d.Count), metric.WithAttributes(
+				attribute.String("lbpath.stage", d.Stage), attribute.String("lbpath.reason", d.Reason)))
+		}
+		o.ObserveInt64(exported, int64(e.Stats.Connections.Load()))
+		return nil
+	}, dropped, exported)
+	if err != nil {
+		return fmt.Errorf("register self-metrics: %w", err)
+	}
+	return nil
+}
+
+// record adds one connection to the metrics. Labels are bounded by design:
+// no client address or port, only Kubernetes names, node names and a few
+// enumerations (docs/TELEMETRY.md lists them).
+func (in *instruments) record(p *path.Path) {
+	c := &p.Conn
+	attrs := podAttrs(p.Pod, p.Service)
+	if p.Pod == nil && p.PodNode != "" {
+		attrs = append(attrs, attribute.String("k8s.node.name", p.PodNode))
+	}
+	attrs = append(attrs,
+		attribute.String("lbpath.role", string(c.Role)),
+		attribute.String("lbpath.outcome", string(c.Outcome)),
+		attribute.Bool("lbpath.snat", p.SNAT),
+		attribute.Bool("lbpath.cross_node", p.CrossNode),
+	)
+	if p.Entry != "" {
+		attrs = append(attrs, attribute.String("lbpath.entry", string(p.Entry)))
+	}
+	if p.EntryNode != "" {
+		attrs = append(attrs, attribute.String("lbpath.entry_node", p.EntryNode))
+	}
+	ctx := context.Background()
+	set := attribute.NewSet(attrs...)
+	in.connections.Add(ctx, 1, metric.WithAttributeSet(set))
+	if c.Role != flow.RoleForward && c.Role != flow.RoleReject {
+		in.connDuration.Record(ctx, c.Duration().Seconds(), metric.WithAttributeSet(set))
+		if c.SRTTMicros > 0 {
+			in.rtt.Record(ctx, float64(c.SRTTMicros)/1e6, metric.WithAttributeSet(set))
+		}
+		in.retransmits.Add(ctx, int64(c.Retransmits), metric.WithAttributeSet(set))
+		toServer := attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_server"))...)
+		toClient := attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_client"))...)
+		in.bytes.Add(ctx, int64(c.BytesToServer), metric.WithAttributeSet(toServer))
+		in.bytes.Add(ctx, int64(c.BytesToClient), metric.WithAttributeSet(toClient))
+	}
+}

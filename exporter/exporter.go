@@ -476,4 +476,3 @@ func podAttrs(pod *podRef, svc *svcRef) []attribute.KeyValue {
 	}
 	return a
 }
-

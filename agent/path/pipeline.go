@@ -157,4 +157,3 @@ func entryNodeOf(c *flow.Connection) string {
 	}
 	return ""
 }
-

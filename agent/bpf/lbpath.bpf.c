@@ -110,6 +110,17 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+// Waking the reader costs an irq_work per event; the reader also polls
+// every few milliseconds, so wake it only once a batch has built up.
+#define WAKEUP_BYTES (32 * 1024)
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void count(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &slot);
@@ -117,34 +128,49 @@ static __always_inline void count(__u32 slot)
 		*v += 1;
 }
 
-static __always_inline void fill_tuple(struct event *e, const struct sock *sk)
+// fill_tuple reads the socket's addresses with direct loads: sk is a
+// BTF-typed pointer in tp_btf programs, so these compile to plain (CO-RE
+// relocated) memory loads instead of bpf_probe_read_kernel calls.
+static __always_inline void fill_tuple(struct event *e, const struct sock *sk, const struct tcp_sock *tp)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 	e->family = family;
+	__u32 *s32 = (__u32 *)e->saddr, *d32 = (__u32 *)e->daddr;
 	if (family == AF_INET) {
-		__builtin_memset(e->saddr, 0, 16);
-		__builtin_memset(e->daddr, 0, 16);
-		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-		__builtin_memcpy(e->saddr, &s, 4);
-		__builtin_memcpy(e->daddr, &d, 4);
+		s32[0] = sk->__sk_common.skc_rcv_saddr;
+		d32[0] = sk->__sk_common.skc_daddr;
+		s32[1] = s32[2] = s32[3] = 0;
+		d32[1] = d32[2] = d32[3] = 0;
 	} else {
-		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		s32[0] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[0];
+		s32[1] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[1];
+		s32[2] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[2];
+		s32[3] = sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr32[3];
+		d32[0] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[0];
+		d32[1] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[1];
+		d32[2] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[2];
+		d32[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
 	}
 	// skc_num is already 0 at TCP_CLOSE; inet_sport survives.
-	const struct inet_sock *inet = (const struct inet_sock *)sk;
-	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (tp)
+		e->sport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+	else
+		e->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	e->netns = sk->__sk_common.skc_net.net->ns.inum;
 }
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	// Most transitions (FIN_WAIT*, CLOSE_WAIT, LAST_ACK, LISTEN, ...) are of no
+	// interest: leave before touching the socket.
+	if (newstate != TCP_SYN_SENT && newstate != TCP_SYN_RECV && newstate != TCP_ESTABLISHED &&
+	    newstate != TCP_CLOSE)
 		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	__u16 family = sk->__sk_common.skc_family;
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
@@ -191,30 +217,30 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	e->side = c->side;
 	e->flags = c->flags;
 	e->oldstate = oldstate;
-	e->err = BPF_CORE_READ(sk, sk_err);
+	e->err = sk->sk_err;
 	// An ICMP error wakes connect() before the state changes, and connect()
 	// clears sk_err when it reads it: the error hook kept a copy.
 	if (e->err == 0)
 		e->err = c->err;
 	if (e->err == 0)
-		e->err = BPF_CORE_READ(sk, sk_err_soft);
-	fill_tuple(e, sk);
+		e->err = sk->sk_err_soft;
 
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	fill_tuple(e, sk, tp);
 	if (tp) {
 		// bytes_acked/bytes_received count sequence space: the client's
 		// SYN, our FIN once acked and the peer's FIN take one each. Report
 		// payload bytes only.
 		__u64 acked = tp->bytes_acked;
 		__u64 rcvd = tp->bytes_received;
-		__u8 shut = BPF_CORE_READ(sk, sk_shutdown);
+		__u8 shut = sk->sk_shutdown;
 		if (c->side == SIDE_CLIENT && acked > 0)
 			acked--;
 		if ((shut & SEND_SHUTDOWN) && tp->snd_una == tp->write_seq && acked > 0)
 			acked--;
 		// SOCK_DONE is set only when the peer's FIN arrived (tcp_fin);
 		// RCV_SHUTDOWN is also set by the application's own close().
-		unsigned long skflags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+		unsigned long skflags = sk->__sk_common.skc_flags;
 		if ((skflags & (1UL << SOCK_DONE)) && rcvd > 0)
 			rcvd--;
 		e->bytes_acked = acked;
@@ -228,7 +254,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		e->total_retrans = 0;
 	}
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 
 	if (type == EV_CLOSE)
 		bpf_map_delete_elem(&conns, &cookie);
@@ -302,7 +328,7 @@ static __always_inline void refused_from_skb(const struct sk_buff *skb, __u32 sl
 	e->dport = bpf_ntohs(th.source);
 	e->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
 	e->err = err;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 }
 
 SEC("tp_btf/tcp_send_reset")
@@ -348,7 +374,7 @@ int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0 || (flags & MSG_PEEK))
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
@@ -368,7 +394,7 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0)
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
@@ -393,8 +419,8 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 	e->side = SIDE_SERVER;
 	e->oldstate = 0;
 	e->flags = 0;
-	fill_tuple(e, sk);
+	fill_tuple(e, sk, bpf_skc_to_tcp_sock(sk));
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;
 }

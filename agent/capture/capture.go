@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -35,6 +36,10 @@ const (
 	counterCloseUntracked
 	counterRingDropRequest
 )
+
+// PollInterval bounds how long an event can wait in the ring buffer when
+// the kernel did not wake the reader.
+const PollInterval = 20 * time.Millisecond
 
 // Counters are the kernel side's loss and coverage counts since load.
 type Counters struct {
@@ -70,6 +75,7 @@ type Capture struct {
 	log      *slog.Logger
 	maps     *ebpf.Collection
 	progs    []*ebpf.Program
+	names    []string // of progs, same order
 	links    []link.Link
 	reader   *ringbuf.Reader
 	counters *ebpf.Map
@@ -119,6 +125,7 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 			continue
 		}
 		c.progs = append(c.progs, prog)
+		c.names = append(c.names, p.name)
 		c.links = append(c.links, l)
 	}
 
@@ -157,7 +164,13 @@ func (c *Capture) Run(ctx context.Context, fn func(e *Event), bad func(err error
 	var rec ringbuf.Record
 	var e Event
 	for {
+		// The kernel side skips the wakeup for small batches
+		// (BPF_RB_NO_WAKEUP), so poll at least every PollInterval.
+		c.reader.SetDeadline(time.Now().Add(PollInterval))
 		if err := c.reader.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
 			if errors.Is(err, os.ErrClosed) {
 				return nil
 			}
@@ -216,6 +229,20 @@ func (c *Capture) Programs() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// ProgramStats returns each loaded program's run count and accumulated run
+// time (zero unless kernel.bpf_stats_enabled is on; see ebpf.EnableStats).
+func (c *Capture) ProgramStats() (map[string]ebpf.ProgramStats, error) {
+	out := map[string]ebpf.ProgramStats{}
+	for i, p := range c.progs {
+		st, err := p.Stats()
+		if err != nil {
+			return nil, fmt.Errorf("stats of %s: %w", c.names[i], err)
+		}
+		out[c.names[i]] = *st
+	}
+	return out, nil
 }
 
 // ProgramIDs returns the kernel IDs of the loaded programs, so tests and

@@ -1,0 +1,70 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/testbed"
+	"github.com/lbpath/lbpath/testbed/nodeagents"
+)
+
+// BenchmarkKernelCostPerEvent measures what each eBPF program costs per run
+// under real testbed traffic (kernel.bpf_stats_enabled: run_time_ns /
+// run_cnt), and per connection. Each b.N is one HTTP request on a fresh
+// connection through the LB IP with Cluster policy (DNAT + SNAT, half of
+// them cross-node).
+func BenchmarkKernelCostPerEvent(b *testing.B) {
+	needCluster(&testing.T{})
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable bpf stats: %v", err)
+	}
+	defer stats.Close()
+	ctx := context.Background()
+	cl, err := testbed.Up(ctx, testbed.Options{Prefix: "lbk", Mode: testbed.ModeNFTables, Policy: testbed.PolicyCluster})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Down()
+	set, err := nodeagents.Start(cl, flow.Config{JoinWait: 200 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer set.Stop()
+	cl.RouteLB(1)
+	// One agent's programs are enough: each agent's copy runs on every event.
+	before, _ := set.Agents[0].Capture().ProgramStats()
+	b.ResetTimer()
+	for range b.N {
+		res := cl.Request(ctx, cl.Client.Netns, cl.Web().LoadBalancerAddr(), 100, 1000)
+		if res.Err != nil {
+			b.Fatal(res.Err)
+		}
+	}
+	b.StopTimer()
+	after, _ := set.Agents[0].Capture().ProgramStats()
+	var names []string
+	for n := range after {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var totalNs time.Duration
+	for _, n := range names {
+		runs := after[n].RunCount - before[n].RunCount
+		rt := after[n].Runtime - before[n].Runtime
+		totalNs += rt
+		if runs > 0 {
+			b.ReportMetric(float64(rt.Nanoseconds())/float64(runs), "ns/run-"+n)
+			b.ReportMetric(float64(runs)/float64(b.N), "runs/conn-"+n)
+		}
+	}
+	b.ReportMetric(float64(totalNs.Nanoseconds())/float64(b.N), "bpf-ns/conn")
+}

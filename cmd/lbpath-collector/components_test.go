@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -40,22 +41,20 @@ func TestSampleConfigLoads(t *testing.T) {
 		t.Fatalf("sample config: %v", err)
 	}
 	p := cfg.Service.Pipelines
-	if len(p) != 1 {
-		t.Fatalf("%d pipelines, want 1", len(p))
+	if len(p) != 2 {
+		t.Fatalf("%d pipelines, want traces and metrics", len(p))
 	}
-	for _, pl := range p {
+	want := map[string][]string{
+		"traces":  {"memory_limiter", "batch"},
+		"metrics": {"memory_limiter", "lbimbalance", "deployregression", "batch"},
+	}
+	for id, pl := range p {
 		var got []string
-		for _, id := range pl.Processors {
-			got = append(got, id.String())
+		for _, pid := range pl.Processors {
+			got = append(got, pid.String())
 		}
-		want := []string{"memory_limiter", "lbimbalance", "deployregression", "batch"}
-		if len(got) != len(want) {
-			t.Fatalf("processors = %v, want %v", got, want)
-		}
-		for i := range want {
-			if got[i] != want[i] {
-				t.Fatalf("processors = %v, want %v", got, want)
-			}
+		if fmt.Sprint(got) != fmt.Sprint(want[id.String()]) {
+			t.Errorf("pipeline %s processors = %v, want %v", id, got, want[id.String()])
 		}
 	}
 }

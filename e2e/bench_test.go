@@ -34,7 +34,7 @@ func BenchmarkKernelCostPerEvent(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cl.Down()
-	set, err := nodeagents.Start(cl, flow.Config{JoinWait: 200 * time.Millisecond}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	set, err := nodeagents.Start(cl, nodeagents.Options{Flow: flow.Config{JoinWait: 200 * time.Millisecond}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -52,7 +52,7 @@ func upCluster(t *testing.T, prefix string, mode testbed.ProxyMode, policy testb
 func startAgents(t *testing.T, cl *testbed.Cluster) (*nodeagents.Set, []*agent.Agent) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	set, err := nodeagents.Start(cl, flow.Config{JoinWait: 500 * time.Millisecond}, log)
+	set, err := nodeagents.Start(cl, nodeagents.Options{Flow: flow.Config{JoinWait: 500 * time.Millisecond}}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

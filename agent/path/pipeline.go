@@ -147,8 +147,17 @@ func (pl *Pipeline) Waiting() int {
 // Unnamed builds a path with no Kubernetes names, for agents running without
 // an API server.
 func Unnamed(c *flow.Connection) Path {
-	return Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port(),
-		EntryNode: entryNodeOf(c)}
+	p := Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port(),
+		EntryNode: entryNodeOf(c), Client: Peer{Addr: c.Client}}
+	switch c.Role {
+	case flow.RoleServer:
+		p.PodNode = c.Node
+	case flow.RoleForward:
+		// Translated here and accepted by no local socket: the pod is on
+		// another node.
+		p.CrossNode = true
+	}
+	return p
 }
 
 func entryNodeOf(c *flow.Connection) string {

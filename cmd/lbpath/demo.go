@@ -93,7 +93,7 @@ func demo(ctx context.Context, opt demoOptions, out, errOut io.Writer) (*demoRep
 			fmt.Fprintf(errOut, "lbpath demo: teardown: %v\n", err)
 		}
 	}()
-	agents, err := nodeagents.Start(cl, flow.Config{JoinWait: 300 * time.Millisecond}, log)
+	agents, err := nodeagents.Start(cl, nodeagents.Options{Flow: flow.Config{JoinWait: 300 * time.Millisecond}}, log)
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,10 @@ import (
 
 	"github.com/lbpath/lbpath/agent"
 	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
 	"github.com/lbpath/lbpath/agent/netns"
+	"github.com/lbpath/lbpath/agent/path"
+	"github.com/lbpath/lbpath/exporter"
 	"github.com/lbpath/lbpath/testbed"
 )
 
@@ -29,16 +32,36 @@ type Set struct {
 	recs []flow.Connection
 }
 
+// Options configure every agent of the set.
+type Options struct {
+	Flow flow.Config
+	// Kubeconfig, when set, names connections from that API server.
+	Kubeconfig string
+	// Metadata bounds the wait for names.
+	Metadata path.PipelineConfig
+	// Export, when set, sends each agent's spans and metrics over OTLP.
+	Export *exporter.Config
+	// Path receives named records (with or without Kubernetes names).
+	Path func(*path.Path)
+	// Request receives named requests.
+	Request func(*path.Request)
+}
+
 // Start runs an agent for every node of cl. Each agent attaches to its
 // node's namespace and is scoped to the namespaces of that node and its
 // pods: all simulated nodes share one kernel, and scoping by namespace
 // rather than pod CIDR stays right even when another testbed cluster with
 // the same addresses runs at the same time.
-func Start(cl *testbed.Cluster, fc flow.Config, log *slog.Logger) (*Set, error) {
+func Start(cl *testbed.Cluster, opt Options, log *slog.Logger) (*Set, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Set{cancel: cancel}
 	for _, n := range cl.Nodes {
-		a, err := agent.New(agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n), Flow: fc}, log, agent.Outputs{Connection: s.add})
+		cfg := agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n), Flow: opt.Flow,
+			Metadata: opt.Metadata, Export: opt.Export}
+		if opt.Kubeconfig != "" {
+			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig}
+		}
+		a, err := agent.New(cfg, log, agent.Outputs{Connection: s.add, Path: opt.Path, Request: opt.Request})
 		if err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("agent for %s: %w", n.Name, err)

@@ -81,7 +81,7 @@ func TestTracesStitchAcrossNodes(t *testing.T) {
 		conns = append(conns, conn{res, cl.Pod(res.Pod).Node != cl.Nodes[0]})
 	}
 	time.Sleep(800 * time.Millisecond) // JoinWait for forward records
-	if err := set.Stop(); err != nil {  // flushes every agent's exporter
+	if err := set.Stop(); err != nil { // flushes every agent's exporter
 		t.Fatal(err)
 	}
 

@@ -57,8 +57,8 @@ func EnsureBinary(ctx context.Context, log *slog.Logger) (string, error) {
 // Jaeger is a running Jaeger.
 type Jaeger struct {
 	OTLPGRPC, OTLPHTTP, Query string // host:port each, on 127.0.0.1
-	cmd                          *exec.Cmd
-	dir                          string
+	cmd                       *exec.Cmd
+	dir                       string
 }
 
 func freePort() (int, error) {

@@ -17,7 +17,6 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
-	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -270,11 +269,7 @@ func (e *Exporter) Request(r *path.Request) {
 	if e.mp == nil {
 		return
 	}
-	attrs := podAttrs(r.Pod, r.Service)
-	set := metric.WithAttributeSet(attribute.NewSet(attrs...))
-	ctx := context.Background()
-	e.inst.requests.Add(ctx, 1, set)
-	e.inst.requestDuration.Record(ctx, r.Req.Latency.Seconds(), set)
+	e.inst.recordRequest(r)
 }
 
 func (e *Exporter) run() {

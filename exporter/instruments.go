@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
 	"github.com/lbpath/lbpath/agent/path"
 )
 
@@ -28,7 +30,46 @@ var (
 	rttBuckets        = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
 )
 
+// setKey identifies a metric attribute set; kube objects are immutable
+// once indexed, so their pointers identify their names.
+type setKey struct {
+	pod       *kube.Pod
+	svc       *kube.Service
+	podNode   string
+	role      flow.Role
+	outcome   flow.Outcome
+	entry     kube.Entry
+	entryNode string
+	snat      bool
+	cross     bool
+	request   bool
+}
+
+// setCache memoizes attribute sets: building one sorts and copies every
+// attribute, and one connection records eight measurements.
+type setCache struct {
+	mu sync.Mutex
+	m  map[setKey]*[3]attribute.Set // all, to_server, to_client
+}
+
+const setCacheMax = 1 << 16
+
+func (c *setCache) get(k setKey, build func() [3]attribute.Set) *[3]attribute.Set {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.m[k]; ok {
+		return v
+	}
+	if c.m == nil || len(c.m) >= setCacheMax {
+		c.m = make(map[setKey]*[3]attribute.Set)
+	}
+	v := build()
+	c.m[k] = &v
+	return &v
+}
+
 type instruments struct {
+	sets            setCache
 	connections     metric.Int64Counter
 	requests        metric.Int64Counter
 	bytes           metric.Int64Counter
@@ -122,34 +163,57 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 // enumerations (docs/TELEMETRY.md lists them).
 func (in *instruments) record(p *path.Path) {
 	c := &p.Conn
-	attrs := podAttrs(p.Pod, p.Service)
-	if p.Pod == nil && p.PodNode != "" {
-		attrs = append(attrs, attribute.String("k8s.node.name", p.PodNode))
+	k := setKey{pod: p.Pod, svc: p.Service, role: c.Role, outcome: c.Outcome, entry: p.Entry,
+		entryNode: p.EntryNode, snat: p.SNAT, cross: p.CrossNode}
+	if p.Pod == nil {
+		k.podNode = p.PodNode
 	}
-	attrs = append(attrs,
-		attribute.String("lbpath.role", string(c.Role)),
-		attribute.String("lbpath.outcome", string(c.Outcome)),
-		attribute.Bool("lbpath.snat", p.SNAT),
-		attribute.Bool("lbpath.cross_node", p.CrossNode),
-	)
-	if p.Entry != "" {
-		attrs = append(attrs, attribute.String("lbpath.entry", string(p.Entry)))
-	}
-	if p.EntryNode != "" {
-		attrs = append(attrs, attribute.String("lbpath.entry_node", p.EntryNode))
-	}
-	ctx := context.Background()
-	set := attribute.NewSet(attrs...)
-	in.connections.Add(ctx, 1, metric.WithAttributeSet(set))
-	if c.Role != flow.RoleForward && c.Role != flow.RoleReject {
-		in.connDuration.Record(ctx, c.Duration().Seconds(), metric.WithAttributeSet(set))
-		if c.SRTTMicros > 0 {
-			in.rtt.Record(ctx, float64(c.SRTTMicros)/1e6, metric.WithAttributeSet(set))
+	sets := in.sets.get(k, func() [3]attribute.Set {
+		attrs := podAttrs(p.Pod, p.Service)
+		if p.Pod == nil && p.PodNode != "" {
+			attrs = append(attrs, attribute.String("k8s.node.name", p.PodNode))
 		}
-		in.retransmits.Add(ctx, int64(c.Retransmits), metric.WithAttributeSet(set))
-		toServer := attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_server"))...)
-		toClient := attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_client"))...)
-		in.bytes.Add(ctx, int64(c.BytesToServer), metric.WithAttributeSet(toServer))
-		in.bytes.Add(ctx, int64(c.BytesToClient), metric.WithAttributeSet(toClient))
+		attrs = append(attrs,
+			attribute.String("lbpath.role", string(c.Role)),
+			attribute.String("lbpath.outcome", string(c.Outcome)),
+			attribute.Bool("lbpath.snat", p.SNAT),
+			attribute.Bool("lbpath.cross_node", p.CrossNode),
+		)
+		if p.Entry != "" {
+			attrs = append(attrs, attribute.String("lbpath.entry", string(p.Entry)))
+		}
+		if p.EntryNode != "" {
+			attrs = append(attrs, attribute.String("lbpath.entry_node", p.EntryNode))
+		}
+		return [3]attribute.Set{
+			attribute.NewSet(attrs...),
+			attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_server"))...),
+			attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_client"))...),
+		}
+	})
+	ctx := context.Background()
+	all := metric.WithAttributeSet(sets[0])
+	in.connections.Add(ctx, 1, all)
+	if c.Role != flow.RoleForward && c.Role != flow.RoleReject {
+		in.connDuration.Record(ctx, c.Duration().Seconds(), all)
+		if c.SRTTMicros > 0 {
+			in.rtt.Record(ctx, float64(c.SRTTMicros)/1e6, all)
+		}
+		if c.Retransmits > 0 {
+			in.retransmits.Add(ctx, int64(c.Retransmits), all)
+		}
+		in.bytes.Add(ctx, int64(c.BytesToServer), metric.WithAttributeSet(sets[1]))
+		in.bytes.Add(ctx, int64(c.BytesToClient), metric.WithAttributeSet(sets[2]))
 	}
+}
+
+// recordRequest adds one request to the metrics.
+func (in *instruments) recordRequest(r *path.Request) {
+	sets := in.sets.get(setKey{pod: r.Pod, svc: r.Service, request: true}, func() [3]attribute.Set {
+		return [3]attribute.Set{attribute.NewSet(podAttrs(r.Pod, r.Service)...)}
+	})
+	ctx := context.Background()
+	set := metric.WithAttributeSet(sets[0])
+	in.requests.Add(ctx, 1, set)
+	in.requestDuration.Record(ctx, r.Req.Latency.Seconds(), set)
 }

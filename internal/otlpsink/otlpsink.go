@@ -33,6 +33,24 @@ type Sink struct {
 	// Fail makes every export answer with an error (to test retries and
 	// drop counting).
 	fail bool
+	// discard keeps only counts (benchmarks measure the sender, not the sink).
+	discard        bool
+	spanCount      int
+	dataPointCount int
+}
+
+// Discard makes the sink count what arrives instead of keeping it.
+func (s *Sink) Discard() {
+	s.mu.Lock()
+	s.discard = true
+	s.mu.Unlock()
+}
+
+// Counts returns spans and data points received (also when discarding).
+func (s *Sink) Counts() (spans, dataPoints int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.spanCount, s.dataPointCount
 }
 
 // Start listens on loopback ports chosen by the kernel.
@@ -93,6 +111,10 @@ func (s *Sink) addTraces(t ptrace.Traces) error {
 	if s.fail {
 		return fmt.Errorf("otlpsink: failing on purpose")
 	}
+	s.spanCount += t.SpanCount()
+	if s.discard {
+		return nil
+	}
 	c := ptrace.NewTraces()
 	t.CopyTo(c)
 	s.traces = append(s.traces, c)
@@ -104,6 +126,10 @@ func (s *Sink) addMetrics(m pmetric.Metrics) error {
 	defer s.mu.Unlock()
 	if s.fail {
 		return fmt.Errorf("otlpsink: failing on purpose")
+	}
+	s.dataPointCount += m.DataPointCount()
+	if s.discard {
+		return nil
 	}
 	c := pmetric.NewMetrics()
 	m.CopyTo(c)

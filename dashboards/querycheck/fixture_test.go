@@ -1,0 +1,266 @@
+package querycheck
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+)
+
+// The synthetic cluster the queries are evaluated over, shaped exactly as
+// the collector's Prometheus exporter writes lbpath's data (names, labels,
+// cumulative counters, explicit-bucket histograms with the agent's bucket
+// bounds), one sample per minute from 0 to 60 minutes:
+//
+//   - Service shop/web (LoadBalancer, externalTrafficPolicy Cluster), pods
+//     on node-a and node-b; web-7d9f-hot on node-a takes most connections,
+//     node-b forwards part of its LB traffic to it (SNAT, cross-node).
+//   - Deployment shop/checkout rolled out at minute 30 (hash 5c6d → 8e9f)
+//     and regressed: p90 0.05 s → 0.12 s, regression flag from minute 40.
+//   - Agents on node-a, node-b, node-c; node-c stopped reporting at minute
+//     50; node-a drops ring-buffer events; node-b's export queue overflows.
+//   - shop/web is listed in lbpath:client_ip_required.
+const (
+	hotPod      = "web-7d9f-hot"
+	regressedDe = "checkout"
+	silentNode  = "node-c"
+)
+
+type fixture struct{ lines []string }
+
+func labelStr(ls map[string]string) string {
+	keys := make([]string, 0, len(ls))
+	for k := range ls {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString("{")
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, "%s=%q", k, ls[k])
+	}
+	b.WriteString("}")
+	return b.String()
+}
+
+func merge(ms ...map[string]string) map[string]string {
+	out := map[string]string{}
+	for _, m := range ms {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// add appends one series; values is in promqltest's expanding notation.
+func (f *fixture) add(name string, ls map[string]string, values string) {
+	f.lines = append(f.lines, "  "+name+labelStr(ls)+" "+values)
+}
+
+// counter is a series growing by perMin from minute from to minute to.
+func counter(perMin float64, from, to int) string {
+	var s string
+	if from > 0 {
+		s = fmt.Sprintf("_x%d ", from)
+	}
+	return s + fmt.Sprintf("0+%gx%d", perMin, to-from)
+}
+
+func gauge(v float64, from, to int) string {
+	var s string
+	if from > 0 {
+		s = fmt.Sprintf("_x%d ", from)
+	}
+	return s + fmt.Sprintf("%gx%d", v, to-from)
+}
+
+// histogram adds _bucket/_sum/_count series of a latency distribution with
+// the given median: a fraction le/(le+median) of observations is ≤ le.
+func (f *fixture) histogram(name string, ls map[string]string, bounds []float64, perMin, median float64, from, to int) {
+	for _, le := range bounds {
+		frac := le / (le + median)
+		f.add(name+"_bucket", merge(ls, map[string]string{"le": fmt.Sprint(le)}), counter(math.Round(perMin*frac*100)/100, from, to))
+	}
+	f.add(name+"_bucket", merge(ls, map[string]string{"le": "+Inf"}), counter(perMin, from, to))
+	f.add(name+"_count", ls, counter(perMin, from, to))
+	f.add(name+"_sum", ls, counter(perMin*median*1.3, from, to))
+}
+
+// The agent's bucket bounds (exporter/instruments.go).
+var (
+	requestBounds = []float64{0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10}
+	connBounds    = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800}
+	rttBounds     = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
+)
+
+type pod struct {
+	ns, svc, name, node, deploy, hash string
+	from, to                          int
+	latency                           float64 // median request latency, s
+}
+
+func (p pod) labels() map[string]string {
+	return map[string]string{
+		"k8s_namespace_name": p.ns, "k8s_service_name": p.svc, "k8s_pod_name": p.name,
+		"k8s_node_name": p.node, "k8s_deployment_name": p.deploy,
+		"k8s_replicaset_name": p.deploy + "-" + p.hash, "lbpath_pod_template_hash": p.hash,
+	}
+}
+
+// conn is one kind of connection record an agent exports.
+type conn struct {
+	role, outcome, entry, entryNode string
+	snat, cross                     bool
+	perMin                          float64
+}
+
+func (c conn) labels() map[string]string {
+	return map[string]string{
+		"lbpath_role": c.role, "lbpath_outcome": c.outcome, "lbpath_entry": c.entry,
+		"lbpath_entry_node": c.entryNode, "lbpath_snat": fmt.Sprint(c.snat), "lbpath_cross_node": fmt.Sprint(c.cross),
+	}
+}
+
+func buildFixture() string {
+	f := &fixture{}
+	agent := map[string]string{"job": "lbpath-agent", "k8s_cluster_name": "prod", "otel_scope_name": "github.com/lbpath/lbpath/exporter"}
+	coll := map[string]string{"job": "lbpath-collector", "k8s_cluster_name": "prod"}
+
+	pods := []struct {
+		p     pod
+		conns []conn
+	}{
+		{pod{"shop", "web", hotPod, "node-a", "web", "7d9f", 0, 60, 0.02}, []conn{
+			{"server", "ok", "loadbalancer", "node-a", false, false, 60},
+			{"server", "ok", "", "node-b", true, true, 30}, // SNATed by node-b: only the entry node knows the entry
+		}},
+		{pod{"shop", "web", "web-7d9f-a2", "node-b", "web", "7d9f", 0, 60, 0.02}, []conn{
+			{"server", "ok", "loadbalancer", "node-b", true, false, 10}, // Cluster policy masquerades LB traffic even locally
+		}},
+		{pod{"shop", "web", "web-7d9f-b3", "node-b", "web", "7d9f", 0, 60, 0.02}, []conn{
+			{"server", "ok", "clusterip", "node-b", false, false, 10},
+		}},
+		{pod{"shop", "checkout", "checkout-5c6d-x1", "node-a", "checkout", "5c6d", 0, 32, 0.04}, []conn{
+			{"server", "ok", "clusterip", "node-a", false, false, 40},
+		}},
+		{pod{"shop", "checkout", "checkout-8e9f-y1", "node-b", "checkout", "8e9f", 30, 60, 0.10}, []conn{
+			{"server", "ok", "clusterip", "node-b", false, false, 40},
+		}},
+	}
+	for _, pc := range pods {
+		p := pc.p
+		pl := merge(agent, p.labels())
+		for _, c := range pc.conns {
+			ls := merge(pl, c.labels())
+			if c.entry == "" {
+				delete(ls, "lbpath_entry")
+			}
+			f.add("lbpath_connections_total", ls, counter(c.perMin, p.from, p.to))
+			f.add("lbpath_retransmits_total", ls, counter(c.perMin*0.01, p.from, p.to))
+			f.add("lbpath_bytes_total", merge(ls, map[string]string{"lbpath_direction": "to_server"}), counter(c.perMin*800, p.from, p.to))
+			f.add("lbpath_bytes_total", merge(ls, map[string]string{"lbpath_direction": "to_client"}), counter(c.perMin*12000, p.from, p.to))
+			f.histogram("lbpath_rtt_seconds", ls, rttBounds, c.perMin, 0.0004, p.from, p.to)
+			f.histogram("lbpath_connection_duration_seconds", ls, connBounds, c.perMin, 2, p.from, p.to)
+		}
+		var perMin float64
+		for _, c := range pc.conns {
+			perMin += c.perMin * 5 // five requests per connection
+		}
+		f.add("lbpath_requests_total", pl, counter(perMin, p.from, p.to))
+		f.histogram("lbpath_request_duration_seconds", pl, requestBounds, perMin, p.latency, p.from, p.to)
+	}
+	// node-b forwarded 30/min of its LB traffic to the hot pod on node-a; the
+	// resource's k8s.node.name (node-b, the agent's node) overwrites the pod's
+	// node on these points in the exporter's output.
+	fwd := conn{"forward", "forwarded", "loadbalancer", "node-b", true, true, 30}
+	f.add("lbpath_connections_total", merge(agent, pods[0].p.labels(), map[string]string{"k8s_node_name": "node-b"}, fwd.labels()), counter(30, 0, 60))
+	// node-a's kernel refuses SYNs to a Service without endpoints.
+	rej := conn{"reject", "refused", "clusterip", "node-a", false, false, 1}
+	f.add("lbpath_connections_total", merge(agent, map[string]string{"k8s_namespace_name": "shop", "k8s_service_name": "cart", "k8s_node_name": "node-a"}, rej.labels()), counter(1, 0, 60))
+
+	// Agent self-metrics: resource k8s.node.name is the agent's node.
+	for _, n := range []string{"node-a", "node-b", silentNode} {
+		to := 60
+		if n == silentNode {
+			to = 50
+		}
+		nl := merge(agent, map[string]string{"k8s_node_name": n})
+		f.add("lbpath_agent_exported_total", nl, counter(100, 0, to))
+		for _, d := range [][2]string{{"export", "queue_full"}, {"export", "spans_failed"}, {"export", "metric_exports_failed"},
+			{"ringbuf", "on_state"}, {"kernel", "conn_table_full"}, {"metadata", "unattributed"}, {"flow", "nat_table_full"}} {
+			var per float64
+			switch {
+			case n == "node-a" && d[1] == "on_state":
+				per = 2
+			case n == "node-a" && d[1] == "unattributed":
+				per = 1
+			case n == "node-b" && d[1] == "queue_full":
+				per = 5
+			}
+			f.add("lbpath_agent_dropped_total", merge(nl, map[string]string{"lbpath_stage": d[0], "lbpath_reason": d[1]}), counter(per, 0, to))
+		}
+	}
+
+	// lbimbalance output.
+	svc := func(ns, s string) map[string]string {
+		return merge(coll, map[string]string{"k8s_namespace_name": ns, "k8s_service_name": s})
+	}
+	web := svc("shop", "web")
+	for _, sig := range []string{"connections", "requests", "bytes"} {
+		sl := map[string]string{"lbpath_signal": sig}
+		for _, ps := range []struct {
+			pod, node string
+			share     float64
+		}{{hotPod, "node-a", 0.75}, {"web-7d9f-a2", "node-b", 0.125}, {"web-7d9f-b3", "node-b", 0.125}} {
+			f.add("lbpath_lb_share_ratio", merge(web, sl, map[string]string{"k8s_pod_name": ps.pod, "k8s_node_name": ps.node}), gauge(ps.share, 0, 60))
+		}
+		f.add("lbpath_lb_max_mean_ratio", merge(web, sl), gauge(2.25, 0, 60))
+		f.add("lbpath_lb_cv_ratio", merge(web, sl), gauge(0.88, 0, 60))
+		f.add("lbpath_lb_node_share_ratio", merge(web, sl, map[string]string{"k8s_node_name": "node-a"}), gauge(0.75, 0, 60))
+		f.add("lbpath_lb_node_share_ratio", merge(web, sl, map[string]string{"k8s_node_name": "node-b"}), gauge(0.25, 0, 60))
+		co := svc("shop", "checkout")
+		f.add("lbpath_lb_share_ratio", merge(co, sl, map[string]string{"k8s_pod_name": "checkout-8e9f-y1", "k8s_node_name": "node-b"}), gauge(1, 30, 60))
+		f.add("lbpath_lb_max_mean_ratio", merge(co, sl), gauge(1, 0, 60))
+		f.add("lbpath_lb_cv_ratio", merge(co, sl), gauge(0, 0, 60))
+		f.add("lbpath_lb_node_share_ratio", merge(co, sl, map[string]string{"k8s_node_name": "node-b"}), gauge(1, 30, 60))
+	}
+	f.add("lbpath_lb_hot", merge(web, map[string]string{"k8s_pod_name": hotPod, "k8s_node_name": "node-a"}), gauge(1, 0, 60))
+	f.add("lbpath_lb_hot", merge(web, map[string]string{"k8s_pod_name": "web-7d9f-a2", "k8s_node_name": "node-b"}), gauge(0, 0, 60))
+	f.add("lbpath_lb_hot", merge(web, map[string]string{"k8s_pod_name": "web-7d9f-b3", "k8s_node_name": "node-b"}), gauge(0, 0, 60))
+	f.add("lbpath_lb_pods", web, gauge(3, 0, 60))
+	f.add("lbpath_lb_pods", svc("shop", "checkout"), gauge(1, 0, 60))
+	f.add("lbpath_lb_hot_transitions_total", web, "0x29 1x30")
+	f.add("lbpath_lb_evictions_total", merge(coll, map[string]string{"lbpath_reason": "stale"}), counter(0.1, 0, 60))
+
+	// deployregression output for checkout after its rollout at minute 30.
+	dep := merge(coll, map[string]string{"k8s_namespace_name": "shop", "k8s_deployment_name": regressedDe})
+	for _, rv := range []struct {
+		rev, hash string
+		p90       float64
+	}{{"before", "5c6d", 0.05}, {"after", "8e9f", 0.12}, {"current", "8e9f", 0.13}} {
+		rl := merge(dep, map[string]string{"lbpath_revision": rv.rev, "lbpath_pod_template_hash": rv.hash})
+		f.add("lbpath_deploy_latency_p50_seconds", rl, gauge(rv.p90/2, 30, 60))
+		f.add("lbpath_deploy_latency_p90_seconds", rl, gauge(rv.p90, 30, 60))
+		f.add("lbpath_deploy_latency_p99_seconds", rl, gauge(rv.p90*2, 30, 60))
+		f.add("lbpath_deploy_samples", merge(dep, map[string]string{"lbpath_revision": rv.rev}), gauge(5000, 30, 60))
+	}
+	for _, q := range []string{"p50", "p90", "p99"} {
+		f.add("lbpath_deploy_latency_delta_ratio", merge(dep, map[string]string{"lbpath_quantile": q}), gauge(2.4, 30, 60))
+	}
+	f.add("lbpath_deploy_regression", dep, "_x30 0x9 1x20")
+	f.add("lbpath_deploy_p_value", dep, gauge(0.0001, 30, 60))
+	f.add("lbpath_deploy_time_since_seconds", dep, "_x30 0+60x30")
+	f.add("lbpath_deploy_rollouts_total", dep, "0x29 1x30")
+	f.add("lbpath_deploy_regressions_total", dep, "0x39 1x20")
+	f.add("lbpath_deploy_evictions_total", merge(coll, map[string]string{"lbpath_reason": "stale"}), counter(0, 0, 60))
+
+	// What the recording rule yields once shop/web is listed (Helm value
+	// clientIP.required); the committed file lists no Service.
+	f.add("lbpath:client_ip_required", map[string]string{"k8s_cluster_name": "prod", "k8s_namespace_name": "shop", "k8s_service_name": "web"}, gauge(1, 0, 60))
+
+	return "load 1m\n" + strings.Join(f.lines, "\n") + "\n"
+}

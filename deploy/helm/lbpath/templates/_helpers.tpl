@@ -1,0 +1,24 @@
+{{/* Full name: the release name, unless it already says lbpath. */}}
+{{- define "lbpath.fullname" -}}
+{{- if contains "lbpath" .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-lbpath" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lbpath.labels" -}}
+app.kubernetes.io/name: lbpath
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "lbpath.serviceAccountName" -}}
+{{- default (include "lbpath.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "lbpath.collectorName" -}}
+{{- include "lbpath.fullname" . }}-collector
+{{- end -}}

@@ -263,3 +263,73 @@ func TestCaptureRequestTurns(t *testing.T) {
 		t.Errorf("%d request events, want %d (one per turn, not per write)", n, len(delays))
 	}
 }
+
+// A ring buffer far too small for the burst, read only afterwards: every
+// event that did not arrive is counted as a drop — none is lost silently.
+func TestRingBufferLossIsCounted(t *testing.T) {
+	testenv.Root(t)
+	c, err := Open(Config{RingBufferBytes: 4096}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	go func() {
+		for {
+			s, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.Close()
+		}
+	}()
+	const n = 300
+	for range n {
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, cl) // server closes first
+		cl.Close()
+	}
+	time.Sleep(200 * time.Millisecond) // let the last closes happen
+	col := &collector{}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	c.Run(ctx, col.add, func(error) {})
+	ours, others := 0, 0
+	for _, e := range col.events {
+		if e.Type != EventOpen && e.Type != EventClose {
+			continue
+		}
+		if e.Local.Port() == port || e.Remote.Port() == port {
+			ours++
+		} else {
+			others++
+		}
+	}
+	k, err := c.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	drops := int(k.RingBufferDrops["on_state"])
+	want := 4 * n // two sockets, OPEN and CLOSE each
+	missing := want - ours
+	t.Logf("events: %d of ours, %d others; on_state drops %d; missing %d", ours, others, drops, missing)
+	if missing <= 0 {
+		t.Fatalf("the burst fit the ring buffer (%d events); the test proves nothing", ours)
+	}
+	if drops < missing {
+		t.Errorf("%d events missing but only %d counted as dropped", missing, drops)
+	}
+	// Unrelated TCP sockets on the host also generate (and lose) events:
+	// allow a little, but the counter must track our loss closely.
+	if drops > missing+want/20 {
+		t.Errorf("drops %d exceed our missing %d by more than 5%% of %d", drops, missing, want)
+	}
+}

@@ -222,3 +222,54 @@ func TestConfigValidate(t *testing.T) {
 		t.Error("bad header accepted")
 	}
 }
+
+// The collector refuses everything for a while, then comes back: what was
+// lost is counted, the queue stays bounded, and export resumes.
+func TestExportResumesAfterOutage(t *testing.T) {
+	sink, err := otlpsink.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Stop()
+	ctx := context.Background()
+	e, err := New(ctx, Config{Endpoint: sink.GRPCAddr, Insecure: true, Node: "node1", MetricInterval: time.Hour,
+		QueueSize: 64, Timeout: 200 * time.Millisecond}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown(ctx)
+	_, server := twoViews()
+	sink.SetFail(true)
+	for range 500 {
+		e.Path(&server)
+	}
+	_ = e.ForceFlush(ctx)
+	lost := e.Stats.SpansFailed.Load() + 2*e.Stats.QueueFull.Load()
+	if lost == 0 {
+		t.Fatal("outage lost nothing according to the counters")
+	}
+	if got, _ := sink.Counts(); got != 0 {
+		t.Fatalf("sink accepted %d spans while failing", got)
+	}
+	if len(e.queue) > cap(e.queue) {
+		t.Fatalf("queue grew past its bound")
+	}
+	sink.SetFail(false)
+	failedBefore := e.Stats.SpansFailed.Load()
+	for range 10 {
+		e.Path(&server)
+	}
+	if err := e.ForceFlush(ctx); err != nil {
+		t.Fatalf("flush after recovery: %v", err)
+	}
+	if got, _ := sink.Counts(); got != 20 {
+		t.Errorf("after recovery the sink got %d spans, want 20 (10 connections × root+hop)", got)
+	}
+	if e.Stats.SpansFailed.Load() != failedBefore {
+		t.Errorf("spans failed after recovery")
+	}
+	// Every connection is either delivered or counted as lost.
+	if total := uint64(500)*2 - lost; total != 0 {
+		t.Errorf("%d of 1000 outage spans neither delivered nor counted", total)
+	}
+}

@@ -327,9 +327,10 @@ func TestRingBufferLossIsCounted(t *testing.T) {
 	if drops < missing {
 		t.Errorf("%d events missing but only %d counted as dropped", missing, drops)
 	}
-	// Unrelated TCP sockets on the host also generate (and lose) events:
-	// allow a little, but the counter must track our loss closely.
-	if drops > missing+want/20 {
-		t.Errorf("drops %d exceed our missing %d by more than 5%% of %d", drops, missing, want)
+	// Unrelated TCP sockets on the host also generate (and lose) events.
+	// When none showed up, the counter must match our loss exactly; when
+	// some did, it can only be higher.
+	if others == 0 && drops != missing {
+		t.Errorf("no other traffic, yet drops %d != missing %d", drops, missing)
 	}
 }

@@ -224,6 +224,8 @@ type Cluster struct {
 	down       bool
 	// added are the pods created by AddPod, by name.
 	added map[string]*addedPod
+	// hostLock is held from Up to Down when Opt.HostLink is set.
+	hostLock *os.File
 	// nextVeth numbers the node-side veths of added pods; the static pods
 	// and the client pod use cali0…cali<len(Pods)>.
 	nextVeth int
@@ -246,10 +248,20 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testbed options: %w", err)
 	}
+	var hostLock *os.File
+	if opt.HostLink {
+		if hostLock, err = lockHostLink(ctx, opt.Logger); err != nil {
+			return nil, err
+		}
+	}
 	if err := Cleanup(opt.Prefix); err != nil {
+		if hostLock != nil {
+			hostLock.Close()
+		}
 		return nil, fmt.Errorf("remove leftovers of %s: %w", opt.Prefix, err)
 	}
 	c := newCluster(opt)
+	c.hostLock = hostLock
 	if err := c.build(ctx); err != nil {
 		return nil, errors.Join(err, c.Down())
 	}
@@ -517,8 +529,23 @@ func (c *Cluster) Down() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if c.Opt.HostLink {
+		// Deleted explicitly: with the LAN namespace it would go only
+		// when the kernel gets round to dismantling that namespace,
+		// and the next Up's host link needs the name and address.
+		// Only while the LAN namespace is still ours: a stale Down
+		// must not cut a newer cluster's link.
+		if slices.Contains(del, "netns del "+filepath.Base(c.LAN.Netns)) {
+			if err := deleteHostLink(ctx, HostLinkName(c.Opt.Prefix)); err != nil {
+				errs = append(errs, fmt.Errorf("delete host link: %w", err))
+			}
+		}
+	}
 	if err := ipBatch(ctx, "", del); err != nil {
 		errs = append(errs, fmt.Errorf("delete namespaces of %s: %w", c.Opt.Prefix, err))
+	}
+	if c.hostLock != nil {
+		c.hostLock.Close() // releases the flock
 	}
 	return errors.Join(errs...)
 }
@@ -587,14 +614,18 @@ func (c *Cluster) Node(i int) *Node { return c.Nodes[i-1] }
 // Pod returns the server or client pod with the given name, including pods
 // added with AddPod, or nil.
 func (c *Cluster) Pod(name string) *Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.podLocked(name)
+}
+
+func (c *Cluster) podLocked(name string) *Pod {
 	for _, p := range c.allPods() {
 		if p.Name == name {
 			return p
 		}
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if a, ok := c.added[name]; ok {
+	if a, ok := c.added[name]; ok && a.server != nil {
 		return a.pod
 	}
 	return nil
@@ -706,7 +737,7 @@ func (c *Cluster) SetEndpoints(ctx context.Context, service string, pods ...stri
 	return c.updateService(ctx, service, func(s *Service) error {
 		s.Endpoints = nil
 		for _, name := range pods {
-			p := c.Pod(name)
+			p := c.podLocked(name) // updateService holds c.mu
 			if p == nil || p.Port == 0 {
 				return fmt.Errorf("no server pod %q", name)
 			}

@@ -8,6 +8,10 @@
 // written by a NATWriter (iptables or nftables, the two kube-proxy modes) so
 // that a real kube-proxy can take its place later.
 //
+// Options.HostLink, NoStaticPods and Cluster.AddPod/RemovePod let package
+// testbed/k8s put a real control plane in charge: the apiserver listens on
+// the host's end of the LAN, and pods come and go as a kubelet decides.
+//
 // Every namespace is named "<prefix>-…" and every link lives inside one of
 // them, so deleting the namespaces removes everything; Cleanup relies on that
 // to clear the leftovers of a crashed run.

@@ -32,6 +32,21 @@ func Require(t testing.TB) {
 	t.Skipf("skipping e2e: %v (set %s=1 to make this a failure)", err, RequireEnv)
 }
 
+// Required reports whether LBPATH_REQUIRE_E2E=1, i.e. whether a missing
+// prerequisite must fail the test (or be provided at any cost, such as a
+// long build) instead of skipping it.
+func Required() bool { return os.Getenv(RequireEnv) == "1" }
+
+// Unavailable skips t because a prerequisite beyond CheckHost is missing
+// (e.g. prebuilt binaries), or fails it if LBPATH_REQUIRE_E2E=1.
+func Unavailable(t testing.TB, reason string) {
+	t.Helper()
+	if Required() {
+		t.Fatalf("e2e required by %s=1 but cannot run: %s", RequireEnv, reason)
+	}
+	t.Skipf("skipping e2e: %s (set %s=1 to make this a failure)", reason, RequireEnv)
+}
+
 // DefaultPrefix is the namespace prefix ForTest uses when opt.Prefix is
 // empty: stable per test binary, so a rerun cleans up after a crashed run of
 // the same package, and distinct between packages, so `go test ./...` running

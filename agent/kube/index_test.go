@@ -133,6 +133,7 @@ func TestHistoryIsBounded(t *testing.T) {
 func TestHostileObjects(t *testing.T) {
 	huge := strings.Repeat("x", 1<<20)
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "n", Labels: map[string]string{"big": huge, "pod-template-hash": "h"},
+		OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "rs-h", Controller: ptr(true)}},
 		Annotations: map[string]string{"a": huge}, ManagedFields: make([]metav1.ManagedFieldsEntry, 1000)}}
 	pod.Status.PodIP = "not-an-ip"
 	for i := range 5000 {
@@ -147,6 +148,10 @@ func TestHostileObjects(t *testing.T) {
 		t.Errorf("strip kept labels %d annotations %v managed %d", len(sp.Labels), sp.Annotations != nil, len(sp.ManagedFields))
 	}
 	p := PodFrom(sp)
+	again, _ := strip(sp)
+	if p2 := PodFrom(again.(*corev1.Pod)); p2.ReplicaSet != p.ReplicaSet || p2.TemplateHash != p.TemplateHash {
+		t.Errorf("strip is not idempotent: %+v vs %+v", p2, p)
+	}
 	if p.IP.IsValid() || len(p.HostPorts) != 0 {
 		t.Errorf("invalid IP or out-of-range host ports accepted: %v %d", p.IP, len(p.HostPorts))
 	}

@@ -181,7 +181,8 @@ func unwrap(o any) any {
 }
 
 // strip drops what the agent never reads before the object enters the
-// informer cache: managed fields, annotations, and most of the spec.
+// informer cache: managed fields, annotations, and most of the spec. It is
+// idempotent, as client-go requires of transforms.
 func strip(o any) (any, error) {
 	switch v := o.(type) {
 	case *corev1.Pod:
@@ -250,7 +251,9 @@ func slimMeta(m metav1.ObjectMeta, keepLabels ...string) metav1.ObjectMeta {
 		DeletionTimestamp: m.DeletionTimestamp}
 	for _, r := range m.OwnerReferences {
 		if r.Controller != nil && *r.Controller {
-			out.OwnerReferences = []metav1.OwnerReference{{Kind: r.Kind, Name: r.Name, APIVersion: r.APIVersion}}
+			// Keep Controller: client-go may transform an object twice, so
+			// the transform must be idempotent.
+			out.OwnerReferences = []metav1.OwnerReference{{Kind: r.Kind, Name: r.Name, APIVersion: r.APIVersion, Controller: r.Controller}}
 		}
 	}
 	for _, k := range keepLabels {

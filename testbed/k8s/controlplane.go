@@ -90,6 +90,35 @@ type ControlPlane struct {
 	mu      sync.Mutex
 	procs   []*process
 	stopped bool
+
+	apiserverArgs []string
+}
+
+// StopAPIServer stops kube-apiserver alone (etcd, the controllers and the
+// kube-proxies keep running), to test what clients do while it is away.
+func (cp *ControlPlane) StopAPIServer() error {
+	cp.mu.Lock()
+	var api *process
+	for _, p := range cp.procs {
+		if p.name == "kube-apiserver" {
+			api = p
+		}
+	}
+	cp.mu.Unlock()
+	if api == nil {
+		return errors.New("stop kube-apiserver: not running")
+	}
+	cp.stopProcess(api, 3*time.Second)
+	return nil
+}
+
+// StartAPIServer starts kube-apiserver again after StopAPIServer and waits
+// until it is ready.
+func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
+	if _, err := cp.startProcess("kube-apiserver", cp.Binaries.APIServer, cp.apiserverArgs...); err != nil {
+		return err
+	}
+	return cp.waitHTTP(ctx, "kube-apiserver", cp.Server+"/readyz", cp.Config, 60*time.Second)
 }
 
 func (o ControlPlaneOptions) withDefaults() (ControlPlaneOptions, error) {
@@ -216,26 +245,27 @@ func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) erro
 		return err
 	}
 
-	if _, err := cp.startProcess("kube-apiserver", cp.Binaries.APIServer,
-		"--etcd-servers="+etcdURL,
-		"--bind-address="+bind,
-		"--advertise-address="+bind,
-		"--secure-port="+strconv.Itoa(apiPort),
-		"--tls-cert-file="+pk.certFile,
-		"--tls-private-key-file="+pk.keyFile,
-		"--client-ca-file="+pk.caFile,
-		"--token-auth-file="+tokenFile,
+	cp.apiserverArgs = []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + bind,
+		"--advertise-address=" + bind,
+		"--secure-port=" + strconv.Itoa(apiPort),
+		"--tls-cert-file=" + pk.certFile,
+		"--tls-private-key-file=" + pk.keyFile,
+		"--client-ca-file=" + pk.caFile,
+		"--token-auth-file=" + tokenFile,
 		"--authorization-mode=RBAC",
-		"--service-cluster-ip-range="+testbed.ServiceCIDR.String(),
+		"--service-cluster-ip-range=" + testbed.ServiceCIDR.String(),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+pk.saPubFile,
-		"--service-account-signing-key-file="+pk.saKeyFile,
+		"--service-account-key-file=" + pk.saPubFile,
+		"--service-account-signing-key-file=" + pk.saKeyFile,
 		// The default reconciler publishes the advertise address as the
 		// kubernetes Service's endpoint and refuses a loopback one.
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
-	); err != nil {
+	}
+	if _, err := cp.startProcess("kube-apiserver", cp.Binaries.APIServer, cp.apiserverArgs...); err != nil {
 		return err
 	}
 	cfg := &rest.Config{

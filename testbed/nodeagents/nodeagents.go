@@ -105,36 +105,43 @@ func (s *Set) Stop() error {
 }
 
 // scope admits sockets in node n's namespace or in the namespace of a pod
-// on n. Pods come and go (rollouts), so a miss refreshes the inode table,
-// at most every 100 ms.
+// on n. Pods come and go (rollouts), so an inode never seen before triggers
+// a refresh; inodes known to be someone else's are remembered for a few
+// seconds (a namespace inode can be reused after deletion).
 func scope(cl *testbed.Cluster, n *testbed.Node) func(netip.Addr, uint32) bool {
 	var mu sync.Mutex
-	set := map[uint32]bool{}
-	var last time.Time
+	ours := map[uint32]bool{}
+	notOurs := map[uint32]time.Time{}
 	refresh := func() {
-		set = map[uint32]bool{}
+		ours = map[uint32]bool{}
 		if ino, err := netns.Inode(n.Netns); err == nil {
-			set[ino] = true
+			ours[ino] = true
 		}
-		for _, p := range append(append([]*testbed.Pod(nil), cl.Pods...), cl.ClientPod) {
+		pods := append(append([]*testbed.Pod(nil), cl.Pods...), cl.ClientPod)
+		pods = append(pods, cl.AddedPods()...)
+		for _, p := range pods {
 			if p != nil && p.Node == n {
 				if ino, err := netns.Inode(p.Netns); err == nil {
-					set[ino] = true
+					ours[ino] = true
 				}
 			}
 		}
-		last = time.Now()
 	}
 	refresh()
 	return func(_ netip.Addr, ino uint32) bool {
 		mu.Lock()
 		defer mu.Unlock()
-		if set[ino] {
+		if ours[ino] {
 			return true
 		}
-		if time.Since(last) > 100*time.Millisecond {
-			refresh()
+		if t, ok := notOurs[ino]; ok && time.Since(t) < 5*time.Second {
+			return false
 		}
-		return set[ino]
+		refresh()
+		if ours[ino] {
+			return true
+		}
+		notOurs[ino] = time.Now()
+		return false
 	}
 }

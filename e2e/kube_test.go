@@ -1,0 +1,437 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/path"
+	"github.com/lbpath/lbpath/testbed"
+	"github.com/lbpath/lbpath/testbed/k8s"
+	"github.com/lbpath/lbpath/testbed/nodeagents"
+)
+
+// upK8s brings up the real control plane (building it on first use) with
+// the testbed as its nodes, kube-proxy programming the NAT.
+func upK8s(t *testing.T, prefix string, opt k8s.Options) *k8s.Cluster {
+	t.Helper()
+	needCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	bins, err := k8s.EnsureBinaries(ctx, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		t.Fatalf("kubernetes binaries: %v", err)
+	}
+	opt.Prefix, opt.Binaries, opt.Logger = prefix, bins, log
+	c, err := k8s.Up(ctx, opt)
+	if err != nil {
+		t.Fatalf("k8s up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Down(); err != nil {
+			t.Errorf("k8s down: %v", err)
+		}
+	})
+	if _, err := c.WaitWebReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// namedRecords collects the agents' named records.
+type namedRecords struct {
+	mu   sync.Mutex
+	recs []path.Record
+}
+
+func (n *namedRecords) add(p *path.Path) {
+	r := p.Record()
+	n.mu.Lock()
+	n.recs = append(n.recs, r)
+	n.mu.Unlock()
+}
+
+func (n *namedRecords) all() []path.Record {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]path.Record(nil), n.recs...)
+}
+
+func startNamedAgents(t *testing.T, c *k8s.Cluster, opt nodeagents.Options) (*nodeagents.Set, *namedRecords) {
+	t.Helper()
+	named := &namedRecords{}
+	opt.Kubeconfig = c.Kubeconfig()
+	opt.Path = named.add
+	if opt.Flow.JoinWait == 0 {
+		opt.Flow.JoinWait = 300 * time.Millisecond
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	set, err := nodeagents.Start(c.TB, opt, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { set.Stop() })
+	return set, named
+}
+
+// view is one request's merged connection plus the named records of the
+// nodes that saw it.
+type view struct {
+	m      flow.Merged
+	server *path.Record
+	entry  *path.Record // the record whose node applied the DNAT
+}
+
+func findView(named []path.Record, res testbed.Result) (view, bool) {
+	conns := make([]flow.Connection, len(named))
+	for i := range named {
+		conns[i] = named[i].Connection
+	}
+	for _, m := range flow.Merge(conns) {
+		if m.Client != res.Local || m.Target != res.Remote || m.Server == nil {
+			continue
+		}
+		v := view{m: m}
+		for i := range named {
+			r := &named[i]
+			if r.Node == m.Server.Node && r.Cookie == m.Server.Cookie && r.Role == flow.RoleServer {
+				v.server = r
+			}
+			if m.Entry != nil && r.Node == m.Entry.Node && r.Role == m.Entry.Role && r.Cookie == m.Entry.Cookie && r.PodSrc == m.Entry.PodSrc {
+				v.entry = r
+			}
+		}
+		if v.server != nil && v.entry != nil {
+			return v, true
+		}
+	}
+	return view{}, false
+}
+
+// podRS maps pod name → ReplicaSet name and node, from the API server.
+func podRS(t *testing.T, c *k8s.Cluster) map[string][2]string {
+	t.Helper()
+	list, err := c.Client.CoreV1().Pods(k8s.Namespace).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][2]string{}
+	for _, p := range list.Items {
+		rs := ""
+		for _, o := range p.OwnerReferences {
+			if o.Kind == "ReplicaSet" {
+				rs = o.Name
+			}
+		}
+		out[p.Name] = [2]string{rs, p.Spec.NodeName}
+	}
+	return out
+}
+
+// TestNamedPathsRealControlPlane: with the real API server and the real
+// kube-proxy in both modes and both policies, every connection's path is
+// named right: pod, Service, Deployment, ReplicaSet, entry and entry node,
+// SNAT, cross-node.
+func TestNamedPathsRealControlPlane(t *testing.T) {
+	c := upK8s(t, "lbn", k8s.Options{Mode: testbed.ModeIPTables, Policy: testbed.PolicyCluster})
+	_, named := startNamedAgents(t, c, nodeagents.Options{})
+	ctx := context.Background()
+	for _, mode := range []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables} {
+		for _, policy := range []testbed.Policy{testbed.PolicyCluster, testbed.PolicyLocal} {
+			t.Run(fmt.Sprintf("%s/%s", mode, policy), func(t *testing.T) {
+				if err := c.SetMode(ctx, mode); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.SetPolicy(ctx, policy); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(1500 * time.Millisecond) // kube-proxy resyncs after the Service change
+				pods := podRS(t, c)
+				for _, en := range kubeEntries(c, policy) {
+					t.Run(en.name, func(t *testing.T) {
+						exps := en.run(t, 6)
+						deadline := time.Now().Add(8 * time.Second)
+						for _, e := range exps {
+							var v view
+							var ok bool
+							for {
+								if v, ok = findView(named.all(), e.res); ok || time.Now().After(deadline) {
+									break
+								}
+								time.Sleep(100 * time.Millisecond)
+							}
+							if !ok {
+								t.Errorf("%v->%v (pod %s): no named records", e.res.Local, e.res.Remote, e.res.Pod)
+								continue
+							}
+							checkNamed(t, v, e, en.entry, pods)
+						}
+					})
+				}
+			})
+		}
+	}
+}
+
+type kubeEntry struct {
+	name  string
+	entry string // lbpath's name for it
+	run   func(t *testing.T, n int) []expectation
+}
+
+func kubeEntries(c *k8s.Cluster, policy testbed.Policy) []kubeEntry {
+	ctx := context.Background()
+	tb := c.TB
+	web := tb.Web()
+	external := policy == testbed.PolicyCluster
+	send := func(t *testing.T, from string, target netip.AddrPort, entryNode string, snat bool, n int) []expectation {
+		var out []expectation
+		for i := range n {
+			res := tb.Request(ctx, from, target, 20+i, 100)
+			if res.Err != nil {
+				t.Fatalf("request %d to %v: %v", i, target, res.Err)
+			}
+			out = append(out, expectation{res: res, entryNode: entryNode, snat: snat})
+		}
+		return out
+	}
+	// Under Local only nodes with a ready endpoint take external traffic.
+	pods, _ := c.WebPods(ctx)
+	hasPod := map[string]bool{}
+	for _, p := range pods {
+		hasPod[p.Node] = true
+	}
+	nodes := func() []*testbed.Node {
+		var out []*testbed.Node
+		for _, n := range tb.Nodes {
+			if policy == testbed.PolicyCluster || hasPod[n.Name] {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	return []kubeEntry{
+		{"ClusterIP", "clusterip", func(t *testing.T, n int) []expectation {
+			return send(t, tb.ClientPod.Netns, web.ClusterAddr(), tb.ClientPod.Node.Name, false, n)
+		}},
+		{"NodePort", "nodeport", func(t *testing.T, n int) []expectation {
+			var out []expectation
+			for _, node := range nodes() {
+				out = append(out, send(t, tb.Client.Netns, netip.AddrPortFrom(node.IP, web.NodePort), node.Name, external, n)...)
+			}
+			return out
+		}},
+		{"LoadBalancer", "loadbalancer", func(t *testing.T, n int) []expectation {
+			var out []expectation
+			for _, node := range nodes() {
+				time.Sleep(100 * time.Millisecond)
+				if err := tb.RouteLB(node.Index); err != nil {
+					t.Fatal(err)
+				}
+				out = append(out, send(t, tb.Client.Netns, web.LoadBalancerAddr(), node.Name, external, n)...)
+			}
+			return out
+		}},
+	}
+}
+
+func checkNamed(t *testing.T, v view, e expectation, entry string, pods map[string][2]string) {
+	t.Helper()
+	res := e.res
+	id := fmt.Sprintf("%v->%v (pod %s)", res.Local, res.Remote, res.Pod)
+	s, en := v.server, v.entry
+	want := pods[res.Pod]
+	if s.Pod != "default/"+res.Pod {
+		t.Errorf("%s: server record names pod %q", id, s.Pod)
+	}
+	if en.Pod != "default/"+res.Pod {
+		t.Errorf("%s: entry record names pod %q", id, en.Pod)
+	}
+	for _, r := range []*path.Record{s, en} {
+		if r.Service != "default/web" || r.Deployment != "web" || r.ReplicaSet != want[0] || r.PodNode != want[1] {
+			t.Errorf("%s: %s record names service %q deployment %q rs %q (want %q) pod node %q (want %q)",
+				id, r.Node, r.Service, r.Deployment, r.ReplicaSet, want[0], r.PodNode, want[1])
+		}
+	}
+	if en.Entry != entry || en.EntryNode != e.entryNode {
+		t.Errorf("%s: entry %q on %q, want %q on %q", id, en.Entry, en.EntryNode, entry, e.entryNode)
+	}
+	if v.m.SNAT != e.snat {
+		t.Errorf("%s: SNAT %v, want %v", id, v.m.SNAT, e.snat)
+	}
+	if cross := e.entryNode != want[1]; en.CrossNode != cross {
+		t.Errorf("%s: entry record cross-node %v, want %v", id, en.CrossNode, cross)
+	}
+	if e.snat && e.entryNode != want[1] && (!s.ClientLost || s.EntryNode != e.entryNode || !s.CrossNode) {
+		t.Errorf("%s: pod node's record: client lost %v, entry node %q, cross-node %v", id, s.ClientLost, s.EntryNode, s.CrossNode)
+	}
+	if !e.snat && s.ClientLost {
+		t.Errorf("%s: client marked lost without SNAT", id)
+	}
+	hasDiag := func(r *path.Record, code string) bool {
+		for _, d := range r.Diagnoses {
+			if d.Code == code {
+				return true
+			}
+		}
+		return false
+	}
+	if e.snat && !hasDiag(en, path.DiagSNAT) {
+		t.Errorf("%s: no SNAT diagnosis on the entry record: %+v", id, en.Diagnoses)
+	}
+}
+
+// TestRolloutAttribution: traffic runs through a rollout whose new pods
+// reuse old pods' IPs; every connection is named by the pod (and
+// ReplicaSet) that answered it, on both sides of each reuse.
+func TestRolloutAttribution(t *testing.T) {
+	c := upK8s(t, "lbr", k8s.Options{Mode: testbed.ModeNFTables, Policy: testbed.PolicyCluster, PoolSize: 3})
+	_, named := startNamedAgents(t, c, nodeagents.Options{})
+	ctx := context.Background()
+	before := podRS(t, c)
+	var mu sync.Mutex
+	var results []testbed.Result
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			res := c.TB.Request(ctx, c.TB.ClientPod.Netns, c.TB.Web().ClusterAddr(), 10, 50)
+			if res.Err == nil {
+				mu.Lock()
+				results = append(results, res)
+				mu.Unlock()
+			}
+			time.Sleep(15 * time.Millisecond)
+		}
+	}()
+	time.Sleep(time.Second)
+	if err := c.SetWebDelay(ctx, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitWebReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	<-done
+	after := podRS(t, c)
+	for k, v := range after {
+		before[k] = v // pods of both revisions (deleted ones keep their old entry)
+	}
+
+	time.Sleep(3 * time.Second) // JoinWait + metadata wait
+	recs := named.all()
+	ipOwners := map[netip.Addr]map[string]bool{}
+	wrong := 0
+	for _, res := range results {
+		v, ok := findView(recs, res)
+		if !ok {
+			t.Errorf("%v: no named records (pod %s)", res.Local, res.Pod)
+			continue
+		}
+		ip := v.m.Key.Dst.Addr()
+		if ipOwners[ip] == nil {
+			ipOwners[ip] = map[string]bool{}
+		}
+		ipOwners[ip][res.Pod] = true
+		if v.server.Pod != "default/"+res.Pod || v.entry.Pod != "default/"+res.Pod || v.server.ReplicaSet != before[res.Pod][0] {
+			wrong++
+			t.Errorf("%v answered by %s (rs %s) at %v: named %q / %q rs %q", res.Local, res.Pod, before[res.Pod][0],
+				ip, v.server.Pod, v.entry.Pod, v.server.ReplicaSet)
+		}
+	}
+	reused := 0
+	for ip, owners := range ipOwners {
+		if len(owners) > 1 {
+			reused++
+			t.Logf("IP %v served as %v", ip, owners)
+		}
+	}
+	t.Logf("%d connections through the rollout, %d misattributed, %d reused IPs exercised", len(results), wrong, reused)
+	if reused == 0 {
+		t.Errorf("no pod IP was reused while traffic ran: the test did not exercise reuse")
+	}
+}
+
+// TestAPIServerOutage: agents started while the API server is down still
+// record every connection (counted as unattributed), and name connections
+// once it is back.
+func TestAPIServerOutage(t *testing.T) {
+	c := upK8s(t, "lba", k8s.Options{Mode: testbed.ModeIPTables, Policy: testbed.PolicyCluster})
+	ctx := context.Background()
+	if err := c.CP.StopAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	set, named := startNamedAgents(t, c, nodeagents.Options{})
+	send := func(n int) []testbed.Result {
+		var out []testbed.Result
+		for range n {
+			res := c.TB.Request(ctx, c.TB.ClientPod.Netns, c.TB.Web().ClusterAddr(), 10, 10)
+			if res.Err != nil {
+				t.Fatalf("request while the API server is down: %v", res.Err)
+			}
+			out = append(out, res)
+		}
+		return out
+	}
+	during := send(10)
+	time.Sleep(3 * time.Second) // past the metadata wait
+	var unattributed uint64
+	for _, a := range set.Agents {
+		unattributed += a.Stats().Pipeline.Unattributed.Load()
+		if a.Watcher().Synced() {
+			t.Errorf("watcher synced without an API server")
+		}
+	}
+	recs := named.all()
+	for _, res := range during {
+		v, ok := findView(recs, res)
+		if !ok {
+			t.Errorf("%v: connection lost while the API server was down", res.Local)
+			continue
+		}
+		if v.server.Pod != "" {
+			t.Errorf("%v: named %q without an API server?", res.Local, v.server.Pod)
+		}
+	}
+	if unattributed < uint64(len(during)) {
+		t.Errorf("unattributed counter %d, want at least %d", unattributed, len(during))
+	}
+	if err := c.CP.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for _, a := range set.Agents {
+		if !a.Watcher().WaitSynced(sctx) {
+			t.Fatal("watchers did not sync after the API server returned")
+		}
+		if a.Watcher().WatchErrors.Load() == 0 {
+			t.Errorf("no watch errors counted during the outage")
+		}
+	}
+	afterRes := send(10)
+	time.Sleep(time.Second)
+	recs = named.all()
+	for _, res := range afterRes {
+		v, ok := findView(recs, res)
+		if !ok || v.server.Pod != "default/"+res.Pod {
+			t.Errorf("%v after the outage: named %+v ok=%v, want pod %s", res.Local, v.server, ok, res.Pod)
+		}
+	}
+}

@@ -121,6 +121,7 @@ type Agent struct {
 	watcher  *kube.Watcher
 	pipeline *path.Pipeline
 	exp      *exporter.Exporter
+	api      *kube.APIStats
 	decode   uint64
 	mu       sync.Mutex
 }
@@ -141,19 +142,18 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		if cfg.Kube != nil {
 			kc = *cfg.Kube
 		}
+		api := &kube.APIStats{}
 		if cs == nil {
-			rc, err := kc.RESTConfig()
-			if err != nil {
+			var err error
+			if cs, err = kc.Client(api); err != nil {
 				return nil, err
-			}
-			if cs, err = kubernetes.NewForConfig(rc); err != nil {
-				return nil, fmt.Errorf("kubernetes client: %w", err)
 			}
 		}
 		w, err := kube.NewWatcher(cs, kc, log)
 		if err != nil {
 			return nil, err
 		}
+		a.api = api
 		a.watcher = w
 		pc := cfg.Path
 		pc.Node = cfg.Node
@@ -269,6 +269,7 @@ func (a *Agent) drops() []exporter.Drop {
 			exporter.Drop{Stage: "metadata", Reason: "wait_full", Count: s.Pipeline.WaitFull.Load()},
 			exporter.Drop{Stage: "metadata", Reason: "request_unattributed", Count: s.Pipeline.RequestsUnattributed.Load()},
 			exporter.Drop{Stage: "metadata", Reason: "watch_error", Count: a.watcher.WatchErrors.Load()},
+			exporter.Drop{Stage: "metadata", Reason: "api_request_failed", Count: a.api.Failures.Load()},
 		)
 	}
 	return d
@@ -279,6 +280,9 @@ func (a *Agent) Programs() []string { return a.capture.Programs() }
 
 // Watcher exposes the Kubernetes watcher (nil without Kube).
 func (a *Agent) Watcher() *kube.Watcher { return a.watcher }
+
+// APIStats counts requests to the API server (nil without Kube).
+func (a *Agent) APIStats() *kube.APIStats { return a.api }
 
 // Exporter exposes the OTLP exporter (nil without Export).
 func (a *Agent) Exporter() *exporter.Exporter { return a.exp }
@@ -393,7 +397,8 @@ func (a *Agent) logStats() {
 	if s.Pipeline != nil {
 		a.log.Info("metadata stats", "node", a.cfg.Node, "synced", a.watcher.Synced(),
 			"unattributed", s.Pipeline.Unattributed.Load(), "waiting", a.pipeline.Waiting(),
-			"watch_errors", a.watcher.WatchErrors.Load(), "kube_events", a.watcher.Events.Load())
+			"watch_errors", a.watcher.WatchErrors.Load(), "api_failures", a.api.Failures.Load(),
+			"kube_events", a.watcher.Events.Load())
 	}
 	if s.Export != nil {
 		a.log.Info("export stats", "node", a.cfg.Node, "connections", s.Export.Connections.Load(),

@@ -11,15 +11,21 @@ import (
 // span is one object holding one address for a time interval.
 type span[T any] struct {
 	from, to time.Time // to is zero while the object still holds the address
-	v        T
+	// weak is when the owner stopped being a valid target (a pod turning
+	// not ready or terminating). If another object takes the address later,
+	// the handoff is moved back to weak: the address can be reused as soon
+	// as the old pod's sandbox is gone, before its object is.
+	weak time.Time
+	v    T
 }
 
 // timeline is the spans of one key, oldest first.
 type timeline[T any] []span[T]
 
-// at returns the span valid at t. When none is, a span that starts or ends
-// within slack of t is accepted: informer events arrive a little after the
-// change they report.
+// at returns the span valid at t. When none is, the owner is inferred
+// within slack: informer events arrive after the change they report, so an
+// object whose span starts just after t most likely held the address at t
+// already (preferred); failing that, one whose span ended just before t.
 func (tl timeline[T]) at(t time.Time, slack time.Duration) (T, bool) {
 	for i := len(tl) - 1; i >= 0; i-- {
 		s := tl[i]
@@ -27,24 +33,19 @@ func (tl timeline[T]) at(t time.Time, slack time.Duration) (T, bool) {
 			return s.v, true
 		}
 	}
-	best, bestD := -1, slack+1
-	for i, s := range tl {
-		var d time.Duration
-		switch {
-		case t.Before(s.from):
-			d = s.from.Sub(t)
-		case !s.to.IsZero() && !t.Before(s.to):
-			d = t.Sub(s.to)
-		}
-		if d <= slack && d < bestD {
-			best, bestD = i, d
+	for _, s := range tl { // oldest first: the first span starting after t
+		if t.Before(s.from) && s.from.Sub(t) <= slack {
+			return s.v, true
 		}
 	}
-	if best < 0 {
-		var zero T
-		return zero, false
+	for i := len(tl) - 1; i >= 0; i-- {
+		s := tl[i]
+		if !s.to.IsZero() && !t.Before(s.to) && t.Sub(s.to) <= slack {
+			return s.v, true
+		}
 	}
-	return tl[best].v, true
+	var zero T
+	return zero, false
 }
 
 // IndexConfig bounds the index.
@@ -119,16 +120,33 @@ func NewIndex(cfg IndexConfig) *Index {
 // start kept). Any other open span is closed: one address, one owner.
 func openSpan[K comparable, T any](m map[K]timeline[T], key K, v T, now time.Time, same func(a, b T) bool, cfg IndexConfig, st *IndexStats) {
 	tl := m[key]
+	from := now
 	if n := len(tl); n > 0 && tl[n-1].to.IsZero() {
 		if same(tl[n-1].v, v) {
 			tl[n-1].v = v
 			m[key] = tl
 			return
 		}
-		tl[n-1].to = now
+		if w := tl[n-1].weak; !w.IsZero() && w.After(tl[n-1].from) {
+			from = w
+		}
+		tl[n-1].to = from
+	} else if n > 0 && !tl[n-1].weak.IsZero() && tl[n-1].to.After(tl[n-1].weak) {
+		// The previous owner was deleted (its span closed) after turning
+		// invalid; the new owner may have had the address since then.
+		tl[n-1].to = tl[n-1].weak
+		from = tl[n-1].weak
 	}
-	tl = append(tl, span[T]{from: now, v: v})
+	tl = append(tl, span[T]{from: from, v: v})
 	m[key] = prune(tl, now, cfg, st)
+}
+
+// weaken records when the open span of key, owned by v, became invalid.
+func weaken[K comparable, T any](m map[K]timeline[T], key K, v T, now time.Time, same func(a, b T) bool) {
+	tl := m[key]
+	if n := len(tl); n > 0 && tl[n-1].to.IsZero() && same(tl[n-1].v, v) && tl[n-1].weak.IsZero() {
+		tl[n-1].weak = now
+	}
 }
 
 // closeSpan ends the open span of key if it belongs to v.
@@ -170,7 +188,8 @@ func (x *Index) SetPod(p *Pod, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	key := p.Namespace + "/" + p.Name
-	if old := x.pods[key]; old != nil {
+	old := x.pods[key]
+	if old != nil {
 		if old.IP != p.IP && old.IP.IsValid() && !old.HostNetwork {
 			closeSpan(x.podByIP, old.IP, old, now, samePod, x.cfg, &x.Stats)
 		}
@@ -179,6 +198,12 @@ func (x *Index) SetPod(p *Pod, now time.Time) {
 	x.pods[key] = p
 	if p.IP.IsValid() && !p.HostNetwork {
 		openSpan(x.podByIP, p.IP, p, now, samePod, x.cfg, &x.Stats)
+		// A pod that stops being a valid target (ready → not ready, or
+		// terminating) may lose its IP to a new pod before its object goes.
+		wasValid := old != nil && old.Ready && !old.Terminating
+		if p.Terminating || (wasValid && !p.Ready) {
+			weaken(x.podByIP, p.IP, p, now, samePod)
+		}
 	}
 	if n := x.nodes[p.Node]; n != nil && n.InternalIP.IsValid() {
 		for _, hp := range p.HostPorts {

@@ -23,10 +23,10 @@ func at(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 func TestPodIPReuseIsTimeAware(t *testing.T) {
 	x := NewIndex(IndexConfig{Slack: 500 * time.Millisecond})
 	ip := netip.MustParseAddr("10.244.1.10")
-	old := &Pod{Namespace: "default", Name: "web-aaa-1", UID: "u1", IP: ip, ReplicaSet: "web-aaa", TemplateHash: "aaa"}
+	old := &Pod{Ready: true, Namespace: "default", Name: "web-aaa-1", UID: "u1", IP: ip, ReplicaSet: "web-aaa", TemplateHash: "aaa"}
 	x.SetPod(old, at(0))
 	x.DeletePod("default", "web-aaa-1", at(100))
-	nw := &Pod{Namespace: "default", Name: "web-bbb-1", UID: "u2", IP: ip, ReplicaSet: "web-bbb", TemplateHash: "bbb"}
+	nw := &Pod{Ready: true, Namespace: "default", Name: "web-bbb-1", UID: "u2", IP: ip, ReplicaSet: "web-bbb", TemplateHash: "bbb"}
 	x.SetPod(nw, at(105))
 
 	for _, tc := range []struct {
@@ -47,6 +47,24 @@ func TestPodIPReuseIsTimeAware(t *testing.T) {
 	x.SetReplicaSet("default", "web-bbb", "frontend")
 	if p, _ := x.PodAt(ip, at(200)); p.Deployment != "frontend" {
 		t.Errorf("deployment = %q, want frontend (from the ReplicaSet owner)", p.Deployment)
+	}
+	// A rollout on a real node: the old pod turns not ready (t=200), its
+	// sandbox goes and the IP is handed to a new pod that serves at once
+	// (t=201), while the watch reports the new pod's IP at t=202 and the old
+	// pod's deletion later still. A connection at t=201.5 belongs to the new pod.
+	ip2 := netip.MustParseAddr("10.244.1.20")
+	a := &Pod{Namespace: "default", Name: "a", UID: "ua", IP: ip2, Ready: true}
+	x.SetPod(a, at(150))
+	notReady := *a
+	notReady.Ready = false
+	x.SetPod(&notReady, at(200))
+	x.SetPod(&Pod{Namespace: "default", Name: "b", UID: "ub", IP: ip2, Ready: true}, at(202))
+	x.DeletePod("default", "a", at(205))
+	if p, _ := x.PodAt(ip2, at(201).Add(500*time.Millisecond)); p == nil || p.Name != "b" {
+		t.Errorf("after the handoff: %v, want b", p)
+	}
+	if p, _ := x.PodAt(ip2, at(199)); p == nil || p.Name != "a" {
+		t.Errorf("before the old pod turned not ready: %v, want a", p)
 	}
 	// Slack: an informer event that arrives just after the connection began.
 	if p, ok := x.PodAt(ip, at(104).Add(700*time.Millisecond)); !ok || p.Name != "web-bbb-1" {
@@ -134,7 +152,7 @@ func TestHostileObjects(t *testing.T) {
 	huge := strings.Repeat("x", 1<<20)
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "n", Labels: map[string]string{"big": huge, "pod-template-hash": "h"},
 		OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "rs-h", Controller: ptr(true)}},
-		Annotations: map[string]string{"a": huge}, ManagedFields: make([]metav1.ManagedFieldsEntry, 1000)}}
+		Annotations:     map[string]string{"a": huge}, ManagedFields: make([]metav1.ManagedFieldsEntry, 1000)}}
 	pod.Status.PodIP = "not-an-ip"
 	for i := range 5000 {
 		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Ports: []corev1.ContainerPort{{ContainerPort: int32(i), HostPort: int32(70000 + i)}}})

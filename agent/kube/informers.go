@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -46,15 +47,54 @@ func (c Config) RESTConfig() (*rest.Config, error) {
 	return rc, nil
 }
 
+// APIStats counts requests to the API server. Failures (transport errors
+// and 5xx answers) are what an outage looks like from the agent; client-go
+// retries them, so they are counted here rather than at the informer.
+type APIStats struct {
+	Requests, Failures atomic.Uint64
+}
+
+type countingTransport struct {
+	next http.RoundTripper
+	st   *APIStats
+}
+
+func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.st.Requests.Add(1)
+	resp, err := c.next.RoundTrip(r)
+	if err != nil || resp.StatusCode >= 500 {
+		c.st.Failures.Add(1)
+	}
+	return resp, err
+}
+
+// Client builds a clientset from the configuration whose requests are
+// counted in st.
+func (c Config) Client(st *APIStats) (kubernetes.Interface, error) {
+	rc, err := c.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, st: st} })
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return cs, nil
+}
+
 // Watcher runs the informers and feeds the Index.
 type Watcher struct {
 	Index   *Index
 	factory informers.SharedInformerFactory
 	log     *slog.Logger
 	synced  []cache.InformerSynced
-	// Events counts informer events handled; WatchErrors counts watch
-	// failures (API server down or slow), which client-go retries.
+	// Events counts informer events handled; WatchErrors counts
+	// list/watch cycles that failed, which client-go retries.
 	Events, WatchErrors atomic.Uint64
+	// API counts requests and failures when the client was built by
+	// Config.Client.
+	API APIStats
 }
 
 // NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices

@@ -25,6 +25,11 @@ type PipelineConfig struct {
 	// MaxWaiting bounds the connections waiting; past it they are emitted
 	// at once, unattributed. Default 16384.
 	MaxWaiting int
+	// Settle is how long after a connection started it is first named:
+	// informer events arrive a little after the change they report, and a
+	// pod IP reused during a rollout must be named by its new owner even
+	// if the connection closed before the watch caught up. Default 1s.
+	Settle time.Duration
 }
 
 // PipelineStats counts what could not be named.
@@ -39,7 +44,8 @@ type PipelineStats struct {
 
 type waiting struct {
 	conn     flow.Connection
-	deadline time.Time
+	settleAt time.Time // name no earlier than this
+	deadline time.Time // give up on names at this
 }
 
 // Pipeline names connections, holding back for a bounded time those whose
@@ -66,28 +72,43 @@ func NewPipeline(n *Namer, cfg PipelineConfig, emit func(*Path), req func(*Reque
 	if cfg.MaxWaiting == 0 {
 		cfg.MaxWaiting = 16384
 	}
+	if cfg.Settle == 0 {
+		cfg.Settle = time.Second
+	}
 	return &Pipeline{namer: n, cfg: cfg, emit: emit, req: req}
 }
 
 // Namer returns the namer (for inventory and stats).
 func (pl *Pipeline) Namer() *Namer { return pl.namer }
 
-// Connection names c now or queues it until its metadata arrives.
+// Connection names c once the metadata of its start time has settled, and
+// queues it (bounded) until then or until its metadata arrives.
 func (pl *Pipeline) Connection(c *flow.Connection) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	p, complete := pl.namer.Name(c)
-	if complete {
-		pl.emit(&p)
-		return
+	now := time.Now()
+	settleAt := c.Start.Add(pl.cfg.Settle)
+	if !now.Before(settleAt) {
+		p, complete := pl.namer.Name(c)
+		if complete {
+			pl.emit(&p)
+			return
+		}
 	}
 	if len(pl.wait) >= pl.cfg.MaxWaiting {
+		p, complete := pl.namer.Name(c)
 		pl.Stats.WaitFull.Add(1)
-		pl.Stats.Unattributed.Add(1)
+		if !complete {
+			pl.Stats.Unattributed.Add(1)
+		}
 		pl.emit(&p)
 		return
 	}
-	pl.wait = append(pl.wait, waiting{conn: *c, deadline: time.Now().Add(pl.cfg.MetadataWait)})
+	deadline := now.Add(pl.cfg.MetadataWait)
+	if d := settleAt.Add(pl.cfg.MetadataWait); d.After(deadline) {
+		deadline = d
+	}
+	pl.wait = append(pl.wait, waiting{conn: *c, settleAt: settleAt, deadline: deadline})
 }
 
 // Request names a request by its pod (requests do not wait: they are
@@ -110,13 +131,18 @@ func (pl *Pipeline) Request(r *flow.Request) {
 	pl.req(&out)
 }
 
-// Tick retries waiting connections and gives up on those past their wait.
+// Tick names waiting connections whose metadata has settled, and gives up
+// on those past their wait.
 func (pl *Pipeline) Tick(now time.Time) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	keep := pl.wait[:0]
 	for i := range pl.wait {
 		w := &pl.wait[i]
+		if now.Before(w.settleAt) {
+			keep = append(keep, *w)
+			continue
+		}
 		p, complete := pl.namer.Name(&w.conn)
 		switch {
 		case complete:

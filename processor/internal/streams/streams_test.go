@@ -136,3 +136,19 @@ func TestAttrPrefersDataPoint(t *testing.T) {
 		t.Fatal("client role counted as server side")
 	}
 }
+
+// A series that appears long after its agent started (a new pod) carries
+// the instrument's old start time; if that start is after the tracker's own
+// start, its first point is new data, not history.
+func TestNewSeriesOfAnOldInstrumentCounts(t *testing.T) {
+	tr := NewTracker(100, pcommon.Timestamp(30e9))
+	tr.Since = 1000e9
+	agentStart := pcommon.Timestamp(1001e9) // agent started after the collector
+	if v, r := tr.Sum(Key(1), agentStart, 2000e9, 25); r != Delta || v != 25 {
+		t.Errorf("new series of a running agent: %v %v, want its whole value", v, r)
+	}
+	restartedHistory := pcommon.Timestamp(500e9) // agent older than the collector
+	if _, r := tr.Sum(Key(2), restartedHistory, 2000e9, 25); r != Skip {
+		t.Errorf("history from before the collector started counted: %v", r)
+	}
+}

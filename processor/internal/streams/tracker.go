@@ -1,6 +1,8 @@
 package streams
 
 import (
+	"time"
+
 	"go.opentelemetry.io/collector/pdata/pcommon"
 )
 
@@ -15,6 +17,12 @@ type Tracker struct {
 	// streams (typically: the collector restarted) are only baselined, so a
 	// restart does not replay all history into the current interval.
 	Fresh pcommon.Timestamp
+	// Since is when the tracker started. A never-seen stream that started
+	// after it is new, not history, whatever its age: an agent's SDK gives
+	// every series of an instrument the instrument's start time, so a pod
+	// that appears an hour after the agent started has a "old" start time
+	// although all its points are new to us.
+	Since pcommon.Timestamp
 	// MaxStreams bounds the number of streams held.
 	MaxStreams int
 
@@ -35,7 +43,7 @@ type entry struct {
 
 // NewTracker returns an empty Tracker.
 func NewTracker(maxStreams int, fresh pcommon.Timestamp) *Tracker {
-	return &Tracker{Fresh: fresh, MaxStreams: maxStreams, m: make(map[Key]*entry)}
+	return &Tracker{Fresh: fresh, Since: pcommon.NewTimestampFromTime(time.Now()), MaxStreams: maxStreams, m: make(map[Key]*entry)}
 }
 
 // Len reports how many streams are held.
@@ -79,7 +87,7 @@ func (t *Tracker) lookup(key Key) (*entry, bool) {
 // newStreamCounts reports whether the first point seen for a stream should
 // count in full: only when the agent says the stream began recently.
 func (t *Tracker) newStreamCounts(start, ts pcommon.Timestamp) bool {
-	return start != 0 && start <= ts && ts-start <= t.Fresh
+	return start != 0 && start <= ts && (ts-start <= t.Fresh || start >= t.Since)
 }
 
 // stale reports whether a point is not newer than the one already held.

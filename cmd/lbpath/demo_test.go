@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lbpath/lbpath/cmd/lbpath/explain"
 	"github.com/lbpath/lbpath/internal/testenv"
 	"github.com/lbpath/lbpath/testbed"
 )
@@ -71,5 +72,39 @@ func TestDemoBadFlags(t *testing.T) {
 	run(context.Background(), []string{"demo", "--mode", "ipvs"}, io.Discard, &stderr)
 	if !strings.Contains(stderr.String(), "mode:") {
 		t.Errorf("error does not name the field: %q", stderr.String())
+	}
+}
+
+// The default demo runs against the real control plane and ends with
+// `lbpath explain`, which must name the hot pod, the lost client IP and the
+// deploy regression the demo created.
+func TestKubeDemo(t *testing.T) {
+	testenv.Root(t)
+	opt := defaultDemoOptions()
+	opt.Prefix = "lbpkd"
+	opt.Connections = 100
+	var out bytes.Buffer
+	rep, err := kubeDemo(context.Background(), opt, &out, io.Discard)
+	if err != nil {
+		t.Fatalf("kube demo: %v\n%s", err, out.String())
+	}
+	r := rep.explained
+	hot := "web-" // the pod name is generated; the kind must be there
+	for _, f := range []struct {
+		kind explain.Kind
+		what string
+	}{{explain.KindHotPod, "hot pod"}, {explain.KindClientIPLost, "client IP lost"}, {explain.KindDeployRegression, "deploy regression"}} {
+		found := false
+		for _, fd := range r.Findings {
+			if fd.Kind == f.kind {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("explain does not report the %s:\n%s", f.what, out.String())
+		}
+	}
+	if !strings.Contains(rep.hotPod, hot) || !r.Has(explain.KindHotPod, strings.TrimPrefix(rep.hotPod, "default/")) {
+		t.Errorf("explain's hot pod is not the one the table shows (%s):\n%s", rep.hotPod, out.String())
 	}
 }

@@ -36,6 +36,9 @@ type Options struct {
 	SinkHTTP string
 	// JaegerGRPC receives traces over OTLP/gRPC (host:port), if set.
 	JaegerGRPC string
+	// PrometheusOTLP receives metrics over OTLP/HTTP at this full URL (a
+	// Prometheus server's /api/v1/otlp/v1/metrics), if set.
+	PrometheusOTLP string
 	// Imbalance and Regression are the processors' YAML bodies (indented by
 	// four spaces); defaults suit short tests.
 	Imbalance, Regression string
@@ -81,6 +84,10 @@ func Start(ctx context.Context, bin string, opt Options) (*Collector, error) {
 		exporters = append(exporters, fmt.Sprintf("  otlp_http/sink:\n    endpoint: http://%s\n    compression: none\n", opt.SinkHTTP))
 		traceExp = append(traceExp, "otlp_http/sink")
 		metricExp = append(metricExp, "otlp_http/sink")
+	}
+	if opt.PrometheusOTLP != "" {
+		exporters = append(exporters, fmt.Sprintf("  otlp_http/prometheus:\n    metrics_endpoint: %s\n    compression: none\n", opt.PrometheusOTLP))
+		metricExp = append(metricExp, "otlp_http/prometheus")
 	}
 	if opt.JaegerGRPC != "" {
 		exporters = append(exporters, fmt.Sprintf("  otlp_grpc/jaeger:\n    endpoint: %s\n    tls:\n      insecure: true\n", opt.JaegerGRPC))

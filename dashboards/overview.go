@@ -49,10 +49,10 @@ func overview() *dashboard.DashboardBuilder {
 			instantQuery("A", all, ""))).
 		WithPanel(statPanel("Cross-node share", "Share of connections whose entry node was not the pod's node (an extra hop, and SNAT under externalTrafficPolicy Cluster).", "percentunit", 6, 4,
 			steps("green", 0.25, "yellow", 0.5, "red"),
-			instantQuery("A", fmt.Sprintf("sum(%s) / %s", rate(metricConnections, roleServer, crossYes, mSvc), all), ""))).
+			instantQuery("A", fmt.Sprintf("(sum(%s) or vector(0)) / %s", rate(metricConnections, roleServer, crossYes, mSvc), all), ""))).
 		WithPanel(statPanel("SNAT share", "Share of connections whose client address was rewritten before reaching the pod: the pod saw a node address, not the client.", "percentunit", 6, 4,
 			steps("green", 0.01, "yellow", 0.5, "red"),
-			instantQuery("A", fmt.Sprintf("sum(%s) / %s", rate(metricConnections, roleServer, snatYes, mSvc), all), ""))).
+			instantQuery("A", fmt.Sprintf("(sum(%s) or vector(0)) / %s", rate(metricConnections, roleServer, snatYes, mSvc), all), ""))).
 		WithPanel(statPanel("Failed connections/s", "Connections that were refused, reset, timed out or otherwise failed, on any node.", "cps", 6, 4,
 			steps("green", 0.1, "red"),
 			instantQuery("A", fmt.Sprintf(`sum(%s)`, rate(metricConnections, `lbpath_outcome!~"ok|forwarded"`, mSvc)), ""))).
@@ -61,8 +61,8 @@ func overview() *dashboard.DashboardBuilder {
 		WithPanel(ts("Connections by entry node", "The node that received each connection (lbpath_entry_node), whether or not it served it.", "cps", 12, 8,
 			promQuery("A", fmt.Sprintf("sum by (lbpath_entry_node) (%s)", rate(metricConnections, roleServer, mSvc)), "{{lbpath_entry_node}}"))).
 		WithPanel(ts("Cross-node and SNAT share by Service", "Per Service: share of connections that hopped nodes, and share whose client IP was lost.", "percentunit", 12, 8,
-			promQuery("A", fmt.Sprintf("sum by (%s, %s) (%s) / sum by (%s, %s) (%s)", lNamespace, lService, rate(metricConnections, roleServer, crossYes, mSvc), lNamespace, lService, rate(metricConnections, roleServer, mSvc)), "cross-node {{k8s_namespace_name}}/{{k8s_service_name}}"),
-			promQuery("B", fmt.Sprintf("sum by (%s, %s) (%s) / sum by (%s, %s) (%s)", lNamespace, lService, rate(metricConnections, roleServer, snatYes, mSvc), lNamespace, lService, rate(metricConnections, roleServer, mSvc)), "SNAT {{k8s_namespace_name}}/{{k8s_service_name}}"))).
+			promQuery("A", shareBy(crossYes), "cross-node {{k8s_namespace_name}}/{{k8s_service_name}}"),
+			promQuery("B", shareBy(snatYes), "SNAT {{k8s_namespace_name}}/{{k8s_service_name}}"))).
 		WithPanel(ts("Failures by outcome", "Connections that did not complete normally, by outcome and role (reject: this node's kernel refused the SYN).", "cps", 12, 8,
 			promQuery("A", fmt.Sprintf("sum by (lbpath_outcome, lbpath_role) (%s)", rate(metricConnections, `lbpath_outcome!~"ok|forwarded"`, mSvc)), "{{lbpath_outcome}} ({{lbpath_role}})"))).
 		WithPanel(tablePanel("Paths: entry → node → pod", "Connections over the time range per path. Links open the pod's connection traces.", 24, 10,
@@ -72,4 +72,13 @@ func overview() *dashboard.DashboardBuilder {
 		WithRow(row("Traces")).
 		WithPanel(tracesTable("Failed connection traces", ` && status=error`))
 	return b
+}
+
+// shareBy is the per-Service share of server connections matching sel. The
+// matching series are completed with the others times zero, so a Service
+// with none (no cross-node hop, no SNAT) shows 0 rather than no data.
+func shareBy(sel string) string {
+	all := rate(metricConnections, roleServer, mSvc)
+	return fmt.Sprintf("sum by (%s, %s) (%s or %s * 0) / sum by (%s, %s) (%s)",
+		lNamespace, lService, rate(metricConnections, roleServer, sel, mSvc), all, lNamespace, lService, all)
 }

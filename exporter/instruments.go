@@ -199,9 +199,9 @@ func (in *instruments) record(p *path.Path) {
 		if c.SRTTMicros > 0 {
 			in.rtt.Record(ctx, float64(c.SRTTMicros)/1e6, all)
 		}
-		if c.Retransmits > 0 {
-			in.retransmits.Add(ctx, int64(c.Retransmits), all)
-		}
+		// Recorded even when zero: "no retransmits" is an answer, an
+		// absent series is not.
+		in.retransmits.Add(ctx, int64(c.Retransmits), all)
 		in.bytes.Add(ctx, int64(c.BytesToServer), metric.WithAttributeSet(sets[1]))
 		in.bytes.Add(ctx, int64(c.BytesToClient), metric.WithAttributeSet(sets[2]))
 	}

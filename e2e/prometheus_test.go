@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/dashboards/querycheck"
+	"github.com/lbpath/lbpath/exporter"
+	"github.com/lbpath/lbpath/testbed"
+	"github.com/lbpath/lbpath/testbed/collectorproc"
+	"github.com/lbpath/lbpath/testbed/k8s"
+	"github.com/lbpath/lbpath/testbed/nodeagents"
+	"github.com/lbpath/lbpath/testbed/prometheus"
+)
+
+// TestEveryQueryOnARealRun: the real pipeline (real control plane and
+// kube-proxy, node agents, lbpath-collector, a real Prometheus server fed
+// over OTLP, with lbpath's alert rules loaded) runs a scenario with a hot
+// pod, SNAT, refused connections and a regressed rollout. Then every
+// dashboard and rule expression runs against that server: each returns
+// data, and the hot-pod queries name the pod the scenario made hot.
+func TestEveryQueryOnARealRun(t *testing.T) {
+	c := upK8s(t, "lbq", k8s.Options{Mode: testbed.ModeNFTables, Policy: testbed.PolicyCluster})
+	ctx := context.Background()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	promBin, err := prometheus.EnsureBinary(ctx, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom, err := prometheus.Start(ctx, promBin, prometheus.Options{Log: log,
+		RuleFiles: []string{filepath.Join("..", "deploy", "rules", "lbpath-rules.yaml")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(prom.Stop)
+	bin, err := collectorproc.Build(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	col, err := collectorproc.Start(ctx, bin, collectorproc.Options{PrometheusOTLP: prom.OTLPMetricsURL(),
+		Imbalance:  "    window: 1m\n    bucket: 5s\n    min_connections: 20\n",
+		Regression: "    before: 1m\n    after: 1m\n    resolution: 2s\n    current_window: 20s\n    min_samples: 40\n    retention: 10m\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(col.Stop)
+	set, err := nodeagents.Start(c.TB, nodeagents.Options{Flow: flow.Config{JoinWait: 300 * time.Millisecond},
+		Kubeconfig: c.Kubeconfig(), Export: &exporter.Config{Endpoint: col.OTLPGRPC, Insecure: true, MetricInterval: time.Second}}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { set.Stop() })
+	for _, a := range set.Agents {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		a.Watcher().WaitSynced(sctx)
+		cancel()
+	}
+	if _, err := c.Client.CoreV1().Services(k8s.Namespace).Patch(ctx, "web", types.StrategicMergePatchType,
+		[]byte(`{"spec":{"sessionAffinity":"ClientIP"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tb := c.TB
+	if err := tb.RouteLB(1); err != nil {
+		t.Fatal(err)
+	}
+	hot := map[string]int{}
+	for i := range 120 {
+		res := tb.Request(ctx, tb.Client.Netns, tb.Web().LoadBalancerAddr(), 64, 512)
+		if res.Err == nil {
+			hot[res.Pod]++
+		}
+		if i%5 == 0 {
+			tb.Request(ctx, tb.ClientPod.Netns, tb.Web().ClusterAddr(), 64, 512)
+		}
+		if i%20 == 0 { // refused: Service empty has no endpoints
+			tb.Request(ctx, tb.ClientPod.Netns, tb.Empty().ClusterAddr(), 0, 0)
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+	hotPod, most := "", 0
+	for p, n := range hot {
+		if n > most {
+			hotPod, most = p, n
+		}
+	}
+	if err := c.SetWebDelay(ctx, 25*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitWebReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ka := tb.HTTPClient(tb.ClientPod.Netns, true)
+	for range 100 {
+		if resp, err := ka.Get("http://" + tb.Web().ClusterAddr().String() + "/"); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	ka.CloseIdleConnections()
+	// Let the processors decide and the rules evaluate.
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		v, err := prom.Query(ctx, `max(lbpath_deploy_regression{k8s_deployment_name="web"})`, time.Now())
+		if err == nil && len(v) > 0 && v[0].Value == 1 {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+
+	qs, err := querycheck.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{}
+	for k, v := range querycheck.DefaultVars {
+		vars[k] = v
+	}
+	vars["__rate_interval"], vars["__range"] = "2m", "10m"
+	results := querycheck.RunRemote(ctx, nil, prom.URL(), qs, vars, time.Now())
+	// Queries whose correct answer in this scenario is "nothing", with why.
+	// Anything else that comes back empty is a broken query.
+	emptyIsTruth := map[string]string{
+		"Services that must keep the client IP": "no Service is on the opt-in list (Helm value clientIP.required) in this run",
+		"lbpath:client_ip_required":             "same opt-in list, empty by default",
+		"LbpathClientIPLost":                    "fires only for Services on the opt-in list",
+		"LbpathAgentExportFailing":              "nothing failed to export in this run",
+		"LbpathAgentSilent":                     "every agent reported throughout",
+	}
+	var empty []string
+	for _, r := range results {
+		if r.Err != nil {
+			t.Errorf("%s: %v\n  %s", r.Query, r.Err, r.Expanded)
+			continue
+		}
+		if r.Empty() {
+			if why, ok := emptyIsTruth[r.Query.Name]; ok {
+				t.Logf("empty, as it should be (%s): %s", why, r.Query)
+				continue
+			}
+			empty = append(empty, fmt.Sprintf("%s\n      %s", r.Query, r.Expanded))
+		} else if why, ok := emptyIsTruth[r.Query.Name]; ok {
+			t.Errorf("%s returned data although %s: %v", r.Query, why, r.Series)
+		}
+	}
+	t.Logf("%d queries checked against the real run", len(results))
+	for _, e := range empty {
+		t.Logf("empty: %s", e)
+	}
+	if len(empty) > 0 {
+		t.Errorf("%d of %d dashboard/rule queries returned nothing on a run that exercises what they show", len(empty), len(results))
+	}
+	// The hot-pod answers must be the pod the scenario made hot.
+	for _, r := range results {
+		if !strings.Contains(strings.ToLower(r.Query.Name), "hot") || r.Err != nil {
+			continue
+		}
+		for _, s := range r.Series {
+			if p, ok := s["k8s_pod_name"]; ok && p != hotPod {
+				t.Errorf("%s names %s hot; the scenario's hot pod is %s", r.Query, p, hotPod)
+			}
+		}
+	}
+}

@@ -395,6 +395,9 @@ func (a *Agent) logStats() {
 		"open_table_full", s.Flow.OpenTableFull.Load(), "nat_expired", s.Flow.NATExpired.Load(),
 		"nat_entries", nat, "open", open, "pending", pend)
 	if s.Pipeline != nil {
+		if inv := a.pipeline.Namer().Inventory(time.Now()); inv.Hint != "" || len(inv.Pending) > 0 {
+			a.log.Warn("load balancers", "loadbalancer_services", inv.LoadBalancers, "pending_external_ip", inv.Pending, "hint", inv.Hint)
+		}
 		a.log.Info("metadata stats", "node", a.cfg.Node, "synced", a.watcher.Synced(),
 			"unattributed", s.Pipeline.Unattributed.Load(), "waiting", a.pipeline.Waiting(),
 			"watch_errors", a.watcher.WatchErrors.Load(), "api_failures", a.api.Failures.Load(),

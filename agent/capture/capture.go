@@ -25,6 +25,10 @@ type Config struct {
 	// MaxConnections bounds the kernel table of open connections. A
 	// connection that finds it full is not tracked and is counted.
 	MaxConnections uint32
+	// NoRequestTiming leaves out the per-read/per-write hooks that time
+	// requests (on_recv, on_send): connection records stay complete, the
+	// request metrics go away, and so does their cost on every socket call.
+	NoRequestTiming bool
 }
 
 // Counter slots of the kernel's per-CPU counters array (enum counter).
@@ -114,6 +118,10 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 	c := &Capture{log: log, maps: maps, counters: maps.Maps["counters"], Unavailable: map[string]error{}}
 
 	for _, p := range programs {
+		if cfg.NoRequestTiming && (p.name == "on_recv" || p.name == "on_send") {
+			c.Unavailable[p.name] = errors.New("disabled by configuration")
+			continue
+		}
 		prog, l, err := loadAttach(spec, maps, p.name)
 		if err != nil {
 			if p.required {

@@ -79,6 +79,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&ec.Cluster, "cluster", os.Getenv("CLUSTER_NAME"), "k8s.cluster.name")
 	rb := fs.Uint("ring-buffer-bytes", 4<<20, "eBPF ring buffer size (power of two)")
 	maxConns := fs.Uint("max-connections", 65536, "kernel table of open connections")
+	fs.BoolVar(&cfg.Capture.NoRequestTiming, "no-request-timing", false, "leave out the per-read/write hooks that time requests (their cost goes away with the request metrics)")
 	fs.DurationVar(&cfg.Flow.JoinWait, "join-wait", time.Second, "how long a closed socket waits for its NAT entry")
 	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 30*time.Second, "how often counters are logged (0: only at exit)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")

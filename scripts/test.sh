@@ -23,6 +23,9 @@ go vet ./...
 echo "== generated code drift (bpf2go)"
 ./scripts/check-generated.sh
 
+echo "== compiling every test binary (in parallel; the e2e run below is serial)"
+go test -count=1 -run '^$' ./... >/dev/null
+
 if ! wait "$prepid"; then
   echo "prebuild failed:" >&2; cat "$prelog" >&2; exit 1
 fi

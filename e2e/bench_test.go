@@ -22,7 +22,7 @@ import (
 // connection through the LB IP with Cluster policy (DNAT + SNAT, half of
 // them cross-node).
 func BenchmarkKernelCostPerEvent(b *testing.B) {
-	needCluster(&testing.T{})
+	needCluster(b)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatalf("enable bpf stats: %v", err)

@@ -22,7 +22,7 @@ import (
 )
 
 // needCluster skips (fails in CI) when the testbed cannot run here.
-func needCluster(t *testing.T) {
+func needCluster(t testing.TB) {
 	t.Helper()
 	testenv.Root(t)
 	for _, tool := range []string{"ip", "iptables-restore", "nft"} {

@@ -64,7 +64,7 @@ func loadRound(cl *testbed.Cluster, conns int, d time.Duration) (float64, time.D
 // agents off and on alternated for several rounds, compared as ratios of
 // medians in one run (the method the peer figures in shared/notes used).
 func BenchmarkOverheadOnOff(b *testing.B) {
-	needCluster(&testing.T{})
+	needCluster(b)
 	ctx := context.Background()
 	cl, err := testbed.Up(ctx, testbed.Options{Prefix: "lbh", Mode: testbed.ModeIPTables, Policy: testbed.PolicyCluster})
 	if err != nil {

@@ -357,6 +357,7 @@ func TestRolloutAttribution(t *testing.T) {
 	recs := named.all()
 	ipOwners := map[netip.Addr]map[string]bool{}
 	wrong := 0
+	var wrongIPs []netip.Addr
 	for _, res := range results {
 		v, ok := findView(recs, res)
 		if !ok {
@@ -370,7 +371,8 @@ func TestRolloutAttribution(t *testing.T) {
 		ipOwners[ip][res.Pod] = true
 		if v.server.Pod != "default/"+res.Pod || v.entry.Pod != "default/"+res.Pod || v.server.ReplicaSet != before[res.Pod][0] {
 			wrong++
-			t.Errorf("%v answered by %s (rs %s) at %v: named %q / %q rs %q", res.Local, res.Pod, before[res.Pod][0],
+			wrongIPs = append(wrongIPs, ip)
+			t.Logf("%v answered by %s (rs %s) at %v: named %q / %q rs %q", res.Local, res.Pod, before[res.Pod][0],
 				ip, v.server.Pod, v.entry.Pod, v.server.ReplicaSet)
 		}
 	}
@@ -384,6 +386,18 @@ func TestRolloutAttribution(t *testing.T) {
 	t.Logf("%d connections through the rollout, %d misattributed, %d reused IPs exercised", len(results), wrong, reused)
 	if reused == 0 {
 		t.Errorf("no pod IP was reused while traffic ran: the test did not exercise reuse")
+	}
+	// Names come from informer times, not from the socket's sandbox, so a
+	// connection that starts within the few milliseconds in which a reused
+	// IP changes hands can get the other owner (docs/ARCHITECTURE.md). That
+	// is the only misattribution allowed, and only rarely.
+	for _, ip := range wrongIPs {
+		if len(ipOwners[ip]) < 2 {
+			t.Errorf("misattributed a connection to %v, an IP that never changed hands", ip)
+		}
+	}
+	if wrong*50 > len(results) {
+		t.Errorf("%d of %d connections misattributed at IP handoffs; more than 2%%", wrong, len(results))
 	}
 }
 

@@ -101,7 +101,10 @@ func EnsureBinary(ctx context.Context, log *slog.Logger) (string, error) {
 	}
 	start := time.Now()
 	tmp := bin + ".tmp"
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", tmp, "github.com/prometheus/prometheus/cmd/prometheus")
+	// No -trimpath: built in the main module, it then shares the build cache
+	// of the Prometheus packages the tests compile anyway (a cold CI run
+	// compiles them once, not twice).
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", tmp, "github.com/prometheus/prometheus/cmd/prometheus")
 	cmd.Dir = moduleRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		os.Remove(tmp)

@@ -253,20 +253,6 @@ func (c *Capture) ProgramStats() (map[string]ebpf.ProgramStats, error) {
 	return out, nil
 }
 
-// ProgramIDs returns the kernel IDs of the loaded programs, so tests and
-// benchmarks can read their run-time statistics or prove they are gone.
-func (c *Capture) ProgramIDs() []ebpf.ProgramID {
-	var ids []ebpf.ProgramID
-	for _, p := range c.progs {
-		if info, err := p.Info(); err == nil {
-			if id, ok := info.ID(); ok {
-				ids = append(ids, id)
-			}
-		}
-	}
-	return ids
-}
-
 // Close detaches every link and releases programs and maps. Nothing is
 // pinned, so nothing outlives the process even if Close is never called.
 func (c *Capture) Close() error {

@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+
+	"github.com/lbpath/lbpath/internal/toolcache"
 )
 
 // Renderings are the committed files and the helm template arguments each
@@ -54,19 +56,15 @@ func Dir() string {
 // ChartDir is the Helm chart's directory.
 func ChartDir() string { return filepath.Join(Dir(), "..", "helm", "lbpath") }
 
-// Helm returns a helm binary: $LBPATH_HELM if set, else one cached under
-// the user cache directory, built from the separate tools module
+// Helm returns a helm binary: $LBPATH_HELM if set, else one cached with the
+// test bed's other binaries (internal/toolcache), built from the separate tools module
 // deploy/helmbin when missing (Helm's dependencies never enter the product's
 // go.mod; a cold build takes about 3 minutes).
 func Helm(ctx context.Context) (string, error) {
 	if p := os.Getenv("LBPATH_HELM"); p != "" {
 		return p, nil
 	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		return "", fmt.Errorf("cache dir: %w", err)
-	}
-	bin := filepath.Join(cache, "lbpath", "helm-"+HelmVersion, "helm")
+	bin := filepath.Join(toolcache.Dir(), "helm-"+HelmVersion, "helm")
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}

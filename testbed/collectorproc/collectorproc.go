@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lbpath/lbpath/testbed"
 )
 
 // Build compiles cmd/lbpath-collector into dir and returns the binary path.
@@ -51,21 +53,12 @@ type Collector struct {
 	dir                            string
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // Start writes a configuration and runs bin with it, waiting until its OTLP
 // port accepts connections.
 func Start(ctx context.Context, bin string, opt Options) (*Collector, error) {
 	var p [3]int
 	for i := range p {
-		port, err := freePort()
+		port, err := testbed.FreePort("127.0.0.1")
 		if err != nil {
 			return nil, err
 		}

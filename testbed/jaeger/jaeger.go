@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,9 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/lbpath/lbpath/internal/toolcache"
+	"github.com/lbpath/lbpath/testbed"
 )
 
 // Version is the Jaeger release the tools module pins.
@@ -26,12 +28,7 @@ const Version = "v1.76.0"
 
 // BinaryPath is where the binary is cached ($LBPATH_CACHE or ~/.cache/lbpath).
 func BinaryPath() string {
-	dir := os.Getenv("LBPATH_CACHE")
-	if dir == "" {
-		home, _ := os.UserHomeDir()
-		dir = filepath.Join(home, ".cache", "lbpath")
-	}
-	return filepath.Join(dir, "jaeger-"+Version, "jaeger")
+	return filepath.Join(toolcache.Dir(), "jaeger-"+Version, "jaeger")
 }
 
 // EnsureBinary builds Jaeger from the Go module proxy when the cached binary
@@ -59,15 +56,6 @@ type Jaeger struct {
 	OTLPGRPC, OTLPHTTP, Query string // host:port each, on 127.0.0.1
 	cmd                       *exec.Cmd
 	dir                       string
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 const config = `service:
@@ -114,7 +102,7 @@ exporters:
 func Start(ctx context.Context, bin string) (*Jaeger, error) {
 	var ports [4]int
 	for i := range ports {
-		p, err := freePort()
+		p, err := testbed.FreePort("127.0.0.1")
 		if err != nil {
 			return nil, err
 		}

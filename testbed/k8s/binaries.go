@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lbpath/lbpath/internal/toolcache"
 )
 
 // Versions of the components, which must match testbed/k8sbins/go.mod.
@@ -26,7 +28,7 @@ const (
 
 // CacheEnv names the environment variable that moves the binary cache; the
 // binaries go to $LBPATH_CACHE/k8s-<version>/.
-const CacheEnv = "LBPATH_CACHE"
+const CacheEnv = toolcache.Env
 
 // Binaries are the paths of the control-plane executables.
 type Binaries struct {
@@ -42,15 +44,7 @@ type Binaries struct {
 // and keyed by version, because a build takes minutes and gigabytes of build
 // cache and must survive `git clean`.
 func CacheDir() (string, error) {
-	base := os.Getenv(CacheEnv)
-	if base == "" {
-		d, err := os.UserCacheDir()
-		if err != nil {
-			return "", fmt.Errorf("locate cache dir (set %s): %w", CacheEnv, err)
-		}
-		base = filepath.Join(d, "lbpath")
-	}
-	return filepath.Join(base, "k8s-"+KubernetesVersion), nil
+	return filepath.Join(toolcache.Dir(), "k8s-"+KubernetesVersion), nil
 }
 
 // binariesIn names the executables in dir.

@@ -191,15 +191,15 @@ func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) erro
 
 	// Free ports, picked now: etcd is on loopback shared with any parallel
 	// run, so fixed ports would collide.
-	etcdClient, err := freePort("127.0.0.1")
+	etcdClient, err := testbed.FreePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
-	etcdPeer, err := freePort("127.0.0.1")
+	etcdPeer, err := testbed.FreePort("127.0.0.1")
 	if err != nil {
 		return err
 	}
-	apiPort, err := freePort(bind)
+	apiPort, err := testbed.FreePort(bind)
 	if err != nil {
 		return err
 	}
@@ -481,15 +481,4 @@ func (cp *ControlPlane) deadChild() *process {
 		}
 	}
 	return nil
-}
-
-// freePort asks the kernel for an unused port on host. Another process may
-// take it before our child binds it; the window is milliseconds.
-func freePort(host string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("find a free port on %s: %w", host, err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }

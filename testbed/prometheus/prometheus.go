@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,6 +32,9 @@ import (
 	"github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 	"github.com/prometheus/common/model"
+
+	"github.com/lbpath/lbpath/internal/toolcache"
+	"github.com/lbpath/lbpath/testbed"
 )
 
 // Version is the Prometheus release built; it must match the
@@ -47,22 +49,9 @@ const OTLPMetricsPath = "/api/v1/otlp/v1/metrics"
 // k8s.node.name is not one of them).
 var DefaultPromoteResourceAttributes = []string{"k8s.cluster.name", "service.name"}
 
-// cacheDir is $LBPATH_CACHE or ~/.cache/lbpath, shared with the other
-// binaries the test bed builds.
-func cacheDir() string {
-	if dir := os.Getenv("LBPATH_CACHE"); dir != "" {
-		return dir
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return filepath.Join(os.TempDir(), "lbpath-cache")
-	}
-	return filepath.Join(home, ".cache", "lbpath")
-}
-
 // BinaryPath is where EnsureBinary caches the server.
 func BinaryPath() string {
-	return filepath.Join(cacheDir(), "prometheus-"+Version, "prometheus")
+	return filepath.Join(toolcache.Dir(), "prometheus-"+Version, "prometheus")
 }
 
 // moduleRoot is the lbpath repository: the server is built inside the main
@@ -153,15 +142,6 @@ type Server struct {
 	api  promv1.API
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func durationOr(d, def time.Duration) time.Duration {
 	if d <= 0 {
 		return def
@@ -220,7 +200,7 @@ func Start(ctx context.Context, bin string, opts Options) (*Server, error) {
 		rules[i] = abs
 	}
 	opts.RuleFiles = rules
-	port, err := freePort()
+	port, err := testbed.FreePort("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}

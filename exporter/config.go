@@ -67,18 +67,20 @@ func (c *Config) Validate() error {
 	if c.Timeout < 0 || c.MetricInterval < 0 || c.QueueSize < 0 {
 		return errors.New("otlp-timeout, metric-interval and queue-size must not be negative")
 	}
-	if (c.CertFile == "") != (c.KeyFile == "") {
-		return errors.New("otlp-cert / otlp-key: give both for mTLS, or neither")
+	if c.CertFile != "" && c.KeyFile == "" {
+		return errors.New("otlp-cert: given without otlp-key; mTLS needs both")
 	}
-	for _, f := range []struct{ field, path string }{{"otlp-ca", c.CAFile}, {"otlp-cert", c.CertFile}, {"otlp-key", c.KeyFile}} {
-		if f.path != "" {
-			if _, err := os.Stat(f.path); err != nil {
-				return fmt.Errorf("%s: %w", f.field, err)
-			}
-		}
+	if c.KeyFile != "" && c.CertFile == "" {
+		return errors.New("otlp-key: given without otlp-cert; mTLS needs both")
 	}
 	if c.Insecure && (c.CAFile != "" || c.CertFile != "") {
-		return errors.New("otlp-insecure: cannot be combined with otlp-ca / otlp-cert")
+		return errors.New("otlp-insecure: cannot be combined with otlp-ca / otlp-cert / otlp-key (TLS material for a connection without TLS)")
+	}
+	// Read and parse the files now: a CA that cannot be read or a key that
+	// does not match its certificate would otherwise surface only as
+	// failed exports, long after startup.
+	if _, err := c.tlsConfig(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -107,7 +109,7 @@ func (c *Config) tlsConfig() (*tls.Config, error) {
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("otlp-ca: %w", err)
+			return nil, fmt.Errorf("otlp-ca: read CA certificate: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
@@ -118,7 +120,7 @@ func (c *Config) tlsConfig() (*tls.Config, error) {
 	if c.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("otlp-cert/otlp-key: %w", err)
+			return nil, fmt.Errorf("otlp-cert / otlp-key: load client key pair: %w", err)
 		}
 		tc.Certificates = []tls.Certificate{cert}
 	}

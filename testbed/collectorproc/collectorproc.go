@@ -44,6 +44,31 @@ type Options struct {
 	// Imbalance and Regression are the processors' YAML bodies (indented by
 	// four spaces); defaults suit short tests.
 	Imbalance, Regression string
+	// TLS, when set, makes both OTLP receivers (gRPC and HTTP) serve TLS.
+	TLS *TLS
+}
+
+// TLS is the OTLP receivers' server side of TLS, as file paths the
+// collector reads at startup.
+type TLS struct {
+	// CertFile and KeyFile are the server's certificate chain and key.
+	CertFile, KeyFile string
+	// ClientCAFile, when set, makes the receivers require a client
+	// certificate signed by this CA (mTLS).
+	ClientCAFile string
+}
+
+// receiverTLS renders the tls: block of one OTLP receiver protocol
+// (indented for the protocols' children), or "" for plaintext.
+func (t *TLS) receiverTLS() string {
+	if t == nil {
+		return ""
+	}
+	s := fmt.Sprintf("        tls:\n          cert_file: %q\n          key_file: %q\n", t.CertFile, t.KeyFile)
+	if t.ClientCAFile != "" {
+		s += fmt.Sprintf("          client_ca_file: %q\n", t.ClientCAFile)
+	}
+	return s
 }
 
 // Collector is a running lbpath-collector.
@@ -95,9 +120,9 @@ func Start(ctx context.Context, bin string, opt Options) (*Collector, error) {
     protocols:
       grpc:
         endpoint: 127.0.0.1:%d
-      http:
+%s      http:
         endpoint: 127.0.0.1:%d
-processors:
+%sprocessors:
   lbimbalance:
 %s  deployregression:
 %s  batch:
@@ -118,7 +143,7 @@ exporters:
       receivers: [otlp]
       processors: [lbimbalance, deployregression, batch]
       exporters: [%s]
-`, p[0], p[1], opt.Imbalance, opt.Regression, strings.Join(exporters, ""), strings.Join(traceExp, ", "), strings.Join(metricExp, ", "))
+`, p[0], opt.TLS.receiverTLS(), p[1], opt.TLS.receiverTLS(), opt.Imbalance, opt.Regression, strings.Join(exporters, ""), strings.Join(traceExp, ", "), strings.Join(metricExp, ", "))
 	dir, err := os.MkdirTemp("", "lbpath-collector-")
 	if err != nil {
 		return nil, err

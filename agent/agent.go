@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lbpath/lbpath/agent/capture"
@@ -124,6 +125,9 @@ type Agent struct {
 	api      *kube.APIStats
 	decode   uint64
 	mu       sync.Mutex
+	// lastTick is when the main loop last ran (UnixNano; 0 before Run):
+	// the liveness signal of the health endpoint.
+	lastTick atomic.Int64
 }
 
 // New loads and attaches the eBPF programs; records go to sink, which is
@@ -162,7 +166,7 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 	if cfg.Export != nil {
 		ec := *cfg.Export
 		ec.Node = cfg.Node
-		exp, err := exporter.New(context.Background(), ec, log, a.drops)
+		exp, err := exporter.New(context.Background(), ec, log, a.Drops)
 		if err != nil {
 			return nil, fmt.Errorf("otlp exporter: %w", err)
 		}
@@ -246,8 +250,10 @@ func (a *Agent) emitRequest(r *path.Request) {
 	}
 }
 
-// drops lists every loss counter for the lbpath.agent.dropped self-metric.
-func (a *Agent) drops() []exporter.Drop {
+// Drops lists every loss counter of the agent's stages for the
+// lbpath.agent.dropped self-metric and the health endpoint's /metrics
+// (the exporter's own losses are in Exporter.Drops).
+func (a *Agent) Drops() []exporter.Drop {
 	s := a.Stats()
 	var d []exporter.Drop
 	for prog, n := range s.Kernel.RingBufferDrops {
@@ -275,6 +281,17 @@ func (a *Agent) drops() []exporter.Drop {
 	return d
 }
 
+// LastTick is when the main loop last ran; zero before Run started. The
+// loop runs every 100 ms, so a tick older than a few seconds means the
+// agent is stuck.
+func (a *Agent) LastTick() time.Time {
+	n := a.lastTick.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
 // Programs lists the attached eBPF programs.
 func (a *Agent) Programs() []string { return a.capture.Programs() }
 
@@ -299,6 +316,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.watcher != nil {
 		a.watcher.Run(ctx)
 	}
+	a.lastTick.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Add(3)
@@ -331,6 +349,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case now := <-tick.C:
+				a.lastTick.Store(now.UnixNano())
 				a.table.Tick(capture.MonoNow())
 				if a.pipeline != nil {
 					a.pipeline.Tick(now)

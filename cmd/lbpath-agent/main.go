@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lbpath/lbpath/agent"
+	"github.com/lbpath/lbpath/agent/health"
 	"github.com/lbpath/lbpath/agent/kube"
 	"github.com/lbpath/lbpath/agent/path"
 	"github.com/lbpath/lbpath/exporter"
@@ -83,6 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Flow.JoinWait, "join-wait", time.Second, "how long a closed socket waits for its NAT entry")
 	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 30*time.Second, "how often counters are logged (0: only at exit)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	healthAddr := fs.String("health-addr", "127.0.0.1:9465", "serve /healthz, /readyz and /metrics (Prometheus text) on this host:port; loopback unless chosen otherwise; empty disables")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -110,6 +112,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ec.Headers = h
 	if ec.Endpoint != "" || os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" {
 		cfg.Export = &ec
+	} else if err := ec.Validate(); err != nil {
+		// Without an endpoint the OTLP flags are unused, but a typo in
+		// them should not wait for the day an endpoint is added.
+		fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)
+		return 2
 	}
 	if !*noKube && (*kubeconfig != "" || inCluster) {
 		cfg.Kube = &kube.Config{Kubeconfig: *kubeconfig}
@@ -129,7 +136,37 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)
 		return 2
 	}
+	healthLoopback := true
+	if *healthAddr != "" {
+		if healthLoopback, err = health.CheckAddr(*healthAddr); err != nil {
+			fmt.Fprintf(stderr, "lbpath-agent: health-addr: %v\n", err)
+			return 2
+		}
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	// The health endpoint starts first: a port already taken fails before
+	// the eBPF load, and the probes answer (not ready) while it runs.
+	hs := newAgentHealth()
+	if *healthAddr != "" {
+		if !healthLoopback {
+			log.Warn("health endpoint is reachable beyond this host: /metrics exposes the agent's counters to the network",
+				"health_addr", *healthAddr)
+		}
+		srv, err := health.Listen(*healthAddr, health.Handler(hs.live, hs.ready, hs.metrics), log)
+		if err != nil {
+			log.Error("start health endpoint", "flag", "health-addr", "err", err)
+			return 1
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				log.Warn("stop health endpoint", "err", err)
+			}
+		}()
+		log.Info("health endpoint listening", "addr", srv.Addr())
+	}
 
 	enc := json.NewEncoder(stdout)
 	var writeErr error
@@ -147,11 +184,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Error("start agent", "err", err)
 		return 1
 	}
+	hs.cur.Store(a)
 	log.Info("lbpath-agent running", "node", cfg.Node, "netns", cfg.Netns, "programs", a.Programs(),
 		"kube", cfg.Kube != nil, "otlp", cfg.Export != nil)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, func() { hs.stopping.Store(true) })
 	if err := a.Run(ctx); err != nil {
 		log.Error("agent stopped", "err", err)
 		return 1

@@ -163,15 +163,6 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		pc.Node = cfg.Node
 		a.pipeline = path.NewPipeline(path.NewNamer(pc, w.Index), cfg.Metadata, a.emitPath, a.emitRequest)
 	}
-	if cfg.Export != nil {
-		ec := *cfg.Export
-		ec.Node = cfg.Node
-		exp, err := exporter.New(context.Background(), ec, log, a.Drops)
-		if err != nil {
-			return nil, fmt.Errorf("otlp exporter: %w", err)
-		}
-		a.exp = exp
-	}
 	fc := cfg.Flow
 	fc.Node = cfg.Node
 	if cfg.Scope != nil {
@@ -200,10 +191,20 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 	var err error
 	a.capture, err = capture.Open(cfg.Capture, log)
 	if err != nil {
-		if a.exp != nil {
-			a.exp.Shutdown(context.Background())
-		}
 		return nil, err
+	}
+	// The exporter comes last: its metric callbacks read every counter
+	// above from their first collection on.
+	if cfg.Export != nil {
+		ec := *cfg.Export
+		ec.Node = cfg.Node
+		exp, err := exporter.New(context.Background(), ec, log, a.Drops)
+		if err != nil {
+			a.capture.Close()
+			return nil, fmt.Errorf("otlp exporter: %w", err)
+		}
+		exp.SetNodeStats(a.ct.Table)
+		a.exp = exp
 	}
 	return a, nil
 }
@@ -303,6 +304,11 @@ func (a *Agent) APIStats() *kube.APIStats { return a.api }
 
 // Exporter exposes the OTLP exporter (nil without Export).
 func (a *Agent) Exporter() *exporter.Exporter { return a.exp }
+
+// ConntrackTable reads the node's conntrack table size and loss counters:
+// the only record of connections whose SYN the kernel dropped because the
+// table was full.
+func (a *Agent) ConntrackTable() (conntrack.TableStats, error) { return a.ct.Table() }
 
 // Capture exposes the kernel side (program IDs for tests and benchmarks).
 func (a *Agent) Capture() *capture.Capture { return a.capture }
@@ -413,6 +419,12 @@ func (a *Agent) logStats() {
 		"nat_table_full", s.Flow.NATTableFull.Load(), "pending_full", s.Flow.PendingTableFull.Load(),
 		"open_table_full", s.Flow.OpenTableFull.Load(), "nat_expired", s.Flow.NATExpired.Load(),
 		"nat_entries", nat, "open", open, "pending", pend)
+	if ct, err := a.ct.Table(); err != nil {
+		a.log.Warn("read conntrack table stats", "node", a.cfg.Node, "err", err)
+	} else {
+		a.log.Info("conntrack table", "node", a.cfg.Node, "entries", ct.Entries, "max", ct.Max,
+			"drop", ct.Drop, "early_drop", ct.EarlyDrop, "insert_failed", ct.InsertFailed)
+	}
 	if s.Pipeline != nil {
 		if inv := a.pipeline.Namer().Inventory(time.Now()); inv.Hint != "" || len(inv.Pending) > 0 {
 			a.log.Warn("load balancers", "loadbalancer_services", inv.LoadBalancers, "pending_external_ip", inv.Pending, "hint", inv.Hint)

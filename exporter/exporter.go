@@ -41,6 +41,9 @@ type Stats struct {
 	QueueFull     atomic.Uint64 // connections dropped: the span queue was full
 	SpansFailed   atomic.Uint64 // spans the OTLP exporter gave up on after retries
 	MetricsFailed atomic.Uint64 // metric exports that failed after retries
+	// NodeStatsFailed counts collections in which the node's conntrack
+	// table could not be read (its gauges have a gap there).
+	NodeStatsFailed atomic.Uint64
 }
 
 // Exporter sends spans and metrics for named connections.
@@ -53,6 +56,8 @@ type Exporter struct {
 	inst   instruments
 	salt   [16]byte
 	Stats  Stats
+
+	nodeStats atomic.Pointer[nodeStatsFunc]
 
 	queue chan path.Path
 	wg    sync.WaitGroup

@@ -2,8 +2,10 @@ package exporter
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -271,5 +273,52 @@ func TestExportResumesAfterOutage(t *testing.T) {
 	// Every connection is either delivered or counted as lost.
 	if total := uint64(500)*2 - lost; total != 0 {
 		t.Errorf("%d of 1000 outage spans neither delivered nor counted", total)
+	}
+}
+
+// The node's conntrack table is exported as gauges and a drop counter by
+// reason once the agent hands over its reader; a failing reader is counted
+// (node_stats_failed) instead of failing the whole collection.
+func TestNodeConntrackMetrics(t *testing.T) {
+	sink, err := otlpsink.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Stop()
+	e := newExporter(t, sink, "node1", "grpc")
+	defer e.Shutdown(context.Background())
+	var fail atomic.Bool
+	e.SetNodeStats(func() (conntrack.TableStats, error) {
+		if fail.Load() {
+			return conntrack.TableStats{}, errors.New("netns gone")
+		}
+		return conntrack.TableStats{Entries: 100, Max: 128, Drop: 7, EarlyDrop: 2, InsertFailed: 1}, nil
+	})
+	ctx := context.Background()
+	if err := e.ForceFlush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, p := range sink.Points() {
+		name := p.Metric
+		if r, ok := p.Attrs["lbpath.reason"]; ok {
+			name += "/" + r.(string)
+		}
+		got[name] = p.Value
+	}
+	for name, want := range map[string]float64{
+		MetricConntrackEntries: 100, MetricConntrackMax: 128,
+		MetricConntrackDrops + "/drop": 7, MetricConntrackDrops + "/early_drop": 2, MetricConntrackDrops + "/insert_failed": 1,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (exported: %v), want %v", name, v, ok, want)
+		}
+	}
+	fail.Store(true)
+	if err := e.ForceFlush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Stats.NodeStatsFailed.Load(); n != 1 {
+		t.Errorf("node_stats_failed = %d after one failed read, want 1", n)
 	}
 }

@@ -91,6 +91,9 @@ const (
 	MetricRetransmits        = "lbpath.retransmits"
 	MetricDropped            = "lbpath.agent.dropped"
 	MetricExported           = "lbpath.agent.exported"
+	MetricConntrackEntries   = "lbpath.node.conntrack.entries"
+	MetricConntrackMax       = "lbpath.node.conntrack.max"
+	MetricConntrackDrops     = "lbpath.node.conntrack.drops"
 )
 
 func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) error {
@@ -136,11 +139,15 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 	if err != nil {
 		return fmt.Errorf("create %s: %w", MetricExported, err)
 	}
+	if err := in.initNode(m, e); err != nil {
+		return err
+	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		drops := []Drop{
 			{"export", "queue_full", e.Stats.QueueFull.Load()},
 			{"export", "spans_failed", e.Stats.SpansFailed.Load()},
 			{"export", "metric_exports_failed", e.Stats.MetricsFailed.Load()},
+			{"export", "node_stats_failed", e.Stats.NodeStatsFailed.Load()},
 		}
 		if self != nil {
 			drops = append(drops, self()...)
@@ -154,6 +161,57 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 	}, dropped, exported)
 	if err != nil {
 		return fmt.Errorf("register self-metrics: %w", err)
+	}
+	return nil
+}
+
+// initNode registers the node's conntrack table gauges. A full table drops
+// SYNs before any socket or entry exists, so these kernel counters are the
+// only trace of those connections (docs/RELIABILITY.md, conntrack full).
+func (in *instruments) initNode(m metric.Meter, e *Exporter) error {
+	entries, err := m.Int64ObservableGauge(MetricConntrackEntries, metric.WithUnit("{entry}"),
+		metric.WithDescription("Entries in the node's conntrack table"))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", MetricConntrackEntries, err)
+	}
+	limit, err := m.Int64ObservableGauge(MetricConntrackMax, metric.WithUnit("{entry}"),
+		metric.WithDescription("Size limit of the conntrack table (nf_conntrack_max)"))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", MetricConntrackMax, err)
+	}
+	drops, err := m.Int64ObservableCounter(MetricConntrackDrops, metric.WithUnit("{packet}"),
+		metric.WithDescription("Packets and entries the node's conntrack table lost, by reason (drop, early_drop, insert_failed)"))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", MetricConntrackDrops, err)
+	}
+	reasons := [3]metric.ObserveOption{
+		metric.WithAttributes(attribute.String("lbpath.reason", "drop")),
+		metric.WithAttributes(attribute.String("lbpath.reason", "early_drop")),
+		metric.WithAttributes(attribute.String("lbpath.reason", "insert_failed")),
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		fn := e.nodeStats.Load()
+		if fn == nil {
+			return nil
+		}
+		st, err := (*fn)()
+		if err != nil {
+			// A missing point is visible as a gap; failing the callback
+			// would also drop the other self-metrics of this collection.
+			e.Stats.NodeStatsFailed.Add(1)
+			return nil
+		}
+		o.ObserveInt64(entries, int64(st.Entries))
+		if st.Max > 0 {
+			o.ObserveInt64(limit, int64(st.Max))
+		}
+		o.ObserveInt64(drops, int64(st.Drop), reasons[0])
+		o.ObserveInt64(drops, int64(st.EarlyDrop), reasons[1])
+		o.ObserveInt64(drops, int64(st.InsertFailed), reasons[2])
+		return nil
+	}, entries, limit, drops)
+	if err != nil {
+		return fmt.Errorf("register node conntrack metrics: %w", err)
 	}
 	return nil
 }

@@ -249,3 +249,46 @@ func fromFlow(f *ct.Flow, typ EntryType, e *Entry) bool {
 	e.SNAT = e.Reply.Dst != e.Original.Src
 	return e.DNAT || e.SNAT
 }
+
+// TableStats is the kernel's own view of the node's conntrack table. When
+// the table is full the kernel drops the SYNs of new connections before any
+// socket exists, so neither the ring buffer nor the event stream can see
+// those connections: only these counters can.
+type TableStats struct {
+	Entries uint64 // entries in this namespace's table now
+	Max     uint64 // nf_conntrack_max (one value for the whole host; 0 if the kernel does not say)
+	// Summed over CPUs since the namespace was created.
+	Drop         uint64 // packets dropped: table full and nothing could be evicted
+	EarlyDrop    uint64 // entries evicted (not yet assured) to make room for a new one
+	InsertFailed uint64 // entries that lost an insert race or clashed
+}
+
+// Drops is every packet or entry the table lost: what the
+// lbpath.node.conntrack.drops self-metric sums over its reasons.
+func (s TableStats) Drops() uint64 { return s.Drop + s.EarlyDrop + s.InsertFailed }
+
+// Table reads the table's size and loss counters over ctnetlink (one
+// request each, no dump), in the namespace the listener follows.
+func (l *Listener) Table() (TableStats, error) {
+	c, err := l.dial()
+	if err != nil {
+		return TableStats{}, err
+	}
+	defer c.Close()
+	var st TableStats
+	g, err := c.StatsGlobal()
+	if err != nil {
+		return st, fmt.Errorf("read conntrack table size in netns %q: %w", l.cfg.Netns, err)
+	}
+	st.Entries, st.Max = uint64(g.Entries), uint64(g.MaxEntries)
+	cpus, err := c.Stats()
+	if err != nil {
+		return st, fmt.Errorf("read conntrack per-CPU counters in netns %q: %w", l.cfg.Netns, err)
+	}
+	for _, s := range cpus {
+		st.Drop += uint64(s.Drop)
+		st.EarlyDrop += uint64(s.EarlyDrop)
+		st.InsertFailed += uint64(s.InsertFailed)
+	}
+	return st, nil
+}

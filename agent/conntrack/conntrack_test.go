@@ -132,3 +132,37 @@ func TestListenerReportsDNAT(t *testing.T) {
 		t.Errorf("dumps=%d overflows=%d", l.Stats.Dumps.Load(), l.Stats.Overflows.Load())
 	}
 }
+
+// Table reads the namespace's own entry count and the host-wide limit: a
+// connection through the DNAT rule adds an entry that Table sees.
+func TestTableStats(t *testing.T) {
+	ns := natNetns(t)
+	l := New(Config{Netns: ns}, nil)
+	before, err := l.Table()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Max == 0 {
+		t.Errorf("nf_conntrack_max not reported: %+v", before)
+	}
+	var ln net.Listener
+	if err := netns.Do(ns, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:8080"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var c net.Conn
+	if err := netns.Do(ns, func() (err error) { c, err = net.Dial("tcp4", "10.99.0.1:80"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	after, err := l.Table()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Entries < before.Entries+1 {
+		t.Errorf("entries %d after a new DNATed connection, %d before", after.Entries, before.Entries)
+	}
+	if after.Drops() != 0 {
+		t.Errorf("drops %d in a fresh namespace with one connection", after.Drops())
+	}
+}

@@ -1,0 +1,14 @@
+package exporter
+
+import "github.com/lbpath/lbpath/agent/conntrack"
+
+// nodeStatsFunc reads the node's conntrack table (conntrack.Listener.Table).
+type nodeStatsFunc = func() (conntrack.TableStats, error)
+
+// SetNodeStats gives the exporter the reader of the node's conntrack table
+// for the lbpath.node.conntrack.* metrics. It is separate from New because
+// the agent opens its conntrack listener after the exporter; until it is
+// called those metrics are not reported.
+func (e *Exporter) SetNodeStats(read func() (conntrack.TableStats, error)) {
+	e.nodeStats.Store(&read)
+}

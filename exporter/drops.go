@@ -8,5 +8,6 @@ func (e *Exporter) Drops() []Drop {
 		{"export", "queue_full", e.Stats.QueueFull.Load()},
 		{"export", "spans_failed", e.Stats.SpansFailed.Load()},
 		{"export", "metric_exports_failed", e.Stats.MetricsFailed.Load()},
+		{"export", "node_stats_failed", e.Stats.NodeStatsFailed.Load()},
 	}
 }

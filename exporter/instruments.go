@@ -143,12 +143,7 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 		return err
 	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		drops := []Drop{
-			{"export", "queue_full", e.Stats.QueueFull.Load()},
-			{"export", "spans_failed", e.Stats.SpansFailed.Load()},
-			{"export", "metric_exports_failed", e.Stats.MetricsFailed.Load()},
-			{"export", "node_stats_failed", e.Stats.NodeStatsFailed.Load()},
-		}
+		drops := e.Drops()
 		if self != nil {
 			drops = append(drops, self()...)
 		}

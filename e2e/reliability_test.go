@@ -17,7 +17,7 @@ import (
 	"github.com/lbpath/lbpath/internal/testenv"
 )
 
-func buildAgent(t *testing.T) string {
+func buildAgent(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "lbpath-agent")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/lbpath-agent").CombinedOutput(); err != nil {

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -111,7 +113,11 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 	// does not take the others with it.
 	mapSpec := spec.Copy()
 	mapSpec.Programs = map[string]*ebpf.ProgramSpec{}
-	maps, err := ebpf.NewCollection(mapSpec)
+	// One decoded copy of the kernel's BTF for every load (each load would
+	// otherwise decode its own, tens of MiB of garbage apiece); dropped
+	// when Open returns.
+	cache := btf.NewCache()
+	maps, err := ebpf.NewCollectionWithOptions(mapSpec, ebpf.CollectionOptions{Cache: cache})
 	if err != nil {
 		return nil, fmt.Errorf("create eBPF maps: %w", err)
 	}
@@ -122,7 +128,7 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 			c.Unavailable[p.name] = errors.New("disabled by configuration")
 			continue
 		}
-		prog, l, err := loadAttach(spec, maps, p.name)
+		prog, l, err := loadAttach(spec, maps, cache, p.name)
 		if err != nil {
 			if p.required {
 				c.Close()
@@ -142,13 +148,17 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 		c.Close()
 		return nil, fmt.Errorf("open ring buffer reader: %w", err)
 	}
+	// The decoded kernel BTF is garbage now; hand its pages back to the
+	// kernel rather than carrying them in RSS for the agent's lifetime.
+	cache = nil
+	debug.FreeOSMemory()
 	return c, nil
 }
 
-func loadAttach(spec *ebpf.CollectionSpec, maps *ebpf.Collection, name string) (*ebpf.Program, link.Link, error) {
+func loadAttach(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cache, name string) (*ebpf.Program, link.Link, error) {
 	ps := spec.Copy()
 	ps.Programs = map[string]*ebpf.ProgramSpec{name: ps.Programs[name]}
-	coll, err := ebpf.NewCollectionWithOptions(ps, ebpf.CollectionOptions{MapReplacements: maps.Maps})
+	coll, err := ebpf.NewCollectionWithOptions(ps, ebpf.CollectionOptions{MapReplacements: maps.Maps, Cache: cache})
 	if err != nil {
 		return nil, nil, fmt.Errorf("load: %w", err)
 	}

@@ -91,8 +91,8 @@ type Table struct {
 	mu         sync.Mutex
 	natByPod   map[conntrack.Tuple]*natRec // key: pod side (reply reversed)
 	natByOrig  map[conntrack.Tuple]*natRec // key: original tuple
-	openSrv    map[conntrack.Tuple]struct{}
-	openCli    map[conntrack.Tuple]struct{}
+	openSrv    map[openKey]struct{}
+	openCli    map[openKey]struct{}
 	pendSrv    map[conntrack.Tuple]*pending
 	pendCli    map[conntrack.Tuple]*pending
 	pendFwd    map[conntrack.Tuple]*pending // key: original tuple
@@ -125,7 +125,7 @@ func NewTable(cfg Config, clock capture.Clock, emit func(*Connection)) *Table {
 	return &Table{
 		cfg: cfg, clock: clock, emit: emit,
 		natByPod: map[conntrack.Tuple]*natRec{}, natByOrig: map[conntrack.Tuple]*natRec{},
-		openSrv: map[conntrack.Tuple]struct{}{}, openCli: map[conntrack.Tuple]struct{}{},
+		openSrv: map[openKey]struct{}{}, openCli: map[openKey]struct{}{},
 		pendSrv: map[conntrack.Tuple]*pending{}, pendCli: map[conntrack.Tuple]*pending{},
 		pendFwd: map[conntrack.Tuple]*pending{},
 	}
@@ -165,6 +165,19 @@ func (t *Table) Socket(e *capture.Event) {
 	t.expire(e.TimeNs)
 }
 
+// openKey is a tuple without pointers: the open-socket sets hold one per
+// live socket (hundreds of thousands on a busy node), and a pointer-free key
+// halves their size (netip.Addr carries a zone pointer) and keeps the
+// garbage collector from scanning them.
+type openKey struct {
+	src, dst     [16]byte
+	sport, dport uint16
+}
+
+func keyOf(t conntrack.Tuple) openKey {
+	return openKey{src: t.Src.Addr().As16(), dst: t.Dst.Addr().As16(), sport: t.Src.Port(), dport: t.Dst.Port()}
+}
+
 func sockKey(e *capture.Event) (conntrack.Tuple, bool) {
 	if e.Side == capture.SideClient {
 		return conntrack.Tuple{Src: e.Local, Dst: e.Remote}, true
@@ -181,7 +194,7 @@ func (t *Table) open(e *capture.Event) {
 	if len(t.openSrv)+len(t.openCli) >= t.cfg.MaxOpen {
 		t.Stats.OpenTableFull.Add(1)
 	} else {
-		open[key] = struct{}{}
+		open[keyOf(key)] = struct{}{}
 	}
 	if n := byKey[key]; n != nil {
 		t.claim(n)
@@ -202,10 +215,10 @@ func (t *Table) close(e *capture.Event) {
 	key, client := sockKey(e)
 	var n *natRec
 	if client {
-		delete(t.openCli, key)
+		delete(t.openCli, keyOf(key))
 		n = t.natByOrig[key]
 	} else {
-		delete(t.openSrv, key)
+		delete(t.openSrv, keyOf(key))
 		n = t.natByPod[key]
 	}
 	c := &t.scratch
@@ -368,8 +381,8 @@ func (t *Table) NAT(e *conntrack.Entry) {
 		if p := t.pendCli[e.Original]; p != nil {
 			t.finishPending(p, n)
 		}
-		_, srvOpen := t.openSrv[ps]
-		_, cliOpen := t.openCli[e.Original]
+		_, srvOpen := t.openSrv[keyOf(ps)]
+		_, cliOpen := t.openCli[keyOf(e.Original)]
 		if srvOpen || cliOpen {
 			n.claimed = true
 		}

@@ -128,6 +128,8 @@ type Agent struct {
 	// lastTick is when the main loop last ran (UnixNano; 0 before Run):
 	// the liveness signal of the health endpoint.
 	lastTick atomic.Int64
+	// netnsIno identifies the node namespace attached to at start.
+	netnsIno uint32
 }
 
 // New loads and attaches the eBPF programs; records go to sink, which is
@@ -140,6 +142,13 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		log = slog.Default()
 	}
 	a := &Agent{cfg: cfg, log: log, out: out}
+	if cfg.Netns != "" {
+		ino, err := netns.Inode(cfg.Netns)
+		if err != nil {
+			return nil, fmt.Errorf("netns: %w", err)
+		}
+		a.netnsIno = ino
+	}
 	if cfg.Kube != nil || cfg.KubeClient != nil {
 		cs := cfg.KubeClient
 		kc := kube.Config{}
@@ -324,7 +333,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.lastTick.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
@@ -349,13 +358,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		var last time.Time
+		var last, lastNetns time.Time
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case now := <-tick.C:
 				a.lastTick.Store(now.UnixNano())
+				if now.Sub(lastNetns) >= netnsCheckInterval {
+					lastNetns = now
+					if err := a.checkNetns(); err != nil {
+						errc <- err
+						cancel()
+						return
+					}
+				}
 				a.table.Tick(capture.MonoNow())
 				if a.pipeline != nil {
 					a.pipeline.Tick(now)
@@ -386,6 +403,34 @@ func (a *Agent) Run(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// ErrNodeNetnsGone is returned by Run when the node's network namespace
+// (Config.Netns) was deleted or replaced under the running agent.
+var ErrNodeNetnsGone = errors.New("node network namespace gone")
+
+// netnsCheckInterval is how often Run checks that Config.Netns still names
+// the namespace the agent attached to.
+const netnsCheckInterval = time.Second
+
+// checkNetns fails once the node namespace is no longer the one the agent
+// attached to. The agent's own netlink sockets keep a deleted namespace
+// alive, so nothing else would ever fail: the agent would pin a dead
+// namespace (its interfaces, routes and conntrack table) and report an
+// empty node forever. Exiting lets the DaemonSet restart it on the current
+// namespace and releases the old one.
+func (a *Agent) checkNetns() error {
+	if a.cfg.Netns == "" {
+		return nil
+	}
+	ino, err := netns.Inode(a.cfg.Netns)
+	if err != nil {
+		return fmt.Errorf("%w: %s was deleted under the agent: %w", ErrNodeNetnsGone, a.cfg.Netns, err)
+	}
+	if ino != a.netnsIno {
+		return fmt.Errorf("%w: %s now names another namespace (inode %d, attached to %d)", ErrNodeNetnsGone, a.cfg.Netns, ino, a.netnsIno)
+	}
+	return nil
 }
 
 // Stats returns a snapshot of every counter.

@@ -32,9 +32,12 @@ const EpochSeconds = 64
 // connection keeps the tuple in its conntrack table through TIME_WAIT
 // (120 s, longer than an epoch) and allocates SNAT ports around it, so a
 // reuse within an epoch needs the peer to reopen a TIME_WAIT tuple with a
-// new SYN. Misses: one connection gets two IDs when its SYN falls within the
-// nodes' clock skew (plus one RTT) of an epoch boundary: probability ≈
-// skew/64 s, 1.6e-5 at 1 ms.
+// new SYN. Misses: one connection gets two IDs when its SYN falls within
+// the nodes' clock skew, plus the error of the pod node's SYN estimate (its
+// sRTT at close minus the handshake's RTT, not a whole RTT), of an epoch
+// boundary: probability min(1, |skew ± error|/64 s) — 1.6e-5 at 1 ms,
+// 1.6% at 1 s, 50% at 32 s, and from 64 s of skew on no connection's spans
+// are stitched (measured by TestTraceIDUnderClockSkew).
 func TraceID(wire conntrack.Tuple, syn time.Time) trace.TraceID {
 	var buf [64]byte
 	n := copy(buf[:], "lbpath/trace/v1\x00")

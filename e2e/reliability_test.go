@@ -17,10 +17,13 @@ import (
 	"github.com/lbpath/lbpath/internal/testenv"
 )
 
-func buildAgent(t testing.TB) string {
+// buildAgent builds cmd/lbpath-agent; flags go to go build (the memory
+// benchmark measures the release build, see releaseFlags).
+func buildAgent(t testing.TB, flags ...string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "lbpath-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/lbpath-agent").CombinedOutput(); err != nil {
+	args := append(append([]string{"build", "-o", bin}, flags...), "../cmd/lbpath-agent")
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
 		t.Fatalf("build agent: %v\n%s", err, out)
 	}
 	return bin

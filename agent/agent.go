@@ -277,6 +277,7 @@ func (a *Agent) Drops() []exporter.Drop {
 		exporter.Drop{Stage: "flow", Reason: "nat_table_full", Count: s.Flow.NATTableFull.Load()},
 		exporter.Drop{Stage: "flow", Reason: "nat_expired", Count: s.Flow.NATExpired.Load()},
 		exporter.Drop{Stage: "flow", Reason: "open_table_full", Count: s.Flow.OpenTableFull.Load()},
+		exporter.Drop{Stage: "flow", Reason: "open_expired", Count: s.Flow.OpenExpired.Load()},
 		exporter.Drop{Stage: "flow", Reason: "pending_table_full", Count: s.Flow.PendingTableFull.Load()},
 	)
 	if s.Pipeline != nil {
@@ -462,7 +463,8 @@ func (a *Agent) logStats() {
 		"emitted", s.Flow.Emitted.Load(), "joined", s.Flow.Joined.Load(), "no_nat", s.Flow.NoNAT.Load(),
 		"forwarded", s.Flow.Forwarded.Load(), "rejected", s.Flow.Rejected.Load(),
 		"nat_table_full", s.Flow.NATTableFull.Load(), "pending_full", s.Flow.PendingTableFull.Load(),
-		"open_table_full", s.Flow.OpenTableFull.Load(), "nat_expired", s.Flow.NATExpired.Load(),
+		"open_table_full", s.Flow.OpenTableFull.Load(), "open_expired", s.Flow.OpenExpired.Load(),
+		"nat_expired", s.Flow.NATExpired.Load(), "closed_out_of_scope", s.Flow.ClosedOutOfScope.Load(),
 		"nat_entries", nat, "open", open, "pending", pend)
 	if ct, err := a.ct.Table(); err != nil {
 		a.log.Warn("read conntrack table stats", "node", a.cfg.Node, "err", err)

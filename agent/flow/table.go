@@ -27,6 +27,15 @@ type Config struct {
 	// (longer than conntrack's 2 min TIME_WAIT and typical keep-alives, see
 	// docs/ARCHITECTURE.md for what happens to longer connections).
 	NATTTL time.Duration
+	// OpenTTL is how long an open socket stays tracked without its close
+	// event (rounded up to whole seconds). Default 2 min. The entry only
+	// lets a NAT entry that arrives after the socket opened be claimed
+	// (not reported as forwarded); the kernel creates that entry at the
+	// SYN, before the socket opens, so it can only be late by the reader
+	// lag, which JoinWait already bounds to about a second. Entries whose
+	// close never comes (ring-buffer loss) would otherwise stay forever
+	// and fill MaxOpen.
+	OpenTTL time.Duration
 	// MaxNAT, MaxOpen and MaxPending bound the tables. Defaults 262144,
 	// 262144, 65536.
 	MaxNAT, MaxOpen, MaxPending int
@@ -44,10 +53,12 @@ type Stats struct {
 	Rejected         atomic.Uint64 // reject records
 	Requests         atomic.Uint64 // request/response turns passed on
 	OutOfScope       atomic.Uint64 // socket events of other nodes (Scope false)
+	ClosedOutOfScope atomic.Uint64 // closes of tracked sockets that Scope no longer placed (their namespace was deleted), recorded anyway
 	DuplicateNAT     atomic.Uint64 // NAT entries seen again (dump after events, repeated events)
 	NATExpired       atomic.Uint64 // NAT entries dropped by NATTTL without a destroy event
 	NATTableFull     atomic.Uint64 // NAT entries not stored: table full (their joins are lost)
 	OpenTableFull    atomic.Uint64 // open sockets not tracked: table full
+	OpenExpired      atomic.Uint64 // open sockets untracked after OpenTTL without a close (a lost close, or a connection older than OpenTTL)
 	PendingTableFull atomic.Uint64 // closed sockets emitted early without waiting for NAT: table full
 }
 
@@ -91,8 +102,8 @@ type Table struct {
 	mu         sync.Mutex
 	natByPod   map[conntrack.Tuple]*natRec // key: pod side (reply reversed)
 	natByOrig  map[conntrack.Tuple]*natRec // key: original tuple
-	openSrv    map[openKey]struct{}
-	openCli    map[openKey]struct{}
+	openSrv    map[openKey]openVal
+	openCli    map[openKey]openVal
 	pendSrv    map[conntrack.Tuple]*pending
 	pendCli    map[conntrack.Tuple]*pending
 	pendFwd    map[conntrack.Tuple]*pending // key: original tuple
@@ -100,6 +111,7 @@ type Table struct {
 	head       int
 	free       []*pending // popped entries, reused so the hot path does not allocate
 	lastSweep  uint64
+	lastOpen   uint64     // when the open sets were last swept
 	scratch    Connection // the record being emitted; emit must not keep it
 	reqScratch Request
 }
@@ -116,6 +128,9 @@ func NewTable(cfg Config, clock capture.Clock, emit func(*Connection)) *Table {
 	if cfg.MaxNAT == 0 {
 		cfg.MaxNAT = 1 << 18
 	}
+	if cfg.OpenTTL == 0 {
+		cfg.OpenTTL = 2 * time.Minute
+	}
 	if cfg.MaxOpen == 0 {
 		cfg.MaxOpen = 1 << 18
 	}
@@ -125,7 +140,7 @@ func NewTable(cfg Config, clock capture.Clock, emit func(*Connection)) *Table {
 	return &Table{
 		cfg: cfg, clock: clock, emit: emit,
 		natByPod: map[conntrack.Tuple]*natRec{}, natByOrig: map[conntrack.Tuple]*natRec{},
-		openSrv: map[openKey]struct{}{}, openCli: map[openKey]struct{}{},
+		openSrv: map[openKey]openVal{}, openCli: map[openKey]openVal{},
 		pendSrv: map[conntrack.Tuple]*pending{}, pendCli: map[conntrack.Tuple]*pending{},
 		pendFwd: map[conntrack.Tuple]*pending{},
 	}
@@ -140,12 +155,23 @@ func (t *Table) Sizes() (nat, open, pending int) {
 
 // Socket feeds one capture event.
 func (t *Table) Socket(e *capture.Event) {
-	if t.cfg.Scope != nil && !t.cfg.Scope(e.Local.Addr(), e.Netns) {
+	inScope := t.cfg.Scope == nil || t.cfg.Scope(e.Local.Addr(), e.Netns)
+	if !inScope && e.Type != capture.EventClose {
 		t.Stats.OutOfScope.Add(1)
 		return
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !inScope {
+		// A socket that opened in scope is ours until it closes, but the
+		// scope may no longer place it: a pod's namespace deleted under
+		// live connections closes them after it is gone.
+		if !t.tracked(e) {
+			t.Stats.OutOfScope.Add(1)
+			return
+		}
+		t.Stats.ClosedOutOfScope.Add(1)
+	}
 	switch e.Type {
 	case capture.EventOpen:
 		t.open(e)
@@ -174,6 +200,14 @@ type openKey struct {
 	sport, dport uint16
 }
 
+// openVal is kept small for the same reason: seconds are precise enough
+// for a TTL of minutes, and the namespace inode with the tuple identifies
+// the socket well enough to admit its close when Scope no longer does.
+type openVal struct {
+	sec   uint32 // open time, whole seconds of the kernel's monotonic clock
+	netns uint32
+}
+
 func keyOf(t conntrack.Tuple) openKey {
 	return openKey{src: t.Src.Addr().As16(), dst: t.Dst.Addr().As16(), sport: t.Src.Port(), dport: t.Dst.Port()}
 }
@@ -194,11 +228,22 @@ func (t *Table) open(e *capture.Event) {
 	if len(t.openSrv)+len(t.openCli) >= t.cfg.MaxOpen {
 		t.Stats.OpenTableFull.Add(1)
 	} else {
-		open[keyOf(key)] = struct{}{}
+		open[keyOf(key)] = openVal{sec: uint32(e.TimeNs / uint64(time.Second)), netns: e.Netns}
 	}
 	if n := byKey[key]; n != nil {
 		t.claim(n)
 	}
+}
+
+// tracked reports whether e is the close of a socket in the open sets.
+func (t *Table) tracked(e *capture.Event) bool {
+	key, client := sockKey(e)
+	open := t.openSrv
+	if client {
+		open = t.openCli
+	}
+	v, ok := open[keyOf(key)]
+	return ok && v.netns == e.Netns
 }
 
 // claim marks a translation as owned by a local socket, cancelling its
@@ -463,8 +508,38 @@ func (t *Table) expire(now uint64) {
 		t.fifo = t.fifo[:n]
 		t.head = 0
 	}
-	if now-t.lastSweep > uint64(t.cfg.NATTTL)/4 || now == ^uint64(0) {
+	// Event times come from two sources (ring buffer, ctnetlink) and may
+	// run slightly backwards; without now > last an older time would
+	// underflow the difference and sweep on nearly every event.
+	if (now > t.lastSweep && now-t.lastSweep > uint64(t.cfg.NATTTL)/4) || now == ^uint64(0) {
 		t.sweep(now)
+	}
+	if now != ^uint64(0) && now > t.lastOpen && now-t.lastOpen >= t.openSweepEvery() {
+		t.sweepOpen(now)
+	}
+}
+
+// openSweepEvery is how often the open sets are swept: O(n) over up to
+// MaxOpen entries, so rarely, but often enough that an entry outlives
+// OpenTTL by at most half of it.
+func (t *Table) openSweepEvery() uint64 {
+	return uint64(min(t.cfg.OpenTTL/2, 30*time.Second))
+}
+
+// sweepOpen drops open entries older than OpenTTL. Ages are compared in
+// whole seconds, each truncated, so an entry is dropped only when its true
+// age exceeds OpenTTL rounded up to a second.
+func (t *Table) sweepOpen(now uint64) {
+	t.lastOpen = now
+	ttl := uint32((t.cfg.OpenTTL + time.Second - 1) / time.Second)
+	nowSec := uint32(now / uint64(time.Second))
+	for _, open := range [2]map[openKey]openVal{t.openSrv, t.openCli} {
+		for k, v := range open {
+			if nowSec > v.sec && nowSec-v.sec > ttl {
+				delete(open, k)
+				t.Stats.OpenExpired.Add(1)
+			}
+		}
 	}
 }
 

@@ -261,3 +261,130 @@ func TestMergeCrossNode(t *testing.T) {
 		t.Errorf("reused tuple merged into %d connections, want 2", n)
 	}
 }
+
+const sec = uint64(time.Second)
+
+// An open socket whose close never comes (lost in the ring buffer) must
+// not stay tracked forever: it would fill MaxOpen and every later open
+// would be refused, so NAT entries arriving just after their socket opened
+// would become spurious forward records.
+func TestOrphanOpenIsSweptAndCounted(t *testing.T) {
+	tb, r := newTable(Config{MaxOpen: 2, JoinWait: time.Second})
+	for i := range 2 { // two orphans fill the table
+		ev := serverEvent(capture.EventOpen, 10*sec)
+		ev.Remote = netip.AddrPortFrom(nodeIP.Addr(), uint16(3000+i))
+		tb.Socket(ev)
+	}
+	tb.Socket(serverEvent(capture.EventOpen, 11*sec)) // the live connection: refused
+	if _, open, _ := tb.Sizes(); open != 2 || tb.Stats.OpenTableFull.Load() != 1 {
+		t.Fatalf("open %d, open_table_full %d; want 2, 1", open, tb.Stats.OpenTableFull.Load())
+	}
+	// Sweeps run every 30 s (OpenTTL/2 capped at 30 s); at 120 s the
+	// orphans are exactly OpenTTL old and still kept.
+	tb.Tick(130 * sec)
+	if _, open, _ := tb.Sizes(); open != 2 || tb.Stats.OpenExpired.Load() != 0 {
+		t.Fatalf("at OpenTTL: open %d, expired %d; want 2, 0 (not swept early)", open, tb.Stats.OpenExpired.Load())
+	}
+	tb.Tick(160 * sec)
+	if _, open, _ := tb.Sizes(); open != 0 || tb.Stats.OpenExpired.Load() != 2 {
+		t.Fatalf("after OpenTTL: open %d, expired %d; want 0, 2", open, tb.Stats.OpenExpired.Load())
+	}
+	// Room again: a new socket is tracked and claims its late NAT entry.
+	tb.Socket(serverEvent(capture.EventOpen, 161*sec))
+	tb.NAT(snatEntry(161*sec + 5*ms))
+	tb.Tick(170 * sec)
+	if len(r.got) != 0 || tb.Stats.OpenTableFull.Load() != 1 {
+		t.Fatalf("records %+v, open_table_full %d; want none (NAT claimed, no forward), 1",
+			r.got, tb.Stats.OpenTableFull.Load())
+	}
+	tb.Socket(serverEvent(capture.EventClose, 171*sec))
+	if len(r.got) != 1 {
+		t.Fatalf("got %d records, want 1", len(r.got))
+	}
+	checkJoined(t, r.got[0])
+}
+
+// A connection living longer than OpenTTL loses only its open entry: its
+// close still finds its NAT entry and gives exactly one joined record.
+func TestLiveConnectionCloseAfterSweep(t *testing.T) {
+	tb, r := newTable(Config{})
+	tb.NAT(snatEntry(1 * sec))
+	tb.Socket(serverEvent(capture.EventOpen, 1*sec+ms))
+	tb.Tick(200 * sec)
+	if _, open, _ := tb.Sizes(); open != 0 || tb.Stats.OpenExpired.Load() != 1 {
+		t.Fatalf("open %d, expired %d; want 0, 1", open, tb.Stats.OpenExpired.Load())
+	}
+	tb.Socket(serverEvent(capture.EventClose, 210*sec))
+	tb.Tick(220 * sec)
+	if len(r.got) != 1 {
+		t.Fatalf("got %d records, want 1: %+v", len(r.got), r.got)
+	}
+	checkJoined(t, r.got[0])
+	if tb.Stats.Joined.Load() != 1 || tb.Stats.Forwarded.Load() != 0 || tb.Stats.NoNAT.Load() != 0 {
+		t.Errorf("joined=%d forwarded=%d no_nat=%d", tb.Stats.Joined.Load(), tb.Stats.Forwarded.Load(), tb.Stats.NoNAT.Load())
+	}
+}
+
+// A socket that opened just before a sweep keeps its entry, so the NAT
+// entry that arrives after it is claimed, not forwarded.
+func TestNATClaimedAcrossSweep(t *testing.T) {
+	tb, r := newTable(Config{JoinWait: 100 * time.Millisecond})
+	tb.Tick(60 * sec)                                    // a sweep ran at 60 s
+	tb.Socket(serverEvent(capture.EventOpen, 90*sec-ms)) // opens just before the next one
+	tb.Tick(90 * sec)                                    // the next sweep
+	tb.NAT(snatEntry(90*sec + ms))                       // its translation, read late
+	tb.Tick(95 * sec)
+	if len(r.got) != 0 || tb.Stats.OpenExpired.Load() != 0 {
+		t.Fatalf("records %+v expired %d; want none (claimed), 0", r.got, tb.Stats.OpenExpired.Load())
+	}
+	tb.Socket(serverEvent(capture.EventClose, 96*sec))
+	tb.Tick(100 * sec)
+	if len(r.got) != 1 || tb.Stats.Forwarded.Load() != 0 {
+		t.Fatalf("got %d records (%d forwarded), want 1 joined", len(r.got), tb.Stats.Forwarded.Load())
+	}
+	checkJoined(t, r.got[0])
+}
+
+// Ring-buffer and ctnetlink times interleave slightly out of order; an
+// older time must not count as "long since the last sweep".
+func TestSweepNotRerunByOlderEventTime(t *testing.T) {
+	tb, _ := newTable(Config{})
+	tb.Tick(200 * sec) // sweeps (nothing to drop)
+	ev := serverEvent(capture.EventOpen, 1*sec)
+	tb.Socket(ev) // an old open, already past OpenTTL at the last sweep's time
+	tb.Tick(200*sec - ms)
+	if tb.Stats.OpenExpired.Load() != 0 {
+		t.Fatalf("an older time re-ran the sweep (expired %d)", tb.Stats.OpenExpired.Load())
+	}
+	tb.Tick(230 * sec)
+	if tb.Stats.OpenExpired.Load() != 1 {
+		t.Fatalf("the next sweep did not drop it (expired %d)", tb.Stats.OpenExpired.Load())
+	}
+}
+
+// A tracked socket's close is recorded even when Scope no longer places
+// it (its pod's namespace was deleted); untracked ones stay out.
+func TestCloseOfTrackedSocketOutlivesScope(t *testing.T) {
+	inScope := true
+	tb, r := newTable(Config{JoinWait: time.Millisecond,
+		Scope: func(a netip.Addr, ns uint32) bool { return inScope && ns == 99 }})
+	tb.NAT(snatEntry(1 * ms))
+	tb.Socket(serverEvent(capture.EventOpen, 2*ms))
+	inScope = false
+	other := serverEvent(capture.EventClose, 4*ms)
+	other.Netns = 5 // same tuple, another namespace: not the tracked socket
+	tb.Socket(other)
+	tb.Socket(serverEvent(capture.EventClose, 5*ms))
+	tb.Flush()
+	if len(r.got) != 1 {
+		t.Fatalf("got %d records, want 1: %+v", len(r.got), r.got)
+	}
+	checkJoined(t, r.got[0])
+	if tb.Stats.ClosedOutOfScope.Load() != 1 || tb.Stats.OutOfScope.Load() != 1 {
+		t.Errorf("closed_out_of_scope %d out_of_scope %d; want 1, 1",
+			tb.Stats.ClosedOutOfScope.Load(), tb.Stats.OutOfScope.Load())
+	}
+	if _, open, _ := tb.Sizes(); open != 0 {
+		t.Errorf("open %d after the close, want 0", open)
+	}
+}

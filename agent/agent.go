@@ -320,6 +320,10 @@ func (a *Agent) Exporter() *exporter.Exporter { return a.exp }
 // table was full.
 func (a *Agent) ConntrackTable() (conntrack.TableStats, error) { return a.ct.Table() }
 
+// TableSizes reports the join tables' sizes (NAT entries, open sockets,
+// pending records), so tests can prove nothing stays behind in them.
+func (a *Agent) TableSizes() (nat, open, pending int) { return a.table.Sizes() }
+
 // Capture exposes the kernel side (program IDs for tests and benchmarks).
 func (a *Agent) Capture() *capture.Capture { return a.capture }
 

@@ -43,14 +43,15 @@ func sysctl(t *testing.T, nsPath, key, value string) {
 // Deleting the namespace does not close them: ip netns del only unmounts
 // it, and orphaned sockets keep the namespace alive (and keep retransmitting
 // their FIN into a namespace with no route) until tcp_orphan_retries is
-// exhausted — 8 tries by default, about 100 s — then close with ETIMEDOUT.
-// The client's sockets sit in LAST_ACK, retransmitting their FIN to a pod
-// that no longer exists (no RST, no ICMP comes back), and close the same
-// way. Both are ordinary CLOSE events: the agents record them (client
+// exhausted — 8 tries by default, about 100 s from a 200 ms RTO (none had
+// closed 40 s after removal) — then close with the route error,
+// ENETUNREACH. The client's sockets sit in LAST_ACK, retransmitting their
+// FIN to a pod that no longer exists (no RST, no ICMP comes back), and
+// close the same way with ETIMEDOUT. Both are ordinary CLOSE events: the agents record them (client
 // records joined with their DNAT on node1, server records on node2), and
 // node2 must admit its pod's closes although its scope can no longer place
 // the deleted namespace. To keep the test short, tcp_orphan_retries is 1
-// in the two pod namespaces and node1's conntrack closing timeouts are
+// in the two pod namespaces and the nodes' conntrack closing timeouts are
 // 3 s (all per-namespace sysctls).
 func TestPodNetnsDeleted(t *testing.T) {
 	testenv.Root(t)

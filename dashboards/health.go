@@ -36,6 +36,11 @@ func health() *dashboard.DashboardBuilder {
 		WithPanel(ts("Connections exported per agent", "", "cps", 12, 8,
 			promQuery("A", fmt.Sprintf("sum by (%s) (%s)", byNode, rate(metricExported, mCluster)), "{{k8s_node_name}}"))).
 		WithPanel(note("Agent CPU and memory", cpuNote, 12, 8)).
+		WithRow(row("Node conntrack")).
+		WithPanel(ts("Conntrack table fill per node", "Entries in the node's conntrack table per nf_conntrack_max (one host-wide limit). LbpathConntrackNearlyFull fires above 90% for 10 minutes; at 100% the kernel drops new connections' SYNs.", "percentunit", 12, 8,
+			promQuery("A", fmt.Sprintf("max by (%s) (%s%s) / on (%s) max by (%s) (%s%s)", byNode, metricConntrackEntries, sel(mCluster), byNode, byNode, metricConntrackMax, sel(mCluster)), "{{k8s_node_name}}"))).
+		WithPanel(ts("Conntrack drops per node", "Packets that needed a conntrack entry and did not get one (drop: table full, nothing evictable; early_drop: an unassured entry evicted to make room; insert_failed: an insert race). Connections dropped this way never reach a socket or NAT entry: they appear only here and as failed client records.", "pps", 12, 8,
+			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_reason) (%s) > 0", byNode, rate(metricConntrackDrops, mCluster)), "{{k8s_node_name}} {{lbpath_reason}}"))).
 		WithRow(row("Collector processors")).
 		WithPanel(ts("Processor state evictions", "State entries the lbimbalance and deployregression processors dropped because of their bounds or staleness (and points deployregression rejected).", "none", 24, 8,
 			promQuery("A", fmt.Sprintf("sum by (lbpath_reason) (%s)", rate(metricLBEvictions, mCluster)), "lbimbalance {{lbpath_reason}}"),

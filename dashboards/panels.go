@@ -27,6 +27,10 @@ const (
 	metricDropped         = "lbpath_agent_dropped_total"
 	metricExported        = "lbpath_agent_exported_total"
 
+	metricConntrackEntries = "lbpath_node_conntrack_entries"
+	metricConntrackMax     = "lbpath_node_conntrack_max"
+	metricConntrackDrops   = "lbpath_node_conntrack_drops_total"
+
 	metricLBShare       = "lbpath_lb_share_ratio"
 	metricLBMaxMean     = "lbpath_lb_max_mean_ratio"
 	metricLBCV          = "lbpath_lb_cv_ratio"

@@ -136,6 +136,9 @@ func TestEveryQueryOnARealRun(t *testing.T) {
 		"LbpathClientIPLost":                    "fires only for Services on the opt-in list",
 		"LbpathAgentExportFailing":              "nothing failed to export in this run",
 		"LbpathAgentSilent":                     "every agent reported throughout",
+		"Conntrack drops per node":              "no node's conntrack table fills in this run (e2e TestConntrackFull fills one and checks the drops)",
+		"LbpathConntrackDropping":               "same: no conntrack drops in this run",
+		"LbpathConntrackNearlyFull":             "the node tables stay far below nf_conntrack_max in this run",
 	}
 	var empty []string
 	for _, r := range results {

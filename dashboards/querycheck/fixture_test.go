@@ -18,7 +18,8 @@ import (
 //   - Deployment shop/checkout rolled out at minute 30 (hash 5c6d → 8e9f)
 //     and regressed: p90 0.05 s → 0.12 s, regression flag from minute 40.
 //   - Agents on node-a, node-b, node-c; node-c stopped reporting at minute
-//     50; node-a drops ring-buffer events; node-b's export queue overflows.
+//     50; node-a drops ring-buffer events; node-b's export queue overflows;
+//     node-b's conntrack table is full from minute 30 and drops SYNs.
 //   - shop/web is listed in lbpath:client_ip_required.
 const (
 	hotPod      = "web-7d9f-hot"
@@ -204,6 +205,28 @@ func buildFixture() string {
 			f.add("lbpath_agent_dropped_total", merge(nl, map[string]string{"lbpath_stage": d[0], "lbpath_reason": d[1]}), counter(per, 0, to))
 		}
 	}
+
+	// Node conntrack tables (agent resource, per node): node-b's filled at
+	// minute 30 and drops 40 SYNs a minute from then on; node-a stays at
+	// 40% with an occasional insert race (not a full table).
+	const ctMax = 262144
+	for _, n := range []string{"node-a", "node-b"} {
+		nl := merge(agent, map[string]string{"k8s_node_name": n})
+		f.add("lbpath_node_conntrack_max", nl, gauge(ctMax, 0, 60))
+		for _, r := range []string{"drop", "early_drop", "insert_failed"} {
+			rl := merge(nl, map[string]string{"lbpath_reason": r})
+			switch {
+			case n == "node-b" && r == "drop":
+				f.add("lbpath_node_conntrack_drops_total", rl, "0x30 0+40x30")
+			case n == "node-a" && r == "insert_failed":
+				f.add("lbpath_node_conntrack_drops_total", rl, counter(0.5, 0, 60))
+			default:
+				f.add("lbpath_node_conntrack_drops_total", rl, counter(0, 0, 60))
+			}
+		}
+	}
+	f.add("lbpath_node_conntrack_entries", merge(agent, map[string]string{"k8s_node_name": "node-a"}), gauge(0.4*ctMax, 0, 60))
+	f.add("lbpath_node_conntrack_entries", merge(agent, map[string]string{"k8s_node_name": "node-b"}), fmt.Sprintf("100000x30 %dx30", ctMax))
 
 	// lbimbalance output.
 	svc := func(ns, s string) map[string]string {

@@ -214,6 +214,8 @@ func TestEveryQueryEvaluates(t *testing.T) {
 	only("lbpath-deploys/LbpathDeployRegression/", "k8s_deployment_name", regressedDe)
 	only("lbpath-agent/LbpathAgentSilent/", "k8s_node_name", silentNode)
 	only("lbpath-agent/LbpathAgentExportFailing/", "lbpath_reason", "queue_full")
+	only("lbpath-node/LbpathConntrackDropping/", "k8s_node_name", "node-b")
+	only("lbpath-node/LbpathConntrackNearlyFull/", "k8s_node_name", "node-b")
 	only("lbpath-client-ip/LbpathClientIPLost/", "k8s_service_name", "web")
 	only("lbpath / Client IP/Services that must keep the client IP/A", "k8s_service_name", "web")
 	only("lbpath / LB path overview/variable cluster/", "k8s_cluster_name", "prod")

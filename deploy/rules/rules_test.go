@@ -52,7 +52,7 @@ func TestRulesFileIsValid(t *testing.T) {
 			alerts[r.Alert] = true
 		}
 	}
-	for _, a := range []string{"LbpathHotPod", "LbpathServiceImbalanced", "LbpathDeployRegression", "LbpathClientIPLost", "LbpathAgentDropping", "LbpathAgentExportFailing", "LbpathAgentSilent"} {
+	for _, a := range []string{"LbpathHotPod", "LbpathServiceImbalanced", "LbpathDeployRegression", "LbpathClientIPLost", "LbpathAgentDropping", "LbpathAgentExportFailing", "LbpathAgentSilent", "LbpathConntrackDropping", "LbpathConntrackNearlyFull"} {
 		if !alerts[a] {
 			t.Errorf("alert %s missing", a)
 		}

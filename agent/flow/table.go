@@ -28,13 +28,13 @@ type Config struct {
 	// docs/ARCHITECTURE.md for what happens to longer connections).
 	NATTTL time.Duration
 	// OpenTTL is how long an open socket stays tracked without its close
-	// event (rounded up to whole seconds). Default 2 min. The entry only
-	// lets a NAT entry that arrives after the socket opened be claimed
-	// (not reported as forwarded); the kernel creates that entry at the
-	// SYN, before the socket opens, so it can only be late by the reader
-	// lag, which JoinWait already bounds to about a second. Entries whose
-	// close never comes (ring-buffer loss) would otherwise stay forever
-	// and fill MaxOpen.
+	// event (rounded up to whole seconds). Default (zero or negative)
+	// 2 min. The entry only lets a NAT entry that arrives after the socket
+	// opened be claimed (not reported as forwarded); the kernel creates
+	// that entry at the SYN, before the socket opens, so it can only be
+	// late by the reader lag, which JoinWait already bounds to about a
+	// second. Entries whose close never comes (ring-buffer loss) would
+	// otherwise stay forever and fill MaxOpen.
 	OpenTTL time.Duration
 	// MaxNAT, MaxOpen and MaxPending bound the tables. Defaults 262144,
 	// 262144, 65536.
@@ -128,7 +128,7 @@ func NewTable(cfg Config, clock capture.Clock, emit func(*Connection)) *Table {
 	if cfg.MaxNAT == 0 {
 		cfg.MaxNAT = 1 << 18
 	}
-	if cfg.OpenTTL == 0 {
+	if cfg.OpenTTL <= 0 {
 		cfg.OpenTTL = 2 * time.Minute
 	}
 	if cfg.MaxOpen == 0 {

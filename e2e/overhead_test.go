@@ -4,12 +4,10 @@ import (
 	"context"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -17,9 +15,11 @@ import (
 )
 
 // loadRound drives HTTP through the testbed's NAT (ClusterIP from the
-// client pod, kept-alive connections, like wrk) for d and returns requests/s
-// and the median latency.
-func loadRound(cl *testbed.Cluster, conns int, d time.Duration) (float64, time.Duration) {
+// client pod) for d from conns concurrent clients and returns requests/s and
+// the latency percentiles. With keepAlive each client reuses one connection
+// (like wrk); without, every request is a new connection (the agent's
+// per-connection path).
+func loadRound(cl *testbed.Cluster, conns int, keepAlive bool, d time.Duration) (rps float64, p50, p99 time.Duration) {
 	var n atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -30,7 +30,7 @@ func loadRound(cl *testbed.Cluster, conns int, d time.Duration) (float64, time.D
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := cl.HTTPClient(cl.ClientPod.Netns, true)
+			c := cl.HTTPClient(cl.ClientPod.Netns, keepAlive)
 			defer c.CloseIdleConnections()
 			var mine []time.Duration
 			for time.Now().Before(deadline) {
@@ -50,19 +50,34 @@ func loadRound(cl *testbed.Cluster, conns int, d time.Duration) (float64, time.D
 		}()
 	}
 	wg.Wait()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	var p50 time.Duration
+	slices.Sort(lat)
 	if len(lat) > 0 {
-		p50 = lat[len(lat)/2]
+		p50, p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	}
-	return float64(n.Load()) / d.Seconds(), p50
+	return float64(n.Load()) / d.Seconds(), p50, p99
 }
 
-// BenchmarkOverheadOnOff measures what the agents cost a real workload:
-// HTTP through kube-proxy-style NAT at saturation (16 kept-alive
-// connections, the client, servers and agents on the same two cores),
-// agents off and on alternated for several rounds, compared as ratios of
-// medians in one run (the method the peer figures in shared/notes used).
+// waitIdle waits until pid has used less than 10 ms of CPU in 300 ms, or
+// for at most limit.
+func waitIdle(pid int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		c0 := cpuTime(pid)
+		time.Sleep(300 * time.Millisecond)
+		if cpuTime(pid)-c0 < 10*time.Millisecond {
+			return
+		}
+	}
+}
+
+// BenchmarkOverheadOnOff measures what the agent costs a real workload:
+// HTTP through kube-proxy-style NAT at saturation (16 clients; the client,
+// servers and agent on the same two cores), agent off and on alternated in
+// ABBA order for several rounds, compared as ratios of medians in one run
+// (the method the peer figures in shared/notes used). Two workloads:
+// kept-alive connections (the agent's per-request path) and a new
+// connection per request (its per-connection path). LBPATH_BENCH_AA=1
+// leaves the agent off in both slots to measure the method's own bias.
 func BenchmarkOverheadOnOff(b *testing.B) {
 	needCluster(b)
 	ctx := context.Background()
@@ -71,56 +86,74 @@ func BenchmarkOverheadOnOff(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cl.Down()
-	const rounds, conns = 4, 16
-	round := 4 * time.Second
-	var off, on, agentCPU []float64
-	bin := filepath.Join(b.TempDir(), "lbpath-agent")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/lbpath-agent").CombinedOutput(); err != nil {
-		b.Fatalf("build agent: %v\n%s", err, out)
+	bin := buildAgent(b, releaseFlags...)
+	rounds, round := 2, 2*time.Second
+	if fullScale() {
+		rounds, round = 10, 4*time.Second
 	}
-	var offP, onP []time.Duration
-	loadRound(cl, conns, time.Second) // warm up
-	for range b.N {
-		for range rounds {
-			r, p := loadRound(cl, conns, round)
-			off, offP = append(off, r), append(offP, p)
-			// One agent, as on a real node (the testbed's nodes share one
-			// kernel; a second agent would run every hook twice).
-			if os.Getenv("LBPATH_BENCH_AA") != "" { // A/A: the method's own bias
-				r, p = loadRound(cl, conns, round)
-				on, onP = append(on, r), append(onP, p)
-				continue
-			}
-			// The agent as its own process, as on a node: in-process it would
-			// share the Go runtime with the load generator and the servers.
-			cmd := exec.Command(bin, "--node", "node1", "--netns", cl.Nodes[0].Netns, "--no-kube", "--output", "none", "--stats-interval", "0")
-			if err := cmd.Start(); err != nil {
-				b.Fatal(err)
-			}
-			time.Sleep(time.Second) // programs attached, conntrack dumped
-			r, p = loadRound(cl, conns, round)
-			on, onP = append(on, r), append(onP, p)
-			var ru syscall.Rusage
-			cmd.Process.Signal(syscall.SIGTERM)
-			cmd.Wait()
-			if st, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-				ru = *st
-			}
-			cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-			agentCPU = append(agentCPU, cpu.Seconds())
+	const conns = 16
+	aa := os.Getenv("LBPATH_BENCH_AA") != ""
+	for _, keepAlive := range []bool{true, false} {
+		name := "keepalive"
+		if !keepAlive {
+			name = "fresh-connections"
 		}
+		b.Run(name, func(b *testing.B) {
+			var off, on, offP50, onP50, offP99, onP99, cpuPer10k []float64
+			var last map[string]string
+			loadRound(cl, conns, keepAlive, time.Second) // warm up
+			measure := func(withAgent bool) {
+				var p *agentProc
+				if withAgent && !aa {
+					// One agent, as on a real node (the testbed's nodes
+					// share one kernel; a second agent would run every
+					// hook twice), as its own process.
+					if os.Getenv("LBPATH_BENCH_PROFILE") != "" {
+						os.Setenv("LBPATH_CPUPROFILE", filepath.Join(os.Getenv("LBPATH_BENCH_PROFILE"), name+".pprof"))
+						defer os.Unsetenv("LBPATH_CPUPROFILE")
+					}
+					p = startAgentProc(b, bin, "--node", "node1", "--netns", cl.Nodes[0].Netns, "--no-kube",
+						"--output", "none", "--stats-interval", "0", "--health-addr", "")
+					// Programs attached; the start-up conntrack dump (tens
+					// of thousands of TIME_WAIT entries left by earlier
+					// rounds) takes longer: it is start-up cost, not cost
+					// per request, so wait until the agent is idle.
+					waitIdle(p.cmd.Process.Pid, 10*time.Second)
+				}
+				var cpu0 time.Duration
+				if p != nil {
+					cpu0 = cpuTime(p.cmd.Process.Pid)
+				}
+				r, p50, p99 := loadRound(cl, conns, keepAlive, round)
+				if p != nil {
+					cpu := cpuTime(p.cmd.Process.Pid) - cpu0
+					cpuPer10k = append(cpuPer10k, cpu.Seconds()*1e4/(r*round.Seconds()))
+					p.stop(b)
+					last = p.lastStats("agent stats")
+				}
+				if withAgent {
+					on, onP50, onP99 = append(on, r), append(onP50, float64(p50)), append(onP99, float64(p99))
+				} else {
+					off, offP50, offP99 = append(off, r), append(offP50, float64(p50)), append(offP99, float64(p99))
+				}
+			}
+			for range b.N {
+				for i := range rounds {
+					measure(i%2 == 1) // ABBA: off,on / on,off, so drift hits both alike
+					measure(i%2 == 0)
+				}
+			}
+			med := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+			b.ReportMetric(med(off), "req/s-off")
+			b.ReportMetric(med(on), "req/s-on")
+			b.ReportMetric(med(on)/med(off), "throughput-on/off")
+			b.ReportMetric(med(onP50)/med(offP50), "p50-on/off")
+			b.ReportMetric(med(onP99)/med(offP99), "p99-on/off")
+			if len(cpuPer10k) > 0 {
+				b.ReportMetric(med(cpuPer10k), "agent-cpu-s/10k-req")
+			}
+			b.Logf("%s: off %v req/s, on %v req/s; p99 off %v, on %v (ns); agent CPU s/10k requests %v; last agent stats %v",
+				name, off, on, offP99, onP99, cpuPer10k, last)
+		})
 	}
-	med := func(v []float64) float64 { s := append([]float64(nil), v...); sort.Float64s(s); return s[len(s)/2] }
-	medD := func(v []time.Duration) time.Duration {
-		s := append([]time.Duration(nil), v...)
-		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-		return s[len(s)/2]
-	}
-	b.ReportMetric(med(off), "req/s-off")
-	b.ReportMetric(med(on), "req/s-on")
-	b.ReportMetric(med(on)/med(off), "throughput-on/off")
-	if len(agentCPU) > 0 {
-		b.ReportMetric(med(agentCPU)/(round.Seconds()+1), "agent-cpu-s/s")
-	}
-	b.ReportMetric(float64(medD(onP))/float64(medD(offP)), "p50-on/off")
 }

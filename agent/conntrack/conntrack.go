@@ -22,7 +22,6 @@ import (
 	"sync/atomic"
 
 	ct "github.com/ti-mo/conntrack"
-	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
 	"github.com/lbpath/lbpath/agent/capture"
@@ -138,64 +137,38 @@ func (l *Listener) dial() (*ct.Conn, error) {
 }
 
 func (l *Listener) session(ctx context.Context, fn func(*Entry)) error {
-	c, err := l.dial()
+	// Subscribe first, then dump: an entry created during the dump is then
+	// seen at least once (twice is harmless, the table counts duplicates).
+	s, err := openEvents(l.cfg.Netns, l.cfg.ReadBuffer)
 	if err != nil {
 		return err
 	}
-	if err := c.SetReadBuffer(l.cfg.ReadBuffer); err != nil {
-		l.log.Warn("conntrack: could not set netlink read buffer", "bytes", l.cfg.ReadBuffer, "err", err)
-	}
-	evCh := make(chan ct.Event, 4096)
-	errCh, err := c.Listen(evCh, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTDestroy})
-	if err != nil {
-		c.Close()
-		return fmt.Errorf("subscribe to conntrack events in netns %q: %w", l.cfg.Netns, err)
-	}
-	defer closeDraining(c, evCh, errCh)
+	defer s.close()
 
 	l.dump(fn)
 
 	var e Entry
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-errCh:
-			return fmt.Errorf("conntrack events in netns %q: %w", l.cfg.Netns, err)
-		case ev := <-evCh:
-			var typ EntryType
-			switch ev.Type {
-			case ct.EventNew:
-				typ = EntryNew
-			case ct.EventDestroy:
-				typ = EntryDestroy
-			default:
-				continue
-			}
-			if ev.Flow == nil || !fromFlow(ev.Flow, typ, &e) {
-				l.Stats.Ignored.Add(1)
-				continue
-			}
-			l.Stats.Events.Add(1)
-			fn(&e)
-		}
-	}
-}
-
-// closeDraining closes c while consuming what its workers still send:
-// Close waits for the workers, and a worker blocked on a full channel would
-// otherwise never finish.
-func closeDraining(c *ct.Conn, evCh chan ct.Event, errCh chan error) {
-	done := make(chan struct{})
-	go func() { c.Close(); close(done) }()
-	for {
-		select {
-		case <-done:
+	err = s.readEvents(ctx, func(ev *ct.Event) {
+		var typ EntryType
+		switch ev.Type {
+		case ct.EventNew:
+			typ = EntryNew
+		case ct.EventDestroy:
+			typ = EntryDestroy
+		default:
 			return
-		case <-evCh:
-		case <-errCh:
 		}
+		if ev.Flow == nil || !fromFlow(ev.Flow, typ, &e) {
+			l.Stats.Ignored.Add(1)
+			return
+		}
+		l.Stats.Events.Add(1)
+		fn(&e)
+	})
+	if err != nil {
+		return fmt.Errorf("conntrack events in netns %q: %w", l.cfg.Netns, err)
 	}
+	return nil
 }
 
 func (l *Listener) dump(fn func(*Entry)) {

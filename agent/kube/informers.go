@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
@@ -200,6 +201,14 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 // connections that cannot be named yet wait a bounded time in agent/path.
 func (w *Watcher) Run(ctx context.Context) {
 	w.factory.Start(ctx.Done())
+	// The initial lists of a large cluster leave tens of MiB of decoded
+	// garbage; return it to the kernel once instead of keeping it in RSS
+	// until the runtime's slow background scavenger gets to it.
+	go func() {
+		if w.WaitSynced(ctx) {
+			debug.FreeOSMemory()
+		}
+	}()
 }
 
 // WaitSynced waits until every informer has listed once, or ctx is done.

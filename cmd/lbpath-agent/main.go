@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -52,7 +53,29 @@ func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(profiled(func() int { return run(os.Args[1:], os.Stdout, os.Stderr) }))
+}
+
+// profiled runs fn with a CPU profile written to $LBPATH_CPUPROFILE, if
+// set: how the agent's own CPU per connection was found and is checked
+// (docs/PERFORMANCE.md), without a network listener for pprof.
+func profiled(fn func() int) int {
+	path := os.Getenv("LBPATH_CPUPROFILE")
+	if path == "" {
+		return fn()
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "lbpath-agent: LBPATH_CPUPROFILE: %v\n", err)
+		return 2
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		fmt.Fprintf(os.Stderr, "lbpath-agent: LBPATH_CPUPROFILE: %v\n", err)
+		return 2
+	}
+	defer pprof.StopCPUProfile()
+	return fn()
 }
 
 func run(args []string, stdout, stderr io.Writer) int {

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark at the sizes issue 6 names and keeps the raw output
 # (root; sets itself up like the test command). Results land in
-# bench/results-<date>.txt; docs/PERFORMANCE.md quotes them.
-#   ./scripts/bench.sh            all of them (~15 min)
+# bench/results-<date>.txt; docs/PERFORMANCE.md quotes them. ~15 min.
+#   ./scripts/bench.sh            all of them
 #   ./scripts/bench.sh Memory     only benchmarks matching a regexp
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,10 +12,15 @@ pattern="${1:-.}"
 out="bench/results-$(date -u +%Y%m%d-%H%M%S).txt"
 mkdir -p bench
 {
-  echo "# $(date -u) $(uname -r) $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-  # User space: enough iterations for stable per-event figures.
-  go test -run '^$' -bench "$pattern" -benchtime 20000x -benchmem ./agent/... ./exporter/ ./processor/...
-  # Kernel and whole-agent benchmarks on the real kernel, at full scale.
-  LBPATH_REQUIRE_E2E=1 LBPATH_BENCH_FULL=1 go test -run '^$' -bench "$pattern" -benchtime 1x -timeout 60m -v ./e2e/
+  echo "# $(date -u) kernel $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  # User space: per-event figures need many iterations; the processors'
+  # batches are large (40k points), so a few seconds each.
+  go test -run '^$' -bench "$pattern" -benchtime 20000x -benchmem ./agent/... ./exporter/
+  go test -run '^$' -bench "$pattern" -benchtime 3s -benchmem ./processor/...
+  # Real kernel: cost per program over 2000 fresh connections, then the
+  # whole-agent benchmarks once each at full scale.
+  export LBPATH_REQUIRE_E2E=1 LBPATH_BENCH_FULL=1
+  go test -run '^$' -bench "KernelCost.*$pattern|$pattern.*KernelCost" -benchtime 2000x -timeout 30m -v ./e2e/
+  go test -run '^$' -bench "$pattern" -skip KernelCost -benchtime 1x -timeout 60m -v ./e2e/
 } 2>&1 | tee "$out"
 echo "results: $out"

@@ -15,7 +15,8 @@ mkdir -p bench
   echo "# $(date -u) kernel $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
   # User space: per-event figures need many iterations; the processors'
   # batches are large (40k points), so a few seconds each.
-  go test -run '^$' -bench "$pattern" -benchtime 20000x -benchmem ./agent/... ./exporter/
+  go test -run '^$' -bench "$pattern" -skip IndexMemory -benchtime 20000x -benchmem ./agent/... ./exporter/
+  go test -run '^$' -bench "IndexMemory.*$pattern|$pattern.*IndexMemory" -benchtime 3x ./agent/kube/
   go test -run '^$' -bench "$pattern" -benchtime 3s -benchmem ./processor/...
   # Real kernel: cost per program over 2000 fresh connections, then the
   # whole-agent benchmarks once each at full scale.

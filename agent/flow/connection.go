@@ -37,8 +37,8 @@ const (
 	OutcomeOK          Outcome = "ok"          // closed normally
 	OutcomeReset       Outcome = "reset"       // ended by a RST, sent or received
 	OutcomeRefused     Outcome = "refused"     // the SYN was answered by RST or ICMP unreachable
-	OutcomeTimeout     Outcome = "timeout"     // the SYN was never answered
-	OutcomeUnreachable Outcome = "unreachable" // no route to the destination
+	OutcomeTimeout     Outcome = "timeout"     // the SYN was never answered, or an established peer stopped answering (ETIMEDOUT)
+	OutcomeUnreachable Outcome = "unreachable" // no route to the destination (at the handshake or later)
 	OutcomeFailed      Outcome = "failed"      // any other error before or during the handshake
 	OutcomeForwarded   Outcome = "forwarded"   // RoleForward: the end is seen by the pod's node
 )

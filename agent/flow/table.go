@@ -379,6 +379,15 @@ func outcome(e *capture.Event) Outcome {
 	if e.Flags&(capture.FlagResetSent|capture.FlagResetReceived) != 0 || e.Err == syscall.ECONNRESET {
 		return OutcomeReset
 	}
+	// Established, then the peer went silent (its pod deleted, a node or
+	// path gone): the kernel gave up retransmitting. Not "ok", though no
+	// reset was ever seen.
+	switch e.Err {
+	case syscall.ETIMEDOUT:
+		return OutcomeTimeout
+	case syscall.EHOSTUNREACH, syscall.ENETUNREACH:
+		return OutcomeUnreachable
+	}
 	return OutcomeOK
 }
 

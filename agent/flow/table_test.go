@@ -186,6 +186,30 @@ func TestFailedConnections(t *testing.T) {
 	}
 }
 
+// TestEstablishedThenPeerGone: a connection that was established and then
+// lost its peer (retransmissions exhausted, or its route) is not "ok",
+// which is what a deleted pod looks like from the other end.
+func TestEstablishedThenPeerGone(t *testing.T) {
+	cases := []struct {
+		err  syscall.Errno
+		want Outcome
+	}{
+		{0, OutcomeOK},
+		{syscall.ETIMEDOUT, OutcomeTimeout},
+		{syscall.ENETUNREACH, OutcomeUnreachable},
+		{syscall.EHOSTUNREACH, OutcomeUnreachable},
+	}
+	for _, tc := range cases {
+		tb, r := newTable(Config{JoinWait: time.Millisecond})
+		tb.Socket(&capture.Event{Type: capture.EventClose, Side: capture.SideClient, OldState: 9, // TCP_LAST_ACK
+			Err: tc.err, Local: client, Remote: vip, StartNs: 1, TimeNs: 2})
+		tb.Flush()
+		if len(r.got) != 1 || r.got[0].Outcome != tc.want {
+			t.Errorf("established, then %v: got %+v, want outcome %s", tc.err, r.got, tc.want)
+		}
+	}
+}
+
 func TestBoundsAreCounted(t *testing.T) {
 	tb, r := newTable(Config{MaxNAT: 2, MaxPending: 2, JoinWait: time.Second})
 	for i := range 3 {

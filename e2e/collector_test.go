@@ -18,6 +18,7 @@ import (
 	"github.com/lbpath/lbpath/testbed/collectorproc"
 	"github.com/lbpath/lbpath/testbed/k8s"
 	"github.com/lbpath/lbpath/testbed/nodeagents"
+	"github.com/lbpath/lbpath/testbed/testbedtest"
 )
 
 // lastPoint returns the newest value of metric whose attributes include want.
@@ -47,15 +48,8 @@ func lastPoint(points []otlpsink.Point, metric string, want map[string]string) (
 func TestCollectorFindsHotPodAndRegression(t *testing.T) {
 	c := upK8s(t, "lbc", k8s.Options{Mode: testbed.ModeIPTables, Policy: testbed.PolicyLocal})
 	ctx := context.Background()
-	sink, err := otlpsink.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sink.Stop)
-	bin, err := collectorproc.Build(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink := testbedtest.Sink(t)
+	bin := testbedtest.CollectorBinary(t)
 	col, err := collectorproc.Start(ctx, bin, collectorproc.Options{
 		SinkHTTP:   sink.HTTPAddr,
 		Imbalance:  "    window: 20s\n    bucket: 5s\n    min_connections: 10\n",

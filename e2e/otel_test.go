@@ -14,6 +14,7 @@ import (
 	"github.com/lbpath/lbpath/testbed/collectorproc"
 	"github.com/lbpath/lbpath/testbed/jaeger"
 	"github.com/lbpath/lbpath/testbed/nodeagents"
+	"github.com/lbpath/lbpath/testbed/testbedtest"
 )
 
 // otelPipeline starts a real Jaeger, an OTLP sink and the real
@@ -31,15 +32,8 @@ func otelPipeline(t *testing.T) (*collectorproc.Collector, *otlpsink.Sink, *jaeg
 		t.Fatal(err)
 	}
 	t.Cleanup(j.Stop)
-	sink, err := otlpsink.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sink.Stop)
-	bin, err := collectorproc.Build(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink := testbedtest.Sink(t)
+	bin := testbedtest.CollectorBinary(t)
 	col, err := collectorproc.Start(ctx, bin, collectorproc.Options{SinkHTTP: sink.HTTPAddr, JaegerGRPC: j.OTLPGRPC})
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"github.com/lbpath/lbpath/testbed/k8s"
 	"github.com/lbpath/lbpath/testbed/nodeagents"
 	"github.com/lbpath/lbpath/testbed/prometheus"
+	"github.com/lbpath/lbpath/testbed/testbedtest"
 )
 
 // TestEveryQueryOnARealRun: the real pipeline (real control plane and
@@ -44,10 +45,7 @@ func TestEveryQueryOnARealRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(prom.Stop)
-	bin, err := collectorproc.Build(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := testbedtest.CollectorBinary(t)
 	col, err := collectorproc.Start(ctx, bin, collectorproc.Options{PrometheusOTLP: prom.OTLPMetricsURL(),
 		Imbalance:  "    window: 1m\n    bucket: 5s\n    min_connections: 20\n",
 		Regression: "    before: 1m\n    after: 1m\n    resolution: 2s\n    current_window: 20s\n    min_samples: 40\n    retention: 10m\n"})

@@ -20,6 +20,7 @@ import (
 	"github.com/lbpath/lbpath/agent/path"
 	"github.com/lbpath/lbpath/internal/otlpsink"
 	"github.com/lbpath/lbpath/testbed/collectorproc"
+	"github.com/lbpath/lbpath/testbed/testbedtest"
 )
 
 // pki is a throwaway certificate authority made at test time, so no key
@@ -172,15 +173,8 @@ func TestOTLPOverTLSToCollector(t *testing.T) {
 	}
 	ctx := context.Background()
 	p := newPKI(t)
-	sink, err := otlpsink.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sink.Stop)
-	bin, err := collectorproc.Build(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink := testbedtest.Sink(t)
+	bin := testbedtest.CollectorBinary(t)
 	start := func(tls *collectorproc.TLS) *collectorproc.Collector {
 		col, err := collectorproc.Start(ctx, bin, collectorproc.Options{SinkHTTP: sink.HTTPAddr, TLS: tls})
 		if err != nil {

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbpath/lbpath/internal/otlpsink"
 	"github.com/lbpath/lbpath/testbed"
+	"github.com/lbpath/lbpath/testbed/collectorproc"
 )
 
 // RequireEnv is the environment variable that turns "cannot run e2e here"
@@ -78,4 +80,25 @@ func ForTest(t testing.TB, opt testbed.Options) *testbed.Cluster {
 		}
 	})
 	return c
+}
+
+// Sink starts an OTLP sink that t stops at its end.
+func Sink(t testing.TB) *otlpsink.Sink {
+	t.Helper()
+	s, err := otlpsink.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// CollectorBinary builds the lbpath-collector into t's temporary directory.
+func CollectorBinary(t testing.TB) string {
+	t.Helper()
+	bin, err := collectorproc.Build(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }

@@ -277,7 +277,6 @@ func (a *Agent) Drops() []exporter.Drop {
 		exporter.Drop{Stage: "flow", Reason: "nat_table_full", Count: s.Flow.NATTableFull.Load()},
 		exporter.Drop{Stage: "flow", Reason: "nat_expired", Count: s.Flow.NATExpired.Load()},
 		exporter.Drop{Stage: "flow", Reason: "open_table_full", Count: s.Flow.OpenTableFull.Load()},
-		exporter.Drop{Stage: "flow", Reason: "open_expired", Count: s.Flow.OpenExpired.Load()},
 		exporter.Drop{Stage: "flow", Reason: "pending_table_full", Count: s.Flow.PendingTableFull.Load()},
 	)
 	if s.Pipeline != nil {

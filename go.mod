@@ -5,7 +5,7 @@ go 1.26.8
 require (
 	github.com/cilium/ebpf v0.22.0
 	github.com/ti-mo/conntrack v0.6.0
-	github.com/mdlayher/netlink v1.7.2
+	github.com/mdlayher/netlink v1.7.2 // indirect
 	github.com/ti-mo/netfilter v0.5.3 // indirect
 	golang.org/x/sys v0.50.0
 	k8s.io/apimachinery v0.37.2

@@ -274,6 +274,7 @@ func (a *Agent) Drops() []exporter.Drop {
 		exporter.Drop{Stage: "capture", Reason: "decode_error", Count: s.Decode},
 		exporter.Drop{Stage: "conntrack", Reason: "overflow", Count: s.Conntrack.Overflows.Load()},
 		exporter.Drop{Stage: "conntrack", Reason: "dump_error", Count: s.Conntrack.DumpErrors.Load()},
+		exporter.Drop{Stage: "conntrack", Reason: "bad_event", Count: s.Conntrack.BadEvents.Load()},
 		exporter.Drop{Stage: "flow", Reason: "nat_table_full", Count: s.Flow.NATTableFull.Load()},
 		exporter.Drop{Stage: "flow", Reason: "nat_expired", Count: s.Flow.NATExpired.Load()},
 		exporter.Drop{Stage: "flow", Reason: "open_table_full", Count: s.Flow.OpenTableFull.Load()},

@@ -83,6 +83,7 @@ type Stats struct {
 	Overflows  atomic.Uint64 // socket buffer overflows (ENOBUFS): events lost, then a resync
 	Dumps      atomic.Uint64 // full table dumps (start + one per overflow)
 	DumpErrors atomic.Uint64 // dumps that failed
+	BadEvents  atomic.Uint64 // event messages that failed to decode (their entries are lost)
 }
 
 // Listener follows one namespace's conntrack table.
@@ -147,23 +148,16 @@ func (l *Listener) session(ctx context.Context, fn func(*Entry)) error {
 
 	l.dump(fn)
 
-	var e Entry
-	err = s.readEvents(ctx, func(ev *ct.Event) {
-		var typ EntryType
-		switch ev.Type {
-		case ct.EventNew:
-			typ = EntryNew
-		case ct.EventDestroy:
-			typ = EntryDestroy
-		default:
-			return
-		}
-		if ev.Flow == nil || !fromFlow(ev.Flow, typ, &e) {
+	err = s.readEvents(ctx, func(e *Entry, use bool, err error) {
+		switch {
+		case err != nil:
+			l.Stats.BadEvents.Add(1)
+		case !use:
 			l.Stats.Ignored.Add(1)
-			return
+		default:
+			l.Stats.Events.Add(1)
+			fn(e)
 		}
-		l.Stats.Events.Add(1)
-		fn(&e)
 	})
 	if err != nil {
 		return fmt.Errorf("conntrack events in netns %q: %w", l.cfg.Netns, err)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -200,4 +201,89 @@ func FuzzDecodeEvent(f *testing.F) {
 			t.Fatalf("usable entry %+v with err %v", e, err)
 		}
 	})
+}
+
+// TestOverflowResyncs: when the consumer stalls and the kernel drops events
+// (a tiny socket buffer, a burst of 300 connections), the listener counts
+// the overflow, subscribes again and dumps the table, so every connection's
+// translation still reaches the join.
+func TestOverflowResyncs(t *testing.T) {
+	ns := natNetns(t)
+	var ln net.Listener
+	if err := netns.Do(ns, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:8080"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	l := New(Config{Netns: ns, ReadBuffer: 4096}, nil)
+	var mu sync.Mutex
+	seen := map[netip.AddrPort]bool{}
+	stall := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- l.Run(ctx, func(e *Entry) {
+			if !e.Dumped && e.Type == EntryNew {
+				<-stall // the first events wait until the burst is over
+			}
+			mu.Lock()
+			seen[e.Original.Src] = true
+			mu.Unlock()
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // subscribed, start-up dump done
+
+	const conns = 300
+	var srcs []netip.AddrPort
+	if err := netns.Do(ns, func() error {
+		for range conns {
+			c, err := net.Dial("tcp4", "10.99.0.1:80")
+			if err != nil {
+				return err
+			}
+			srcs = append(srcs, netip.MustParseAddrPort(c.LocalAddr().String()))
+			c.Close()
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	close(stall)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		missing := 0
+		for _, s := range srcs {
+			if !seen[s] {
+				missing++
+			}
+		}
+		mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d translations never delivered (overflows %d, dumps %d)", missing, conns, l.Stats.Overflows.Load(), l.Stats.Dumps.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if l.Stats.Overflows.Load() == 0 || l.Stats.Dumps.Load() < 2 {
+		t.Errorf("overflows %d, dumps %d: the burst did not overflow a 4 KiB buffer, so the resync was not exercised",
+			l.Stats.Overflows.Load(), l.Stats.Dumps.Load())
+	}
+	t.Logf("%d connections: overflows %d, dumps %d, events %d", conns, l.Stats.Overflows.Load(), l.Stats.Dumps.Load(), l.Stats.Events.Load())
 }

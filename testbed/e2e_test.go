@@ -79,6 +79,7 @@ func checkEntry(t *testing.T, c *testbed.Cluster, e entry) {
 		}
 	}
 	seen := map[string]int{}
+	remapped := 0
 	for i := range requestsPerCase {
 		r := c.Request(t.Context(), e.from, e.target, i*10, i*100)
 		if r.Err != nil {
@@ -95,14 +96,24 @@ func checkEntry(t *testing.T, c *testbed.Cluster, e entry) {
 			if r.SeenRemote.Addr() != e.snatTo {
 				t.Errorf("pod %s saw %s, want SNAT to %s", r.Pod, r.SeenRemote, e.snatTo)
 			}
-		} else if r.SeenRemote != r.Local {
+		} else if r.SeenRemote.Addr() != r.Local.Addr() {
 			t.Errorf("pod %s saw %s, want the unNATed client %s", r.Pod, r.SeenRemote, r.Local)
+		} else if r.SeenRemote != r.Local {
+			// Same client address, other port: conntrack remaps the source
+			// port when the translated tuple would clash with an entry an
+			// earlier case left behind (the client reuses ephemeral
+			// ports). Rare, and not SNAT; more than a few would be.
+			remapped++
+			t.Logf("pod %s saw %s for client %s: source port remapped by conntrack (tuple clash)", r.Pod, r.SeenRemote, r.Local)
 		}
 		// Request line + headers + body one way, status + headers +
 		// name + padding the other.
 		if r.Sent < int64(i*10)+40 || r.Received < int64(i*100+len(r.Pod)+1)+60 {
 			t.Errorf("byte counts sent=%d received=%d too small for body=%d pad=%d", r.Sent, r.Received, i*10, i*100)
 		}
+	}
+	if remapped*10 > requestsPerCase {
+		t.Errorf("%d of %d requests had their source port remapped: more than tuple clashes explain", remapped, requestsPerCase)
 	}
 	if len(e.pods) > 1 && len(seen) < 2 {
 		t.Errorf("all %d requests went to %v; want a spread over %v", requestsPerCase, seen, e.pods)

@@ -468,6 +468,7 @@ func (a *Agent) logStats() {
 		"forwarded", s.Flow.Forwarded.Load(), "rejected", s.Flow.Rejected.Load(),
 		"nat_table_full", s.Flow.NATTableFull.Load(), "pending_full", s.Flow.PendingTableFull.Load(),
 		"open_table_full", s.Flow.OpenTableFull.Load(), "open_expired", s.Flow.OpenExpired.Load(),
+		"nat_resynced", s.Flow.NATResynced.Load(), "nat_replaced", s.Flow.NATReplaced.Load(),
 		"nat_expired", s.Flow.NATExpired.Load(), "closed_out_of_scope", s.Flow.ClosedOutOfScope.Load(),
 		"nat_entries", nat, "open", open, "pending", pend)
 	if ct, err := a.ct.Table(); err != nil {

@@ -46,6 +46,10 @@ type EntryType uint8
 const (
 	EntryNew     EntryType = 1 // confirmed (first packet left the node), or found by a dump
 	EntryDestroy EntryType = 2 // removed from the table (timed out or flushed)
+	// EntryDumpDone marks the end of a complete dump that started at
+	// TimeNs (no tuples): an entry known from before that the dump did not
+	// list is gone, its destroy event lost in a socket overflow.
+	EntryDumpDone EntryType = 3
 )
 
 // Entry is one NAT translation.
@@ -174,6 +178,7 @@ func (l *Listener) dump(fn func(*Entry)) {
 		return
 	}
 	defer c.Close()
+	start := capture.MonoNow()
 	flows, err := c.Dump(nil)
 	if err != nil {
 		l.Stats.DumpErrors.Add(1)
@@ -190,6 +195,7 @@ func (l *Listener) dump(fn func(*Entry)) {
 		l.Stats.Events.Add(1)
 		fn(&e)
 	}
+	fn(&Entry{Type: EntryDumpDone, Dumped: true, TimeNs: start})
 }
 
 // fromFlow fills e from a kernel flow; false for entries the path does not

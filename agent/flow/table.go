@@ -56,22 +56,25 @@ type Stats struct {
 	ClosedOutOfScope atomic.Uint64 // closes of tracked sockets that Scope no longer placed (their namespace was deleted), recorded anyway
 	DuplicateNAT     atomic.Uint64 // NAT entries seen again (dump after events, repeated events)
 	NATExpired       atomic.Uint64 // NAT entries dropped by NATTTL without a destroy event
+	NATResynced      atomic.Uint64 // NAT entries a complete dump no longer listed (destroy event lost): dropped
+	NATReplaced      atomic.Uint64 // NAT entries replaced by a new kernel entry for the same tuple (destroy event lost)
 	NATTableFull     atomic.Uint64 // NAT entries not stored: table full (their joins are lost)
 	OpenTableFull    atomic.Uint64 // open sockets not tracked: table full
 	OpenExpired      atomic.Uint64 // open sockets untracked after OpenTTL without a close (a lost close, or a connection older than OpenTTL)
 	PendingTableFull atomic.Uint64 // closed sockets emitted early without waiting for NAT: table full
 }
 
-// natRec is immutable once stored (but for claimed), so records may point
-// at its NAT without copying.
+// natRec is immutable once stored (but for claimed and seen), so records
+// may point at its NAT without copying.
 type natRec struct {
 	entry   conntrack.Entry
 	nat     NAT
-	claimed bool // a local socket owns this translation: no forward record
+	claimed bool   // a local socket owns this translation: no forward record
+	seen    uint64 // when the kernel last reported it (event or dump)
 }
 
 func newNATRec(e *conntrack.Entry) *natRec {
-	return &natRec{entry: *e, nat: NAT{ID: e.ID, Original: e.Original, Reply: e.Reply, DNAT: e.DNAT, SNAT: e.SNAT}}
+	return &natRec{entry: *e, nat: NAT{ID: e.ID, Original: e.Original, Reply: e.Reply, DNAT: e.DNAT, SNAT: e.SNAT}, seen: e.TimeNs}
 }
 
 type pendKind uint8
@@ -391,6 +394,14 @@ func outcome(e *capture.Event) Outcome {
 	return OutcomeOK
 }
 
+// dropNAT forgets a translation the kernel no longer has.
+func (t *Table) dropNAT(n *natRec) {
+	delete(t.natByOrig, n.entry.Original)
+	if ps := n.entry.PodSide(); t.natByPod[ps] == n {
+		delete(t.natByPod, ps)
+	}
+}
+
 // join applies a NAT translation to a socket record.
 func (t *Table) join(c *Connection, n *natRec) {
 	en := &n.entry
@@ -409,17 +420,31 @@ func (t *Table) NAT(e *conntrack.Entry) {
 	switch e.Type {
 	case conntrack.EntryDestroy:
 		if n := t.natByOrig[e.Original]; n != nil && n.entry.ID == e.ID {
-			delete(t.natByOrig, e.Original)
-			if t.natByPod[ps] == n {
-				delete(t.natByPod, ps)
+			t.dropNAT(n)
+		}
+	case conntrack.EntryDumpDone:
+		// Known entries a complete dump did not list are gone; their
+		// destroy events were lost (an overflow, counted by conntrack).
+		for _, n := range t.natByOrig {
+			if n.seen < e.TimeNs {
+				t.dropNAT(n)
+				t.Stats.NATResynced.Add(1)
 			}
 		}
 	case conntrack.EntryNew:
 		if old := t.natByOrig[e.Original]; old != nil {
-			// The same kernel entry again (a dump after its event): same
-			// tuples, nothing to update.
-			t.Stats.DuplicateNAT.Add(1)
-			break
+			if old.entry.ID == e.ID {
+				// The same kernel entry again (a dump after its event):
+				// same tuples, nothing to update but when it was seen.
+				old.seen = max(old.seen, e.TimeNs)
+				t.Stats.DuplicateNAT.Add(1)
+				break
+			}
+			// Another kernel entry for the same tuple (the client reused
+			// its port) while the old one's destroy event was lost: the
+			// old translation must not name the new connection.
+			t.dropNAT(old)
+			t.Stats.NATReplaced.Add(1)
 		}
 		if len(t.natByOrig) >= t.cfg.MaxNAT {
 			t.Stats.NATTableFull.Add(1)

@@ -412,3 +412,64 @@ func TestCloseOfTrackedSocketOutlivesScope(t *testing.T) {
 		t.Errorf("open %d after the close, want 0", open)
 	}
 }
+
+// TestResyncDropsWhatTheDumpLost: after a conntrack overflow the listener
+// dumps the table; a known translation the dump no longer lists is gone
+// (its destroy event was lost) and must not name a later connection.
+func TestResyncDropsWhatTheDumpLost(t *testing.T) {
+	tb, _ := newTable(Config{})
+	kept := snatEntry(1 * ms)
+	gone := snatEntry(1 * ms)
+	gone.ID = 8
+	gone.Original.Src = netip.MustParseAddrPort("192.168.77.100:40001")
+	gone.Reply.Dst = netip.MustParseAddrPort("192.168.77.11:51001")
+	tb.NAT(kept)
+	tb.NAT(gone)
+	// The resync dump starts at 5 ms and lists only kept.
+	dumped := *kept
+	dumped.Dumped, dumped.TimeNs = true, 6*ms
+	tb.NAT(&dumped)
+	tb.NAT(&conntrack.Entry{Type: conntrack.EntryDumpDone, Dumped: true, TimeNs: 5 * ms})
+	if nat, _, _ := tb.Sizes(); nat != 1 || tb.natByOrig[kept.Original] == nil || tb.Stats.NATResynced.Load() != 1 {
+		t.Fatalf("after the resync: %d entries, kept present %v, resynced %d; want only kept, 1 resynced",
+			nat, tb.natByOrig[kept.Original] != nil, tb.Stats.NATResynced.Load())
+	}
+	if tb.natByPod[gone.PodSide()] != nil {
+		t.Error("the lost entry is still found by its pod-side tuple")
+	}
+	if tb.Stats.DuplicateNAT.Load() != 1 {
+		t.Errorf("duplicates %d, want 1 (kept, dumped again)", tb.Stats.DuplicateNAT.Load())
+	}
+}
+
+// TestNewEntryReplacesStaleTuple: the client reuses a port for the same
+// VIP while the previous entry's destroy event was lost; the new kernel
+// entry (another ID, another pod) must win, or the new connection would be
+// joined with the old pod's translation.
+func TestNewEntryReplacesStaleTuple(t *testing.T) {
+	tb, r := newTable(Config{JoinWait: time.Millisecond})
+	stale := snatEntry(1 * ms)
+	stale.Reply.Src = netip.MustParseAddrPort("10.244.2.99:8080") // another pod
+	tb.NAT(stale)
+	fresh := snatEntry(10 * ms)
+	fresh.ID = 99
+	tb.NAT(fresh)
+	if tb.Stats.NATReplaced.Load() != 1 {
+		t.Errorf("replaced %d, want 1", tb.Stats.NATReplaced.Load())
+	}
+	tb.Socket(serverEvent(capture.EventOpen, 11*ms))
+	tb.Socket(serverEvent(capture.EventClose, 20*ms))
+	tb.Flush()
+	// The stale entry's own connection was forwarded (nothing here claimed
+	// it): that record stays. The new connection's record is the server's.
+	var srv []Connection
+	for _, c := range r.got {
+		if c.Role == RoleServer {
+			srv = append(srv, c)
+		}
+	}
+	if len(srv) != 1 || srv[0].NAT == nil || srv[0].NAT.ID != 99 {
+		t.Fatalf("server records %+v, want one joined with entry 99", srv)
+	}
+	checkJoined(t, srv[0])
+}

@@ -3,21 +3,16 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/lbpath/lbpath/agent/flow"
-	"github.com/lbpath/lbpath/exporter"
 	"github.com/lbpath/lbpath/internal/otlpsink"
 	"github.com/lbpath/lbpath/testbed"
 	"github.com/lbpath/lbpath/testbed/collectorproc"
 	"github.com/lbpath/lbpath/testbed/k8s"
-	"github.com/lbpath/lbpath/testbed/nodeagents"
 	"github.com/lbpath/lbpath/testbed/testbedtest"
 )
 
@@ -59,21 +54,7 @@ func TestCollectorFindsHotPodAndRegression(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(col.Stop)
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	set, err := nodeagents.Start(c.TB, nodeagents.Options{
-		Flow:       flow.Config{JoinWait: 300 * time.Millisecond},
-		Kubeconfig: c.Kubeconfig(),
-		Export:     &exporter.Config{Endpoint: col.OTLPGRPC, Insecure: true, MetricInterval: time.Second},
-	}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { set.Stop() })
-	for _, a := range set.Agents {
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		a.Watcher().WaitSynced(sctx)
-		cancel()
-	}
+	startExportingAgents(t, c, col.OTLPGRPC)
 
 	// Phase 1: under Local policy, LB traffic entering the node with the
 	// fewest web pods all lands on its pod, while a little ClusterIP

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lbpath/lbpath/agent/flow"
 	"github.com/lbpath/lbpath/agent/path"
+	"github.com/lbpath/lbpath/exporter"
 	"github.com/lbpath/lbpath/testbed"
 	"github.com/lbpath/lbpath/testbed/k8s"
 	"github.com/lbpath/lbpath/testbed/nodeagents"
@@ -81,6 +82,20 @@ func startNamedAgents(t *testing.T, c *k8s.Cluster, opt nodeagents.Options) (*no
 	}
 	t.Cleanup(func() { set.Stop() })
 	return set, named
+}
+
+// startExportingAgents starts named agents that export OTLP to endpoint
+// every second, and waits until each has synced its metadata.
+func startExportingAgents(t *testing.T, c *k8s.Cluster, endpoint string) *nodeagents.Set {
+	t.Helper()
+	set, _ := startNamedAgents(t, c, nodeagents.Options{
+		Export: &exporter.Config{Endpoint: endpoint, Insecure: true, MetricInterval: time.Second}})
+	for _, a := range set.Agents {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		a.Watcher().WaitSynced(ctx)
+		cancel()
+	}
+	return set
 }
 
 // view is one request's merged connection plus the named records of the

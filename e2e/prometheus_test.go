@@ -14,13 +14,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/lbpath/lbpath/agent/flow"
 	"github.com/lbpath/lbpath/dashboards/querycheck"
-	"github.com/lbpath/lbpath/exporter"
 	"github.com/lbpath/lbpath/testbed"
 	"github.com/lbpath/lbpath/testbed/collectorproc"
 	"github.com/lbpath/lbpath/testbed/k8s"
-	"github.com/lbpath/lbpath/testbed/nodeagents"
 	"github.com/lbpath/lbpath/testbed/prometheus"
 	"github.com/lbpath/lbpath/testbed/testbedtest"
 )
@@ -53,17 +50,7 @@ func TestEveryQueryOnARealRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(col.Stop)
-	set, err := nodeagents.Start(c.TB, nodeagents.Options{Flow: flow.Config{JoinWait: 300 * time.Millisecond},
-		Kubeconfig: c.Kubeconfig(), Export: &exporter.Config{Endpoint: col.OTLPGRPC, Insecure: true, MetricInterval: time.Second}}, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { set.Stop() })
-	for _, a := range set.Agents {
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		a.Watcher().WaitSynced(sctx)
-		cancel()
-	}
+	startExportingAgents(t, c, col.OTLPGRPC)
 	// Spread first (no affinity yet: kube-proxy picks at random), so every
 	// web pod has connections in the imbalance window and the hot one
 	// stands out against the others rather than being alone.

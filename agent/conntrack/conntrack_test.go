@@ -48,13 +48,15 @@ func natNetns(t *testing.T) string {
 	return "/var/run/netns/" + name
 }
 
-func TestListenerReportsDNAT(t *testing.T) {
-	ns := natNetns(t)
+// serveAndClose listens on the DNAT target (127.0.0.1:8080) in ns and
+// closes every connection it accepts, until the test ends.
+func serveAndClose(t *testing.T, ns string) {
+	t.Helper()
 	var ln net.Listener
 	if err := netns.Do(ns, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:8080"); return }); err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -64,6 +66,11 @@ func TestListenerReportsDNAT(t *testing.T) {
 			c.Close()
 		}
 	}()
+}
+
+func TestListenerReportsDNAT(t *testing.T) {
+	ns := natNetns(t)
+	serveAndClose(t, ns)
 
 	// A connection made before the listener starts must be found by the dump.
 	var before net.Conn

@@ -108,20 +108,7 @@ func TestDecodeMatchesTiMo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.close()
-	var ln net.Listener
-	if err := netns.Do(ns, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:8080"); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	serveAndClose(t, ns)
 	const conns = 5
 	for range conns {
 		if err := netns.Do(ns, func() error {
@@ -209,20 +196,7 @@ func FuzzDecodeEvent(f *testing.F) {
 // translation still reaches the join.
 func TestOverflowResyncs(t *testing.T) {
 	ns := natNetns(t)
-	var ln net.Listener
-	if err := netns.Do(ns, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:8080"); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	serveAndClose(t, ns)
 	l := New(Config{Netns: ns, ReadBuffer: 4096}, nil)
 	var mu sync.Mutex
 	seen := map[netip.AddrPort]bool{}

@@ -19,7 +19,7 @@ func TestComponentsHaveExpectedTypes(t *testing.T) {
 			t.Errorf("processor %q missing", want)
 		}
 	}
-	for _, want := range []string{"otlp_grpc", "otlp_http", "debug", "prometheus", "prometheus_remote_write"} {
+	for _, want := range []string{"otlp_grpc", "otlp_http", "debug", "nop", "prometheus", "prometheus_remote_write"} {
 		if _, ok := f.Exporters[component.MustNewType(want)]; !ok {
 			t.Errorf("exporter %q missing", want)
 		}

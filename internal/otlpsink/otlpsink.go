@@ -1,5 +1,5 @@
 // Package otlpsink is an OTLP receiver for tests: it accepts traces and
-// metrics over gRPC and HTTP (protobuf) on loopback and keeps what arrived,
+// metrics over gRPC and HTTP (protobuf), on loopback or a given address, and keeps what arrived,
 // decoded with the collector's own pdata, so tests assert on exactly what
 // crossed the wire.
 package otlpsink
@@ -54,13 +54,17 @@ func (s *Sink) Counts() (spans, dataPoints int) {
 }
 
 // Start listens on loopback ports chosen by the kernel.
-func Start() (*Sink, error) {
+func Start() (*Sink, error) { return StartOn("127.0.0.1") }
+
+// StartOn listens on ports chosen by the kernel on host, e.g. an address
+// that pods of the test bed can reach.
+func StartOn(host string) (*Sink, error) {
 	s := &Sink{}
-	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	gl, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return nil, fmt.Errorf("otlpsink grpc listen: %w", err)
 	}
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	hl, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		gl.Close()
 		return nil, fmt.Errorf("otlpsink http listen: %w", err)

@@ -55,6 +55,12 @@ type Config struct {
 	Path path.Config
 	// Export, when set, sends spans and metrics over OTLP.
 	Export *exporter.Config
+	// NodeSpans exports spans for the node's own connections too
+	// (path.Class node_local, apiserver, kubelet, external); by default
+	// only connections that involve a pod or a Service, or that could not
+	// be classified, become spans. Node connections are never in the
+	// per-pod metrics: they are counted by class.
+	NodeSpans bool
 }
 
 // Outputs receive what the agent produces. Each is optional and must not
@@ -109,6 +115,8 @@ type Stats struct {
 	Pipeline  *path.PipelineStats // nil without Kube
 	Kube      *kube.Watcher       // nil without Kube
 	Export    *exporter.Stats     // nil without Export
+	// NodeConnections counts the node's own connections by class.
+	NodeConnections []path.ClassCount
 }
 
 // Agent is one running node agent.
@@ -130,7 +138,18 @@ type Agent struct {
 	lastTick atomic.Int64
 	// netnsIno identifies the node namespace attached to at start.
 	netnsIno uint32
+	// local is the node's own addresses, re-read every localInterval.
+	local        path.Local
+	localFailing bool
+	// classes counts the node's own connections by class.
+	classes path.ClassCounts
 }
+
+// localInterval is how often the node's own addresses are re-read. A
+// connection is classified at least Settle (1 s) after it started, so the
+// read it sees is newer than the connection: an address added just before
+// it is known (path.Local).
+const localInterval = time.Second
 
 // New loads and attaches the eBPF programs; records go to sink, which is
 // called from one goroutine at a time and must not keep the pointer.
@@ -166,10 +185,13 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		if err != nil {
 			return nil, err
 		}
+		api.Fresh = &w.Fresh
 		a.api = api
 		a.watcher = w
 		pc := cfg.Path
 		pc.Node = cfg.Node
+		pc.Local = &a.local
+		pc.Current = w.CurrentAt
 		a.pipeline = path.NewPipeline(path.NewNamer(pc, w.Index), cfg.Metadata, a.emitPath, a.emitRequest)
 	}
 	fc := cfg.Flow
@@ -195,6 +217,7 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		}
 	}
 	fc.Requests = a.onRequest
+	a.refreshLocal(time.Now())
 	a.table = flow.NewTable(fc, capture.NewClock(), a.onConnection)
 	a.ct = conntrack.New(conntrack.Config{Netns: cfg.Netns}, log)
 	var err error
@@ -213,6 +236,7 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 			return nil, fmt.Errorf("otlp exporter: %w", err)
 		}
 		exp.SetNodeStats(a.ct.Table)
+		exp.SetNodeConnections(a.classes.Snapshot)
 		a.exp = exp
 	}
 	return a, nil
@@ -227,7 +251,7 @@ func (a *Agent) onConnection(c *flow.Connection) {
 		return
 	}
 	if a.out.Path != nil || a.exp != nil {
-		p := path.Unnamed(c)
+		p := path.Unnamed(c, &a.local)
 		a.emitPath(&p)
 	}
 }
@@ -242,8 +266,16 @@ func (a *Agent) onRequest(r *flow.Request) {
 	}
 }
 
+// emitPath sends every record to the outputs (JSONL keeps them all) and
+// to the exporter those that are the cluster's or unclassified; the node's
+// own connections are counted by class and become spans only with
+// NodeSpans.
 func (a *Agent) emitPath(p *path.Path) {
-	if a.exp != nil {
+	node := p.Class.Node()
+	if node {
+		a.classes.Add(p.Class)
+	}
+	if a.exp != nil && (!node || a.cfg.NodeSpans) {
 		a.exp.Path(p)
 	}
 	if a.out.Path != nil {
@@ -363,13 +395,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		var last, lastNetns time.Time
+		var last, lastNetns, lastLocal time.Time
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case now := <-tick.C:
 				a.lastTick.Store(now.UnixNano())
+				if now.Sub(lastLocal) >= localInterval {
+					lastLocal = now
+					a.refreshLocal(now)
+				}
 				if now.Sub(lastNetns) >= netnsCheckInterval {
 					lastNetns = now
 					if err := a.checkNetns(); err != nil {
@@ -410,6 +446,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// refreshLocal re-reads the node's own addresses. When that fails the last
+// read stays; it ages, and path then no longer concludes that an address
+// is not the node's (the safe side). Failures are logged when they start
+// and stop.
+func (a *Agent) refreshLocal(now time.Time) {
+	addrs, err := netns.Addrs(a.cfg.Netns)
+	if err != nil {
+		if !a.localFailing {
+			a.log.Warn("read the node's addresses (node traffic is classified from the last read)", "node", a.cfg.Node, "err", err)
+		}
+		a.localFailing = true
+		return
+	}
+	if a.localFailing {
+		a.log.Info("reading the node's addresses again", "node", a.cfg.Node)
+	}
+	a.localFailing = false
+	a.local.Set(addrs, now)
+}
+
 // ErrNodeNetnsGone is returned by Run when the node's network namespace
 // (Config.Netns) was deleted or replaced under the running agent.
 var ErrNodeNetnsGone = errors.New("node network namespace gone")
@@ -447,7 +503,8 @@ func (a *Agent) Stats() Stats {
 	a.mu.Lock()
 	d := a.decode
 	a.mu.Unlock()
-	st := Stats{Kernel: k, Decode: d, Conntrack: &a.ct.Stats, Flow: &a.table.Stats, Kube: a.watcher}
+	st := Stats{Kernel: k, Decode: d, Conntrack: &a.ct.Stats, Flow: &a.table.Stats, Kube: a.watcher,
+		NodeConnections: a.classes.Snapshot()}
 	if a.pipeline != nil {
 		st.Pipeline = &a.pipeline.Stats
 	}
@@ -471,6 +528,12 @@ func (a *Agent) logStats() {
 		"nat_resynced", s.Flow.NATResynced.Load(), "nat_replaced", s.Flow.NATReplaced.Load(),
 		"nat_expired", s.Flow.NATExpired.Load(), "closed_out_of_scope", s.Flow.ClosedOutOfScope.Load(),
 		"nat_entries", nat, "open", open, "pending", pend)
+	nc := make([]any, 0, 2*len(s.NodeConnections)+2)
+	nc = append(nc, "node", a.cfg.Node)
+	for _, c := range s.NodeConnections {
+		nc = append(nc, string(c.Class), c.Count)
+	}
+	a.log.Info("node connections", nc...)
 	if ct, err := a.ct.Table(); err != nil {
 		a.log.Warn("read conntrack table stats", "node", a.cfg.Node, "err", err)
 	} else {
@@ -482,7 +545,9 @@ func (a *Agent) logStats() {
 			a.log.Warn("load balancers", "loadbalancer_services", inv.LoadBalancers, "pending_external_ip", inv.Pending, "hint", inv.Hint)
 		}
 		a.log.Info("metadata stats", "node", a.cfg.Node, "synced", a.watcher.Synced(),
+			"current", a.watcher.CurrentAt(time.Now()),
 			"unattributed", s.Pipeline.Unattributed.Load(), "waiting", a.pipeline.Waiting(),
+			"requests_node", s.Pipeline.RequestsNode.Load(),
 			"watch_errors", a.watcher.WatchErrors.Load(), "api_failures", a.api.Failures.Load(),
 			"kube_events", a.watcher.Events.Load())
 	}

@@ -58,6 +58,7 @@ type Exporter struct {
 	Stats  Stats
 
 	nodeStats atomic.Pointer[nodeStatsFunc]
+	nodeConns atomic.Pointer[nodeConnsFunc]
 
 	queue chan path.Path
 	wg    sync.WaitGroup
@@ -346,7 +347,10 @@ func synTime(c *flow.Connection) time.Time {
 
 func (e *Exporter) export(p *path.Path) {
 	e.Stats.Connections.Add(1)
-	if e.mp != nil {
+	// The node's own connections (exported only when the agent asks for
+	// their spans) stay out of the per-pod metrics: their peers are
+	// unbounded addresses, and they are counted by class instead.
+	if e.mp != nil && !p.Class.Node() {
 		e.inst.record(p)
 	}
 	if e.tracer != nil {
@@ -421,6 +425,9 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 		attribute.Int64("lbpath.bytes_to_client", int64(c.BytesToClient)),
 		attribute.Int64("lbpath.rtt_us", int64(c.SRTTMicros)),
 		attribute.Int64("lbpath.retransmits", int64(c.Retransmits)),
+	}
+	if p.Class != "" {
+		a = append(a, attribute.String("lbpath.connection.class", string(p.Class)))
 	}
 	if !p.Client.Lost {
 		if s, ok := e.clientAddr(p.Client.Addr); ok {

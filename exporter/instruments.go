@@ -91,6 +91,7 @@ const (
 	MetricRetransmits        = "lbpath.retransmits"
 	MetricDropped            = "lbpath.agent.dropped"
 	MetricExported           = "lbpath.agent.exported"
+	MetricNodeConnections    = "lbpath.agent.node_connections"
 	MetricConntrackEntries   = "lbpath.node.conntrack.entries"
 	MetricConntrackMax       = "lbpath.node.conntrack.max"
 	MetricConntrackDrops     = "lbpath.node.conntrack.drops"
@@ -140,6 +141,9 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 		return fmt.Errorf("create %s: %w", MetricExported, err)
 	}
 	if err := in.initNode(m, e); err != nil {
+		return err
+	}
+	if err := initNodeConnections(m, e); err != nil {
 		return err
 	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -207,6 +211,31 @@ func (in *instruments) initNode(m metric.Meter, e *Exporter) error {
 	}, entries, limit, drops)
 	if err != nil {
 		return fmt.Errorf("register node conntrack metrics: %w", err)
+	}
+	return nil
+}
+
+// initNodeConnections registers lbpath.agent.node_connections: the node's
+// own connections (no pod, no Service) by class. They are no loss, so not
+// in lbpath.agent.dropped, and not in the per-pod metrics.
+func initNodeConnections(m metric.Meter, e *Exporter) error {
+	conns, err := m.Int64ObservableCounter(MetricNodeConnections, metric.WithUnit("{connection}"),
+		metric.WithDescription("The node's own connections, which involve no pod and no Service, by class (node_local, apiserver, kubelet, external)"))
+	if err != nil {
+		return fmt.Errorf("create %s: %w", MetricNodeConnections, err)
+	}
+	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		fn := e.nodeConns.Load()
+		if fn == nil {
+			return nil
+		}
+		for _, c := range (*fn)() {
+			o.ObserveInt64(conns, int64(c.Count), metric.WithAttributes(attribute.String("lbpath.connection.class", string(c.Class))))
+		}
+		return nil
+	}, conns)
+	if err != nil {
+		return fmt.Errorf("register %s: %w", MetricNodeConnections, err)
 	}
 	return nil
 }

@@ -53,6 +53,9 @@ func (c Config) RESTConfig() (*rest.Config, error) {
 // retries them, so they are counted here rather than at the informer.
 type APIStats struct {
 	Requests, Failures atomic.Uint64
+	// Fresh, when set before the informers start, learns each watched
+	// resource's request outcomes (see Freshness).
+	Fresh *Freshness
 }
 
 type countingTransport struct {
@@ -65,6 +68,16 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := c.next.RoundTrip(r)
 	if err != nil || resp.StatusCode >= 500 {
 		c.st.Failures.Add(1)
+	}
+	if f := c.st.Fresh; f != nil {
+		if res := resourceOf(r.URL.Path); res != "" {
+			switch {
+			case err != nil || resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+				f.Fail(res)
+			case resp.StatusCode < 300:
+				f.OK(res, time.Now())
+			}
+		}
 	}
 	return resp, err
 }
@@ -100,6 +113,9 @@ type Watcher struct {
 	// API counts requests and failures when the client was built by
 	// Config.Client.
 	API APIStats
+	// Fresh says whether the index is complete at a given time; the
+	// client's transport reports to it through APIStats.Fresh.
+	Fresh Freshness
 }
 
 // NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices
@@ -112,9 +128,10 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 	}
 	w := &Watcher{Index: NewIndex(cfg.Index), log: log,
 		factory: informers.NewSharedInformerFactoryWithOptions(cs, cfg.Resync, informers.WithTransform(strip))}
-	add := func(inf cache.SharedIndexInformer, h cache.ResourceEventHandlerFuncs) error {
+	add := func(resource string, inf cache.SharedIndexInformer, h cache.ResourceEventHandlerFuncs) error {
 		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
 			w.WatchErrors.Add(1)
+			w.Fresh.Fail(resource)
 			w.log.Debug("kube watch error; client-go retries", "err", err)
 		}); err != nil {
 			return fmt.Errorf("watch error handler: %w", err)
@@ -129,7 +146,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 	now := time.Now
 	for _, step := range []func() error{
 		func() error {
-			return add(w.factory.Core().V1().Nodes().Informer(), cache.ResourceEventHandlerFuncs{
+			return add("nodes", w.factory.Core().V1().Nodes().Informer(), cache.ResourceEventHandlerFuncs{
 				AddFunc:    func(o any) { w.Events.Add(1); w.onNode(o) },
 				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onNode(o) },
 				DeleteFunc: func(o any) {
@@ -141,7 +158,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 			})
 		},
 		func() error {
-			return add(w.factory.Core().V1().Pods().Informer(), cache.ResourceEventHandlerFuncs{
+			return add("pods", w.factory.Core().V1().Pods().Informer(), cache.ResourceEventHandlerFuncs{
 				AddFunc:    func(o any) { w.Events.Add(1); w.onPod(o) },
 				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onPod(o) },
 				DeleteFunc: func(o any) {
@@ -153,7 +170,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 			})
 		},
 		func() error {
-			return add(w.factory.Core().V1().Services().Informer(), cache.ResourceEventHandlerFuncs{
+			return add("services", w.factory.Core().V1().Services().Informer(), cache.ResourceEventHandlerFuncs{
 				AddFunc:    func(o any) { w.Events.Add(1); w.onService(o) },
 				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onService(o) },
 				DeleteFunc: func(o any) {
@@ -165,7 +182,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 			})
 		},
 		func() error {
-			return add(w.factory.Discovery().V1().EndpointSlices().Informer(), cache.ResourceEventHandlerFuncs{
+			return add("endpointslices", w.factory.Discovery().V1().EndpointSlices().Informer(), cache.ResourceEventHandlerFuncs{
 				AddFunc:    func(o any) { w.Events.Add(1); w.onSlice(o) },
 				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onSlice(o) },
 				DeleteFunc: func(o any) {
@@ -177,7 +194,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 			})
 		},
 		func() error {
-			return add(w.factory.Apps().V1().ReplicaSets().Informer(), cache.ResourceEventHandlerFuncs{
+			return add("replicasets", w.factory.Apps().V1().ReplicaSets().Informer(), cache.ResourceEventHandlerFuncs{
 				AddFunc:    func(o any) { w.Events.Add(1); w.onRS(o) },
 				UpdateFunc: func(_, o any) { w.Events.Add(1); w.onRS(o) },
 				DeleteFunc: func(o any) {
@@ -206,6 +223,7 @@ func (w *Watcher) Run(ctx context.Context) {
 	// until the runtime's slow background scavenger gets to it.
 	go func() {
 		if w.WaitSynced(ctx) {
+			w.Fresh.Synced(time.Now())
 			debug.FreeOSMemory()
 		}
 	}()
@@ -215,6 +233,11 @@ func (w *Watcher) Run(ctx context.Context) {
 func (w *Watcher) WaitSynced(ctx context.Context) bool {
 	return cache.WaitForCacheSync(ctx.Done(), w.synced...)
 }
+
+// CurrentAt reports whether the index held every change the API server
+// knew of at t, so that an address it has no owner for at t had none (see
+// Freshness).
+func (w *Watcher) CurrentAt(t time.Time) bool { return w.Fresh.CurrentAt(t) }
 
 // Synced reports whether every informer has listed once.
 func (w *Watcher) Synced() bool {

@@ -8,6 +8,8 @@ package netns
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"runtime"
 
@@ -69,4 +71,26 @@ func Inode(path string) (uint32, error) {
 		return 0, fmt.Errorf("stat netns %s: %w", path, err)
 	}
 	return uint32(st.Ino), nil
+}
+
+// Addrs returns the addresses configured on the interfaces of the network
+// namespace at path (empty: the caller's), read over rtnetlink from inside
+// it.
+func Addrs(path string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	err := Do(path, func() error {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return fmt.Errorf("list addresses: %w", err)
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+					out = append(out, ip.Unmap())
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
 }

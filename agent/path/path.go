@@ -71,6 +71,9 @@ type Path struct {
 	// the time of the connection (Ready true when unknown).
 	EndpointReady, EndpointTerminating bool
 	Diagnoses                          []Diagnosis
+	// Class says whether the connection is the cluster's or the node's
+	// own, and which kind (see Class).
+	Class Class
 }
 
 // Config tunes the diagnoses.
@@ -80,11 +83,20 @@ type Config struct {
 	// LBPendingAfter is how long a LoadBalancer may lack an EXTERNAL-IP
 	// before it is diagnosed. Default 2m.
 	LBPendingAfter time.Duration
+	// Local is this node's own addresses; nil means none are known.
+	Local *Local
+	// Current reports whether the index held every change of the cluster
+	// at a time (kube.Watcher.CurrentAt); nil means never. Without it no
+	// address is known to be no pod's unless the kernel says so (loopback,
+	// this node's own addresses).
+	Current func(time.Time) bool
 }
 
-// Stats counts naming results.
+// Stats counts naming results: Named the cluster's connections named,
+// Node the node's own classified, PodUnknown attempts that left an end
+// that could be a pod's unnamed (a connection may be tried several times).
 type Stats struct {
-	Named, PodUnknown, ServiceUnknown atomic.Uint64
+	Named, Node, PodUnknown, ServiceUnknown atomic.Uint64
 }
 
 // Namer names connections from a kube.Index.
@@ -102,9 +114,17 @@ func NewNamer(cfg Config, idx *kube.Index) *Namer {
 	return &Namer{cfg: cfg, idx: idx}
 }
 
-// Name builds the path of c. complete is false when the pod side could not
-// be named (the caller may wait for metadata and try again).
-func (n *Namer) Name(c *flow.Connection) (p Path, complete bool) {
+// Name builds the path of c. complete is false while an end of c could be
+// a pod's address the index does not name: the caller may wait for
+// metadata and try again, and finally call NameLate.
+func (n *Namer) Name(c *flow.Connection) (p Path, complete bool) { return n.name(c, false) }
+
+// NameLate is Name once c has waited the full metadata wait: an address no
+// object owns is then taken as no pod's, if the index was current when c
+// started (Config.Current). Still incomplete means unattributed.
+func (n *Namer) NameLate(c *flow.Connection) (p Path, complete bool) { return n.name(c, true) }
+
+func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	at := c.Start
 	p = Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port()}
 
@@ -124,15 +144,11 @@ func (n *Namer) Name(c *flow.Connection) (p Path, complete bool) {
 	}
 
 	// Pod side.
-	complete = true
 	if c.Role != flow.RoleReject {
 		if pod, ok := n.idx.PodAt(c.PodDst.Addr(), at); ok {
 			p.Pod = pod
 		} else if pod, ok := n.idx.HostPortAt(c.PodDst, at); ok {
 			p.Pod = pod
-		} else {
-			complete = false
-			n.Stats.PodUnknown.Add(1)
 		}
 	}
 	if p.Pod != nil {
@@ -170,9 +186,15 @@ func (n *Namer) Name(c *flow.Connection) (p Path, complete bool) {
 	if p.EntryNode != "" && p.PodNode != "" && p.EntryNode != p.PodNode {
 		p.CrossNode = true
 	}
+	p.Class, complete = n.classify(&p, late)
 	n.diagnose(&p)
-	if complete {
+	switch {
+	case !complete:
+		n.Stats.PodUnknown.Add(1)
+	case p.Class == ClassCluster:
 		n.Stats.Named.Add(1)
+	default:
+		n.Stats.Node.Add(1)
 	}
 	return p, complete
 }

@@ -38,8 +38,13 @@ type PipelineStats struct {
 	Unattributed atomic.Uint64
 	// WaitFull counts connections that could not wait for metadata.
 	WaitFull atomic.Uint64
-	// RequestsUnattributed counts requests whose pod was unknown.
+	// RequestsUnattributed counts requests whose server could be a pod
+	// that could not be named.
 	RequestsUnattributed atomic.Uint64
+	// RequestsNode counts requests answered by no pod (a server of the
+	// node's own, certainly): not in the per-pod request metrics, and no
+	// loss.
+	RequestsNode atomic.Uint64
 }
 
 type waiting struct {
@@ -88,7 +93,9 @@ func (pl *Pipeline) Connection(c *flow.Connection) {
 	defer pl.mu.Unlock()
 	now := time.Now()
 	settleAt := c.Start.Add(pl.cfg.Settle)
-	if !now.Before(settleAt) {
+	// Loopback and the node's own addresses are kernel facts that no
+	// informer event can change: no need to let the metadata settle.
+	if !now.Before(settleAt) || pl.namer.kernelLocal(c) {
 		p, complete := pl.namer.Name(c)
 		if complete {
 			pl.emit(&p)
@@ -122,6 +129,11 @@ func (pl *Pipeline) Request(r *flow.Request) {
 		out.Pod = pod
 	} else if pod, ok := pl.namer.idx.HostPortAt(r.PodDst, at); ok {
 		out.Pod = pod
+	} else if e := pl.namer.endOf(r.PodDst, at, true, false); e.certain() {
+		// A server of the node's own (sshd, the kubelet, a hostNetwork
+		// daemon without a declared port): not the per-pod metrics'.
+		pl.Stats.RequestsNode.Add(1)
+		return
 	} else {
 		pl.Stats.RequestsUnattributed.Add(1)
 	}
@@ -143,11 +155,18 @@ func (pl *Pipeline) Tick(now time.Time) {
 			keep = append(keep, *w)
 			continue
 		}
-		p, complete := pl.namer.Name(&w.conn)
+		late := !now.Before(w.deadline)
+		var p Path
+		var complete bool
+		if late {
+			p, complete = pl.namer.NameLate(&w.conn)
+		} else {
+			p, complete = pl.namer.Name(&w.conn)
+		}
 		switch {
 		case complete:
 			pl.emit(&p)
-		case !now.Before(w.deadline):
+		case late:
 			pl.Stats.Unattributed.Add(1)
 			pl.emit(&p)
 		default:
@@ -171,10 +190,11 @@ func (pl *Pipeline) Waiting() int {
 }
 
 // Unnamed builds a path with no Kubernetes names, for agents running without
-// an API server.
-func Unnamed(c *flow.Connection) Path {
+// an API server; local (may be nil) is the node's own addresses, which
+// classify what kernel facts alone can (UnnamedClass).
+func Unnamed(c *flow.Connection, local *Local) Path {
 	p := Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port(),
-		EntryNode: entryNodeOf(c), Client: Peer{Addr: c.Client}}
+		EntryNode: entryNodeOf(c), Client: Peer{Addr: c.Client}, Class: UnnamedClass(c, local)}
 	switch c.Role {
 	case flow.RoleServer:
 		p.PodNode = c.Node

@@ -21,13 +21,16 @@ type Record struct {
 	NotReady    bool        `json:"endpoint_not_ready,omitempty"`
 	Terminating bool        `json:"endpoint_terminating,omitempty"`
 	Diagnoses   []Diagnosis `json:"diagnoses,omitempty"`
+	// Class is cluster, node_local, apiserver, kubelet, external or
+	// unknown (see Class); always present.
+	Class Class `json:"class"`
 }
 
 // Record returns the JSON form of p.
 func (p *Path) Record() Record {
 	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
-		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses}
+		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class}
 	r.SNAT = p.SNAT
 	if p.Service != nil {
 		r.Service = p.Service.Key()

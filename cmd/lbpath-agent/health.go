@@ -9,6 +9,7 @@ import (
 
 	"github.com/lbpath/lbpath/agent"
 	"github.com/lbpath/lbpath/agent/health"
+	"github.com/lbpath/lbpath/agent/path"
 	"github.com/lbpath/lbpath/exporter"
 )
 
@@ -87,6 +88,7 @@ func (h *agentHealth) metrics() []health.Family {
 	}
 	fams = append(fams, dropFamily(drops))
 	st := a.Stats()
+	fams = append(fams, nodeConnectionsFamily(st.NodeConnections))
 	fams = append(fams, health.Family{Name: "lbpath_agent_connections_total", Type: "counter",
 		Help:    "Connection records the agent produced (every role), before naming and export",
 		Samples: []health.Sample{{Value: float64(st.Flow.Emitted.Load())}}})
@@ -103,6 +105,18 @@ func (h *agentHealth) metrics() []health.Family {
 	fams = append(fams, health.Family{Name: "lbpath_agent_program_attached", Type: "gauge",
 		Help: "1 for each eBPF program attached (optional ones that failed to load are absent)", Samples: samples})
 	return fams
+}
+
+// nodeConnectionsFamily renders lbpath.agent.node_connections: the node's
+// own connections by class, every class always present.
+func nodeConnectionsFamily(counts []path.ClassCount) health.Family {
+	f := health.Family{Name: "lbpath_agent_node_connections_total", Type: "counter",
+		Help: "The node's own connections, which involve no pod and no Service, by class"}
+	for _, c := range counts {
+		f.Samples = append(f.Samples, health.Sample{Value: float64(c.Count),
+			Labels: []health.Label{{Name: "lbpath_connection_class", Value: string(c.Class)}}})
+	}
+	return f
 }
 
 // dropFamily renders the loss counters as lbpath_agent_dropped_total with

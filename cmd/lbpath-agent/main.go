@@ -108,6 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&ec.MetricInterval, "metric-interval", 10*time.Second, "how often metrics are pushed")
 	fs.IntVar(&ec.QueueSize, "export-queue", 8192, "connections waiting to be exported; beyond it they are dropped and counted")
 	fs.StringVar(&ec.ClientAddresses, "client-addresses", "keep", "client.address in exported data: keep, hash or drop")
+	spans := fs.String("spans", "cluster", "connections exported as spans: cluster (those involving a pod or a Service, and any lbpath could not classify) or all (also the node's own: node_local, apiserver, kubelet, external)")
 	fs.StringVar(&ec.Cluster, "cluster", os.Getenv("CLUSTER_NAME"), "k8s.cluster.name")
 	rb := fs.Uint("ring-buffer-bytes", 4<<20, "eBPF ring buffer size (power of two)")
 	maxConns := fs.Uint("max-connections", 65536, "kernel table of open connections")
@@ -135,6 +136,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "lbpath-agent: output: %q is not supported (want jsonl or none)\n", *output)
 		return 2
 	}
+	if *spans != "cluster" && *spans != "all" {
+		fmt.Fprintf(stderr, "lbpath-agent: spans: %q is not supported (want cluster or all)\n", *spans)
+		return 2
+	}
+	cfg.NodeSpans = *spans == "all"
 	h, err := exporter.ParseHeaders(*headers)
 	if err != nil {
 		fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)

@@ -1,6 +1,6 @@
 # The README's two commands are the entry points; these targets wrap them and
 # the release build.
-.PHONY: demo test bench build
+.PHONY: demo test bench build images
 
 demo:
 	./scripts/demo.sh
@@ -16,3 +16,9 @@ bench:
 # binary per agent), reproducible paths.
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o .bin/ ./cmd/lbpath-agent ./cmd/lbpath-collector ./cmd/lbpath
+
+# Container images of lbpath-agent and lbpath-collector as OCI archives in
+# .bin/images (no Docker daemon, no network; reproducible: same tree, same
+# digests). Flags: IMAGES_FLAGS="-registry r -tag t -out dir".
+images:
+	go run ./deploy/images/cmd/images $(IMAGES_FLAGS)

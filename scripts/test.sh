@@ -22,6 +22,7 @@ go vet ./...
 
 echo "== generated code drift (bpf2go)"
 ./scripts/check-generated.sh
+./scripts/check-committed.sh
 
 echo "== compiling every test binary (in parallel; the e2e run below is serial)"
 go test -count=1 -run '^$' ./... >/dev/null

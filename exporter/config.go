@@ -49,10 +49,8 @@ type Config struct {
 
 // Validate checks the configuration and names the field at fault.
 func (c *Config) Validate() error {
-	switch c.Protocol {
-	case "", "grpc", "http/protobuf":
-	default:
-		return fmt.Errorf("otlp-protocol: %q is not grpc or http/protobuf", c.Protocol)
+	if err := c.validateProtocol(); err != nil {
+		return err
 	}
 	switch c.Compression {
 	case "", "gzip", "none":
@@ -64,8 +62,18 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("client-addresses: %q is not keep, hash or drop", c.ClientAddresses)
 	}
-	if c.Timeout < 0 || c.MetricInterval < 0 || c.QueueSize < 0 {
-		return errors.New("otlp-timeout, metric-interval and queue-size must not be negative")
+	if c.Timeout < 0 {
+		return fmt.Errorf("otlp timeout: %v must not be negative", c.Timeout)
+	}
+	// Zero takes the default; a positive interval below minMetricInterval
+	// would make the agent push metrics in a tight loop.
+	if c.MetricInterval < 0 || (c.MetricInterval > 0 && c.MetricInterval < minMetricInterval) {
+		return fmt.Errorf("metric-interval: %v must be at least %v", c.MetricInterval, minMetricInterval)
+	}
+	// The queue is allocated whole at start: a huge one is memory the
+	// agent takes before it has seen a single connection.
+	if c.QueueSize < 0 || c.QueueSize > maxQueueSize {
+		return fmt.Errorf("export-queue: %d must be between 1 and %d", c.QueueSize, maxQueueSize)
 	}
 	if c.CertFile != "" && c.KeyFile == "" {
 		return errors.New("otlp-cert: given without otlp-key; mTLS needs both")
@@ -76,6 +84,9 @@ func (c *Config) Validate() error {
 	if c.Insecure && (c.CAFile != "" || c.CertFile != "") {
 		return errors.New("otlp-insecure: cannot be combined with otlp-ca / otlp-cert / otlp-key (TLS material for a connection without TLS)")
 	}
+	if err := c.validateEndpoint(); err != nil {
+		return err
+	}
 	// Read and parse the files now: a CA that cannot be read or a key that
 	// does not match its certificate would otherwise surface only as
 	// failed exports, long after startup.
@@ -85,7 +96,15 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// ParseHeaders parses "k1=v1,k2=v2".
+// Bounds of the fields Validate checks.
+const (
+	minMetricInterval = 100 * time.Millisecond
+	maxQueueSize      = 1 << 20
+)
+
+// ParseHeaders parses "k1=v1,k2=v2". Names and values are checked against
+// what both gRPC metadata and HTTP accept: otherwise every export would be
+// refused by the client library, not the agent's start.
 func ParseHeaders(s string) (map[string]string, error) {
 	if s == "" {
 		return nil, nil
@@ -93,12 +112,36 @@ func ParseHeaders(s string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, kv := range strings.Split(s, ",") {
 		k, v, ok := strings.Cut(kv, "=")
-		if !ok || strings.TrimSpace(k) == "" {
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || k == "" {
 			return nil, fmt.Errorf("otlp-headers: %q is not key=value", kv)
 		}
-		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		if err := checkHeader(k, v); err != nil {
+			return nil, fmt.Errorf("otlp-headers: %w", err)
+		}
+		out[k] = v
 	}
 	return out, nil
+}
+
+// checkHeader applies gRPC's metadata rules (which are stricter than
+// HTTP's): names of letters, digits, '-', '_' and '.', not the reserved
+// grpc- prefix; values of printable ASCII.
+func checkHeader(k, v string) error {
+	for _, r := range k {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fmt.Errorf("header name %q: character %q is not allowed (letters, digits, '-', '_', '.')", k, r)
+		}
+	}
+	if strings.HasPrefix(strings.ToLower(k), "grpc-") {
+		return fmt.Errorf("header name %q: the grpc- prefix is reserved", k)
+	}
+	for _, r := range v {
+		if r < 0x20 || r > 0x7e {
+			return fmt.Errorf("header %q: value has a character outside printable ASCII (%q)", k, r)
+		}
+	}
+	return nil
 }
 
 func (c *Config) tlsConfig() (*tls.Config, error) {

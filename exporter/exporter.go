@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"math/bits"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -18,7 +19,6 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -63,6 +63,15 @@ type Exporter struct {
 	queue chan path.Path
 	wg    sync.WaitGroup
 	once  sync.Once
+	// spans and metrics count what export delivered and what it did not,
+	// up to the shutdown deadline (shutdown.go).
+	spans   spanLedger
+	metrics *countingMetrics
+	// abandon tells run to stop exporting: the shutdown deadline passed
+	// and Shutdown counts what is left.
+	abandon atomic.Bool
+	// pending counts connections queued and not yet made into spans.
+	pending atomic.Int64
 }
 
 // New builds the OTLP pipelines. selfStats, when non-nil, is read at every
@@ -84,6 +93,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []D
 		log = slog.Default()
 	}
 	e := &Exporter{cfg: cfg, log: log, queue: make(chan path.Path, cfg.QueueSize)}
+	e.spans.failed = &e.Stats.SpansFailed
 	_, _ = rand.Read(e.salt[:]) // per-process salt: hashes cannot be joined across restarts
 
 	attrs := []attribute.KeyValue{
@@ -105,7 +115,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []D
 			sdktrace.WithIDGenerator(idGenerator{}),
 			// Blocking: the SDK never drops silently; the exporter's own
 			// bounded queue in front of it is where drops happen, counted.
-			sdktrace.WithBatcher(&countingSpans{SpanExporter: se, failed: &e.Stats.SpansFailed},
+			sdktrace.WithBatcher(&countingSpans{SpanExporter: se, ledger: &e.spans},
 				sdktrace.WithBlocking(), sdktrace.WithMaxQueueSize(4096), sdktrace.WithMaxExportBatchSize(512)),
 		)
 		e.tracer = e.tp.Tracer("github.com/lbpath/lbpath/exporter")
@@ -115,9 +125,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []D
 		if err != nil {
 			return nil, err
 		}
+		e.metrics = &countingMetrics{Exporter: me, failed: &e.Stats.MetricsFailed}
 		e.mp = sdkmetric.NewMeterProvider(
 			sdkmetric.WithResource(res),
-			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(&countingMetrics{Exporter: me, failed: &e.Stats.MetricsFailed},
+			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics,
 				sdkmetric.WithInterval(cfg.MetricInterval))),
 		)
 		if err := e.inst.init(e.mp.Meter("github.com/lbpath/lbpath/exporter"), e, selfStats); err != nil {
@@ -134,7 +145,7 @@ func (e *Exporter) spanExporter(ctx context.Context) (sdktrace.SpanExporter, err
 	if err != nil {
 		return nil, err
 	}
-	if e.cfg.Protocol == "http/protobuf" {
+	if e.cfg.isHTTP() {
 		var opts []otlptracehttp.Option
 		if e.cfg.Endpoint != "" {
 			opts = append(opts, otlptracehttp.WithEndpointURL(httpURL(e.cfg.Endpoint, e.cfg.Insecure, "/v1/traces")))
@@ -179,7 +190,7 @@ func (e *Exporter) metricExporter(ctx context.Context) (sdkmetric.Exporter, erro
 	if err != nil {
 		return nil, err
 	}
-	if e.cfg.Protocol == "http/protobuf" {
+	if e.cfg.isHTTP() {
 		var opts []otlpmetrichttp.Option
 		if e.cfg.Endpoint != "" {
 			opts = append(opts, otlpmetrichttp.WithEndpointURL(httpURL(e.cfg.Endpoint, e.cfg.Insecure, "/v1/metrics")))
@@ -219,53 +230,14 @@ func (e *Exporter) metricExporter(ctx context.Context) (sdkmetric.Exporter, erro
 	return otlpmetricgrpc.New(ctx, opts...)
 }
 
-// httpURL accepts host:port or a URL and returns a URL with the signal path.
-func httpURL(endpoint string, insecure bool, signal string) string {
-	if len(endpoint) > 7 && (endpoint[:7] == "http://" || (len(endpoint) > 8 && endpoint[:8] == "https://")) {
-		return endpoint
-	}
-	scheme := "https://"
-	if insecure {
-		scheme = "http://"
-	}
-	return scheme + endpoint + signal
-}
-
-// countingSpans counts spans the OTLP exporter could not deliver after its
-// retries.
-type countingSpans struct {
-	sdktrace.SpanExporter
-	failed *atomic.Uint64
-}
-
-func (c *countingSpans) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
-	err := c.SpanExporter.ExportSpans(ctx, spans)
-	if err != nil {
-		c.failed.Add(uint64(len(spans)))
-	}
-	return err
-}
-
-// countingMetrics counts failed metric exports.
-type countingMetrics struct {
-	sdkmetric.Exporter
-	failed *atomic.Uint64
-}
-
-func (c *countingMetrics) Export(ctx context.Context, rm *metricdata.ResourceMetrics) error {
-	err := c.Exporter.Export(ctx, rm)
-	if err != nil {
-		c.failed.Add(1)
-	}
-	return err
-}
-
 // Path queues a named connection for export; it never blocks. When the
 // queue is full the connection is dropped and counted.
 func (e *Exporter) Path(p *path.Path) {
+	e.pending.Add(1)
 	select {
 	case e.queue <- *p:
 	default:
+		e.pending.Add(-1)
 		e.Stats.QueueFull.Add(1)
 	}
 }
@@ -281,30 +253,20 @@ func (e *Exporter) Request(r *path.Request) {
 func (e *Exporter) run() {
 	defer e.wg.Done()
 	for p := range e.queue {
-		e.export(&p)
+		if e.abandon.Load() {
+			e.Stats.SpansFailed.Add(uint64(spanCount(&p)))
+		} else {
+			e.export(&p)
+		}
+		e.pending.Add(-1)
 	}
-}
-
-// Shutdown drains the queue and flushes both pipelines.
-func (e *Exporter) Shutdown(ctx context.Context) error {
-	var errs []error
-	e.once.Do(func() {
-		close(e.queue)
-		e.wg.Wait()
-		if e.tp != nil {
-			errs = append(errs, e.tp.Shutdown(ctx))
-		}
-		if e.mp != nil {
-			errs = append(errs, e.mp.Shutdown(ctx))
-		}
-	})
-	return errors.Join(errs...)
 }
 
 // ForceFlush pushes what is buffered now (tests, shutdown).
 func (e *Exporter) ForceFlush(ctx context.Context) error {
-	// Let the worker take what is queued before flushing the SDK.
-	for len(e.queue) > 0 {
+	// Let the worker turn what is queued into spans before flushing the
+	// SDK (the queue's length alone misses the one being converted).
+	for e.pending.Load() > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -358,8 +320,39 @@ func (e *Exporter) export(p *path.Path) {
 	}
 }
 
+// Hop children of a connection's span: what this node can vouch for.
+const (
+	hopLBNode   = 1 << iota // the load balancer or NodePort entered this node
+	hopNodeNode             // this entry node passed it to the pod's node
+	hopNodePod              // this node handed it to the pod
+)
+
+// spanHops says which hop children p's span has.
+func spanHops(p *path.Path) int {
+	c := &p.Conn
+	h := 0
+	if p.EntryNode != "" && p.EntryNode == c.Node && (p.Entry == "loadbalancer" || p.Entry == "nodeport") {
+		h |= hopLBNode
+	}
+	if p.CrossNode && p.EntryNode == c.Node {
+		h |= hopNodeNode
+	}
+	if c.Role == flow.RoleServer {
+		h |= hopNodePod
+	}
+	return h
+}
+
+// spanCount is how many spans p becomes: the connection's and its hops'.
+func spanCount(p *path.Path) int { return 1 + bits.OnesCount(uint(spanHops(p))) }
+
 func (e *Exporter) span(p *path.Path) {
 	c := &p.Conn
+	hops := spanHops(p)
+	// Counted before the first span starts (AlwaysSample: every span is
+	// recorded and exported), so that a shutdown deadline that passes
+	// half-way through counts all of them (shutdown.go).
+	e.spans.start(1 + bits.OnesCount(uint(hops)))
 	tid := TraceID(c.WireKey(), synTime(c))
 	base := c.Node + "/" + string(c.Role)
 	kind := trace.SpanKindServer
@@ -382,7 +375,6 @@ func (e *Exporter) span(p *path.Path) {
 	if c.Outcome != flow.OutcomeOK && c.Outcome != flow.OutcomeForwarded {
 		root.SetStatus(2, string(c.Outcome)) // codes.Error
 	}
-	// Hop children: what this node can vouch for.
 	rootCtx := trace.ContextWithSpan(context.Background(), root)
 	hop := func(hopName, from, to string) {
 		hctx := withIDs(rootCtx, tid, SpanID(tid, base+"/"+hopName))
@@ -390,14 +382,13 @@ func (e *Exporter) span(p *path.Path) {
 			trace.WithAttributes(attribute.String("lbpath.hop.from", from), attribute.String("lbpath.hop.to", to)))
 		s.End(trace.WithTimestamp(c.End))
 	}
-	entry := p.EntryAddr.String()
-	if p.EntryNode != "" && p.EntryNode == c.Node && (p.Entry == "loadbalancer" || p.Entry == "nodeport") {
-		hop("hop lb→node", entry, c.Node)
+	if hops&hopLBNode != 0 {
+		hop("hop lb→node", p.EntryAddr.String(), c.Node)
 	}
-	if p.CrossNode && p.EntryNode == c.Node {
+	if hops&hopNodeNode != 0 {
 		hop("hop node→node", p.EntryNode, p.PodNode)
 	}
-	if c.Role == flow.RoleServer {
+	if hops&hopNodePod != 0 {
 		podName := c.PodDst.String()
 		if p.Pod != nil {
 			podName = p.Pod.Namespace + "/" + p.Pod.Name

@@ -15,7 +15,7 @@ which are not part of lbpath's telemetry and so are not queried here.`
 func health() *dashboard.DashboardBuilder {
 	byNode := lNode
 	b := newBoard("lbpath-health", "lbpath / health",
-		"Is lbpath itself seeing everything? Every loss the agents count (lbpath_agent_dropped_total by stage and reason), export failures, unattributed connections, and the collector processors' evictions.",
+		"Is lbpath itself seeing everything? Every loss the agents count (lbpath_agent_dropped_total by stage and reason), export failures, unattributed connections, the nodes' own traffic by class, and the collector processors' evictions.",
 		scopeCluster)
 	b = b.WithRow(row("Agents")).
 		WithPanel(statPanel("Agents reporting", "Agents whose self-metrics reached the collector in the last 5 minutes.", "none", 6, 4, nil,
@@ -35,6 +35,8 @@ func health() *dashboard.DashboardBuilder {
 			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_reason) (%s)", byNode, rate(metricDropped, `lbpath_stage="metadata"`, mCluster)), "{{k8s_node_name}} {{lbpath_reason}}"))).
 		WithPanel(ts("Connections exported per agent", "", "cps", 12, 8,
 			promQuery("A", fmt.Sprintf("sum by (%s) (%s)", byNode, rate(metricExported, mCluster)), "{{k8s_node_name}}"))).
+		WithPanel(ts("The node's own connections per agent", "Connections that touch no pod and no Service, by class: node_local (loopback, the node's own addresses), apiserver (to a kube-apiserver endpoint), kubelet (port 10250 on a node), external (egress, sshd, other nodes). Counted, not lost: they are not in the per-pod metrics and become spans only with --spans=all.", "cps", 12, 8,
+			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_connection_class) (%s)", byNode, rate(metricNodeConns, mCluster)), "{{k8s_node_name}} {{lbpath_connection_class}}"))).
 		WithPanel(note("Agent CPU and memory", cpuNote, 12, 8)).
 		WithRow(row("Node conntrack")).
 		WithPanel(ts("Conntrack table fill per node", "Entries in the node's conntrack table per nf_conntrack_max (one host-wide limit). LbpathConntrackNearlyFull fires above 90% for 10 minutes; at 100% the kernel drops new connections' SYNs.", "percentunit", 12, 8,

@@ -26,6 +26,7 @@ const (
 	metricRTT             = "lbpath_rtt_seconds"
 	metricDropped         = "lbpath_agent_dropped_total"
 	metricExported        = "lbpath_agent_exported_total"
+	metricNodeConns       = "lbpath_agent_node_connections_total"
 
 	metricConntrackEntries = "lbpath_node_conntrack_entries"
 	metricConntrackMax     = "lbpath_node_conntrack_max"

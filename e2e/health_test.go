@@ -160,6 +160,11 @@ func TestHealthEndpoint(t *testing.T) {
 	if !ok {
 		t.Fatalf("no lbpath_agent_connections_total")
 	}
+	nodeLocal := map[string]string{"lbpath_connection_class": "node_local"}
+	l0, ok := sample(fams, "lbpath_agent_node_connections_total", nodeLocal)
+	if !ok {
+		t.Fatalf("no lbpath_agent_node_connections_total{lbpath_connection_class=node_local}: %v", fams["lbpath_agent_node_connections_total"])
+	}
 
 	const n = 5
 	var ports []uint16
@@ -167,9 +172,12 @@ func TestHealthEndpoint(t *testing.T) {
 		ports = append(ports, loopbackConn(t))
 	}
 	deadline = time.Now().Add(5 * time.Second)
-	var c1 float64
+	var c1, l1 float64
 	for {
-		c1, _ = sample(scrape(t, addr), "lbpath_agent_connections_total", nil)
+		fams = scrape(t, addr)
+		c1, _ = sample(fams, "lbpath_agent_connections_total", nil)
+		// Loopback touches no pod: the node's own traffic, by class.
+		l1, _ = sample(fams, "lbpath_agent_node_connections_total", nodeLocal)
 		seen := 0
 		for _, p := range ports {
 			if a.has(p) {
@@ -178,15 +186,17 @@ func TestHealthEndpoint(t *testing.T) {
 		}
 		// Each loopback connection is recorded twice (client and server
 		// socket): the counter must cover at least what the JSONL shows.
-		if seen == n && c1-c0 >= 2*n {
+		if seen == n && c1-c0 >= 2*n && l1-l0 >= 2*n {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after %d loopback connections: %d in the JSONL, lbpath_agent_connections_total %v → %v", n, seen, c0, c1)
+			t.Fatalf("after %d loopback connections: %d in the JSONL, lbpath_agent_connections_total %v → %v, node_local %v → %v",
+				n, seen, c0, c1, l0, l1)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("lbpath_agent_connections_total %v → %v after %d loopback connections", c0, c1, n)
+	t.Logf("lbpath_agent_connections_total %v → %v, lbpath_agent_node_connections_total{node_local} %v → %v after %d loopback connections",
+		c0, c1, l0, l1, n)
 
 	// Loopback only: the host's other address reaches a listener on all
 	// interfaces (control) but not the health endpoint.

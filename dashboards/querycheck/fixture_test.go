@@ -191,6 +191,10 @@ func buildFixture() string {
 		}
 		nl := merge(agent, map[string]string{"k8s_node_name": n})
 		f.add("lbpath_agent_exported_total", nl, counter(100, 0, to))
+		// The node's own traffic, counted by class (no loss).
+		for i, class := range []string{"node_local", "apiserver", "kubelet", "external"} {
+			f.add("lbpath_agent_node_connections_total", merge(nl, map[string]string{"lbpath_connection_class": class}), counter(float64(40-10*i), 0, to))
+		}
 		for _, d := range [][2]string{{"export", "queue_full"}, {"export", "spans_failed"}, {"export", "metric_exports_failed"},
 			{"ringbuf", "on_state"}, {"kernel", "conn_table_full"}, {"metadata", "unattributed"}, {"flow", "nat_table_full"}} {
 			var per float64

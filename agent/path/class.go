@@ -159,9 +159,11 @@ func (e end) local() bool { return e == endLoopback || e == endOwn }
 //   - a pod named by the index at t: positive;
 //   - loopback: never a pod's address nor a host port (host ports are
 //     indexed on node InternalIPs);
-//   - an address configured in this node's namespace that is no node's
-//     InternalIP: a pod's address lives in the pod's namespace, never the
-//     node's — a kernel fact, needs no metadata;
+//   - an address configured in this node's namespace other than the
+//     node's InternalIP (known from the index): a pod's address lives in
+//     the pod's namespace, never the node's — a kernel fact, needs no
+//     metadata (a hostNetwork pod's host ports are indexed on the
+//     InternalIP, which is why that one is left to the next rule);
 //   - otherwise only while the index is current at t (kube.Freshness): an
 //     own InternalIP (no host port owner), another node's InternalIP, an
 //     apiserver or other non-pod endpoint are then certain at once;

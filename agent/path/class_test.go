@@ -127,8 +127,9 @@ func TestClassify(t *testing.T) {
 				if p.Class != wantClass || complete != wantComplete {
 					t.Errorf("%s: class %q complete %v, want %q", what, p.Class, complete, want)
 				}
-				if want.Node() && (p.Pod != nil || p.Service != nil) {
-					t.Errorf("%s: node class with pod %v service %v", what, p.Pod, p.Service)
+				if want.Node() && (p.Pod != nil || p.Service != nil || p.Entry != "" || p.PodNode != "" || p.SNAT || len(p.Diagnoses) > 0) {
+					t.Errorf("%s: node class with pod %v service %v entry %q pod node %q snat %v diagnoses %v",
+						what, p.Pod, p.Service, p.Entry, p.PodNode, p.SNAT, p.Diagnoses)
 				}
 			}
 			check("settled", n.Name, tc.settled)

@@ -172,6 +172,14 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 
 	// Client: what the pod side saw, unless a NAT record says more.
 	p.Client = n.peer(c.Client, at)
+	p.Class, complete = n.classify(&p, late)
+	if p.Class.Node() {
+		// The node's own: no pod, no Service, no entry; the SNAT and
+		// cross-node inferences and the diagnoses are about pods.
+		p.Entry, p.EntryNode, p.PodNode = "", "", ""
+		n.Stats.Node.Add(1)
+		return p, true
+	}
 	src := c.PodSrc
 	if c.NAT == nil && c.Role == flow.RoleServer {
 		// No translation here: if the source is another node's address,
@@ -186,15 +194,11 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	if p.EntryNode != "" && p.PodNode != "" && p.EntryNode != p.PodNode {
 		p.CrossNode = true
 	}
-	p.Class, complete = n.classify(&p, late)
 	n.diagnose(&p)
-	switch {
-	case !complete:
-		n.Stats.PodUnknown.Add(1)
-	case p.Class == ClassCluster:
+	if complete {
 		n.Stats.Named.Add(1)
-	default:
-		n.Stats.Node.Add(1)
+	} else {
+		n.Stats.PodUnknown.Add(1)
 	}
 	return p, complete
 }

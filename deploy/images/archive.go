@@ -97,10 +97,12 @@ func writeFile(tw *tar.Writer, h *tar.Header, data []byte) error {
 
 // gzipBytes compresses once (go-containerregistry would compress on every
 // read of an uncompressed layer). The stdlib gzip header has no name and a
-// zero mtime, so equal input gives equal output.
+// zero mtime, so equal input gives equal output. The default level: on the
+// agent's 61 MiB layer, best compression took 3x as long (17 s vs 5.6 s on a
+// loaded 2-core machine) for 0.1 MiB less.
 func gzipBytes(b []byte) ([]byte, error) {
 	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&buf, gzip.DefaultCompression)
 	if err != nil {
 		return nil, err
 	}

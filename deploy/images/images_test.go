@@ -2,20 +2,28 @@ package images_test
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/lbpath/lbpath/deploy/images"
+	"github.com/lbpath/lbpath/testbed/podhttp"
 	"github.com/lbpath/lbpath/testbed/testimages"
 )
 
@@ -252,5 +260,171 @@ func TestBuildRejects(t *testing.T) {
 				t.Errorf("wrote %d files after an error", len(ents))
 			}
 		})
+	}
+}
+
+// imageBinary writes the entrypoint binary of the image in archive to a
+// temporary file, read through the OCI layout as a runtime would.
+func imageBinary(t *testing.T, archive string) string {
+	t.Helper()
+	idx, err := layout.ImageIndexFromPath(untar(t, archive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := idx.Image(im.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := strings.TrimPrefix(cf.Config.Entrypoint[0], "/")
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			t.Fatalf("entrypoint %s not in the image: %v", entry, err)
+		}
+		if h.Name != entry {
+			continue
+		}
+		p := filepath.Join(t.TempDir(), filepath.Base(entry))
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o755)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(f, tr); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+}
+
+// TestTestImagesRun runs the binaries the testbed's images carry: the pod
+// server answers with its pod name and the peer address it saw, after
+// LBPATH_DELAY, and /readyz at once; both stop with exit 0 on SIGTERM.
+func TestTestImagesRun(t *testing.T) {
+	built := buildOnce(t, readSource(t), testimages.All)
+	podserver, pause := imageBinary(t, built[0].Archive), imageBinary(t, built[1].Archive)
+
+	const delay = time.Second
+	srv := exec.Command(podserver, "-listen", "127.0.0.1:0")
+	srv.Env = []string{"POD_NAME=web-7d4b9-x2x5q", podhttp.DelayEnv + "=" + delay.String()}
+	addr := startLogging(t, srv, "serving")
+
+	var local string
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, a)
+		if err == nil {
+			local = c.LocalAddr().String()
+		}
+		return c, err
+	}}}
+	start := time.Now()
+	body, h := get(t, client, "http://"+addr+"/any/path")
+	if took := time.Since(start); took < delay {
+		t.Errorf("answered after %v, before the %v delay", took, delay)
+	}
+	if body != "web-7d4b9-x2x5q\n" || h.Get(podhttp.HeaderPod) != "web-7d4b9-x2x5q" || h.Get(podhttp.HeaderRemoteAddr) != local {
+		t.Errorf("body %q, %s %q, %s %q; want the pod name and %s", body, podhttp.HeaderPod, h.Get(podhttp.HeaderPod),
+			podhttp.HeaderRemoteAddr, h.Get(podhttp.HeaderRemoteAddr), local)
+	}
+	start = time.Now()
+	if body, _ := get(t, client, "http://"+addr+podhttp.ReadyPath); body != "ok\n" || time.Since(start) >= delay {
+		t.Errorf("%s: %q after %v; want ok without the delay", podhttp.ReadyPath, body, time.Since(start))
+	}
+	client.CloseIdleConnections()
+	stopExits0(t, srv)
+
+	p := exec.Command(pause)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // it must still be holding on
+	stopExits0(t, p)
+}
+
+// startLogging starts cmd and returns the addr= of its first stderr line
+// containing msg.
+func startLogging(t *testing.T, cmd *exec.Cmd, msg string) string {
+	t.Helper()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		if !strings.Contains(sc.Text(), msg) {
+			continue
+		}
+		for _, f := range strings.Fields(sc.Text()) {
+			if a, ok := strings.CutPrefix(f, "addr="); ok {
+				go func() { _, _ = io.Copy(io.Discard, stderr) }()
+				return a
+			}
+		}
+	}
+	t.Fatalf("%s exited without logging %q", cmd.Path, msg)
+	return ""
+}
+
+func get(t *testing.T, c *http.Client, url string) (string, http.Header) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return string(b), resp.Header
+}
+
+func stopExits0(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatalf("%s already gone: %v", cmd.Path, err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("%s after SIGTERM: %v, want exit 0", filepath.Base(cmd.Path), err)
+	}
+}
+
+// TestPodServerRejects: a pod server without its pod name or with a bad
+// delay exits 2 naming the variable instead of answering wrong.
+func TestPodServerRejects(t *testing.T) {
+	podserver := imageBinary(t, buildOnce(t, readSource(t), []images.Image{testimages.PodServer})[0].Archive)
+	cases := []struct {
+		env  []string
+		want string
+	}{
+		{nil, "POD_NAME"},
+		{[]string{"POD_NAME=p", podhttp.DelayEnv + "=soon"}, podhttp.DelayEnv},
+		{[]string{"POD_NAME=p", "LBPATH_LISTEN=nowhere"}, "-listen"},
+	}
+	for _, c := range cases {
+		cmd := exec.Command(podserver)
+		cmd.Env = c.env
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), c.want) {
+			t.Errorf("env %q: %v (%s); want exit 2 naming %s", c.env, err, out, c.want)
+		}
 	}
 }

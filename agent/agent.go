@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,12 @@ type Config struct {
 	Flow flow.Config
 	// StatsInterval is how often counters are logged; 0 disables.
 	StatsInterval time.Duration
+	// ShutdownTimeout bounds the stop once Run's context is done: the
+	// records still pending are flushed and the OTLP export gets until
+	// then; what it has not delivered is counted as failed export. Keep
+	// it below the pod's terminationGracePeriodSeconds. 0 takes
+	// DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
 	// Kube, when set, names connections from the API server.
 	Kube *kube.Config
 	// KubeClient overrides the client built from Kube (tests).
@@ -74,6 +81,18 @@ type Outputs struct {
 	Request func(*path.Request)
 }
 
+// DefaultShutdownTimeout leaves half of the chart's 10 s grace period
+// for the kubelet's signal delivery, the agent's last log lines and exit.
+const DefaultShutdownTimeout = 5 * time.Second
+
+// Bounds of ShutdownTimeout: below the minimum not even a reachable
+// collector gets the last batch; beyond the maximum a typo (5m for 5s)
+// would hold a node's agent in Terminating for long.
+const (
+	MinShutdownTimeout = 100 * time.Millisecond
+	MaxShutdownTimeout = 5 * time.Minute
+)
+
 // Validate checks the configuration and names the field at fault.
 func (c *Config) Validate() error {
 	if c.Node == "" {
@@ -89,14 +108,25 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("pod-cidr: %v is not a valid prefix", p)
 		}
 	}
-	if rb := c.Capture.RingBufferBytes; rb != 0 && (rb&(rb-1) != 0 || rb < 4096) {
-		return fmt.Errorf("ring-buffer-bytes: %d must be a power of two of at least 4096", rb)
+	// The kernel wants a power of two that is a whole number of pages
+	// (64 KiB pages on some arm64 kernels).
+	if rb := c.Capture.RingBufferBytes; rb != 0 && (rb&(rb-1) != 0 || rb < 4096 || rb%uint32(os.Getpagesize()) != 0) {
+		return fmt.Errorf("ring-buffer-bytes: %d must be a power of two and a multiple of the page size (%d)", rb, os.Getpagesize())
 	}
 	if c.Flow.JoinWait < 0 {
 		return fmt.Errorf("join-wait: %v must not be negative", c.Flow.JoinWait)
 	}
 	if c.Metadata.MetadataWait < 0 {
 		return fmt.Errorf("metadata-wait: %v must not be negative", c.Metadata.MetadataWait)
+	}
+	if c.Path.LBPendingAfter < 0 {
+		return fmt.Errorf("lb-pending-after: %v must not be negative", c.Path.LBPendingAfter)
+	}
+	if c.StatsInterval < 0 {
+		return fmt.Errorf("stats-interval: %v must not be negative (0 logs the counters only at exit)", c.StatsInterval)
+	}
+	if c.ShutdownTimeout != 0 && (c.ShutdownTimeout < MinShutdownTimeout || c.ShutdownTimeout > MaxShutdownTimeout) {
+		return fmt.Errorf("shutdown-timeout: %v must be between %v and %v", c.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
 	}
 	if c.Export != nil {
 		if err := c.Export.Validate(); err != nil {
@@ -363,6 +393,9 @@ func (a *Agent) Capture() *capture.Capture { return a.capture }
 // releases every kernel object.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.capture.Close()
+	// The shutdown budget counts from the moment the caller said stop.
+	var stopAt atomic.Int64
+	defer context.AfterFunc(ctx, func() { stopAt.Store(time.Now().UnixNano()) })()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if a.watcher != nil {
@@ -426,15 +459,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}()
 	wg.Wait()
+	deadline := time.Now().Add(a.shutdownTimeout())
+	if t := stopAt.Load(); t != 0 {
+		deadline = time.Unix(0, t).Add(a.shutdownTimeout())
+	}
 	a.table.Flush()
 	if a.pipeline != nil {
 		a.pipeline.Flush()
 	}
 	if a.exp != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := a.exp.Shutdown(sctx); err != nil {
-			a.log.Warn("otlp export at shutdown", "err", err)
-		}
+		// Logs what it could not deliver, once, and counts it.
+		sctx, scancel := context.WithDeadline(context.Background(), deadline)
+		_ = a.exp.Shutdown(sctx)
 		scancel()
 	}
 	a.logStats()
@@ -464,6 +500,13 @@ func (a *Agent) refreshLocal(now time.Time) {
 	}
 	a.localFailing = false
 	a.local.Set(addrs, now)
+}
+
+func (a *Agent) shutdownTimeout() time.Duration {
+	if a.cfg.ShutdownTimeout > 0 {
+		return a.cfg.ShutdownTimeout
+	}
+	return DefaultShutdownTimeout
 }
 
 // ErrNodeNetnsGone is returned by Run when the node's network namespace

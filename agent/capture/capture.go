@@ -176,17 +176,30 @@ func loadAttach(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cac
 // Run reads events until ctx is done or the reader is closed, calling fn
 // for each decoded event. fn must not keep e: it is reused.
 // Records that fail to decode are counted in bad.
+//
+// When ctx is done Run still reads what the kernel wrote before, then
+// returns: the closes of connections that ended just before the agent was
+// told to stop are in the ring buffer, and the agent flushes them as
+// records on its way out (a pod being deleted relies on it).
 func (c *Capture) Run(ctx context.Context, fn func(e *Event), bad func(err error)) error {
-	stop := context.AfterFunc(ctx, func() { c.reader.Close() })
-	defer stop()
 	var rec ringbuf.Record
 	var e Event
 	for {
+		stopping := ctx.Err() != nil
 		// The kernel side skips the wakeup for small batches
-		// (BPF_RB_NO_WAKEUP), so poll at least every PollInterval.
-		c.reader.SetDeadline(time.Now().Add(PollInterval))
+		// (BPF_RB_NO_WAKEUP), so poll at least every PollInterval. A
+		// deadline already passed reads every record there is, then
+		// reports the deadline.
+		deadline := time.Now().Add(PollInterval)
+		if stopping {
+			deadline = time.Now()
+		}
+		c.reader.SetDeadline(deadline)
 		if err := c.reader.ReadInto(&rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if stopping {
+					return nil
+				}
 				continue
 			}
 			if errors.Is(err, os.ErrClosed) {

@@ -97,7 +97,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Metadata.MetadataWait, "metadata-wait", 2*time.Second, "how long a connection waits for its pod's metadata")
 	fs.DurationVar(&cfg.Path.LBPendingAfter, "lb-pending-after", 2*time.Minute, "diagnose a LoadBalancer whose EXTERNAL-IP is pending this long")
 	var ec exporter.Config
-	fs.StringVar(&ec.Endpoint, "otlp-endpoint", "", "OTLP endpoint (host:port for grpc, URL for http); enables export (also OTEL_EXPORTER_OTLP_ENDPOINT)")
+	fs.StringVar(&ec.Endpoint, "otlp-endpoint", "", "OTLP endpoint: host:port for grpc; host:port or a base URL http[s]://host[:port][/prefix] for http/protobuf (/v1/traces, /v1/metrics appended); enables export (also OTEL_EXPORTER_OTLP_ENDPOINT, a URL)")
 	fs.StringVar(&ec.Protocol, "otlp-protocol", "", "grpc or http/protobuf (default grpc, or OTEL_EXPORTER_OTLP_PROTOCOL)")
 	fs.BoolVar(&ec.Insecure, "otlp-insecure", false, "OTLP without TLS")
 	headers := fs.String("otlp-headers", "", "OTLP headers k=v,k2=v2")
@@ -115,6 +115,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Capture.NoRequestTiming, "no-request-timing", false, "leave out the per-read/write hooks that time requests (their cost goes away with the request metrics)")
 	fs.DurationVar(&cfg.Flow.JoinWait, "join-wait", time.Second, "how long a closed socket waits for its NAT entry")
 	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 30*time.Second, "how often counters are logged (0: only at exit)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", agent.DefaultShutdownTimeout,
+		"after SIGTERM, how long pending records and the OTLP export may take to flush; what is not delivered by then is counted as failed export. Keep it below the pod's terminationGracePeriodSeconds")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	healthAddr := fs.String("health-addr", "127.0.0.1:9465", "serve /healthz, /readyz and /metrics (Prometheus text) on this host:port; loopback unless chosen otherwise; empty disables")
 	if err := fs.Parse(args); err != nil {
@@ -169,9 +171,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.Capture.RingBufferBytes = uint32(*rb)
 	cfg.Capture.MaxConnections = uint32(*maxConns)
 	cfg.PodCIDRs = cidrs
+	if cfg.ShutdownTimeout == 0 {
+		// 0 means the default in agent.Config; on the command line it
+		// would be a request to drop everything pending at stop.
+		fmt.Fprintf(stderr, "lbpath-agent: shutdown-timeout: must be more than 0\n")
+		return 2
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)
 		return 2
+	}
+	if cfg.Kube != nil {
+		if err := cfg.Kube.Check(); err != nil {
+			fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)
+			return 2
+		}
 	}
 	healthLoopback := true
 	if *healthAddr != "" {
@@ -181,6 +195,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if !startupChecks(log) {
+		return 2
+	}
 
 	// The health endpoint starts first: a port already taken fails before
 	// the eBPF load, and the probes answer (not ready) while it runs.

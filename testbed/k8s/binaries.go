@@ -20,7 +20,7 @@ import (
 // Versions of the components, which must match testbed/k8sbins/go.mod.
 const (
 	// KubernetesVersion is the version of kube-apiserver,
-	// kube-controller-manager and kube-proxy.
+	// kube-controller-manager, kube-scheduler, kube-proxy and kubelet.
 	KubernetesVersion = "v1.37.2"
 	// EtcdVersion is the version of etcd.
 	EtcdVersion = "v3.7.3"
@@ -38,6 +38,9 @@ type Binaries struct {
 	APIServer         string
 	ControllerManager string
 	KubeProxy         string
+	// Scheduler and Kubelet run only with real nodes (Options.RealNodes).
+	Scheduler string
+	Kubelet   string
 }
 
 // CacheDir is where EnsureBinaries keeps the binaries: outside the repository
@@ -55,18 +58,35 @@ func binariesIn(dir string) Binaries {
 		APIServer:         filepath.Join(dir, "kube-apiserver"),
 		ControllerManager: filepath.Join(dir, "kube-controller-manager"),
 		KubeProxy:         filepath.Join(dir, "kube-proxy"),
+		Scheduler:         filepath.Join(dir, "kube-scheduler"),
+		Kubelet:           filepath.Join(dir, "kubelet"),
 	}
+}
+
+// kubeCommands are the k8s.io/kubernetes commands EnsureBinaries builds;
+// each binary is named after the last element.
+var kubeCommands = []string{
+	"k8s.io/kubernetes/cmd/kube-apiserver",
+	"k8s.io/kubernetes/cmd/kube-controller-manager",
+	"k8s.io/kubernetes/cmd/kube-proxy",
+	"k8s.io/kubernetes/cmd/kube-scheduler",
+	"k8s.io/kubernetes/cmd/kubelet",
 }
 
 // Missing lists the binaries that do not exist yet.
 func (b Binaries) Missing() []string {
 	var out []string
-	for _, p := range []string{b.Etcd, b.APIServer, b.ControllerManager, b.KubeProxy} {
-		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+	for _, p := range []string{b.Etcd, b.APIServer, b.ControllerManager, b.KubeProxy, b.Scheduler, b.Kubelet} {
+		if !isExecutable(p) {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
 // FindBinaries returns the cached binaries without building anything, or an
@@ -112,7 +132,7 @@ func versionLDFlags() string {
 }
 
 // EnsureBinaries builds whichever of kube-apiserver, kube-controller-manager,
-// kube-proxy and etcd is missing from CacheDir, from the module proxy via
+// kube-scheduler, kube-proxy, kubelet and etcd is missing from CacheDir, from the module proxy via
 // testbed/k8sbins, and returns their paths. Concurrent callers (parallel test
 // binaries) serialize on a lock file, so only one of them builds.
 func EnsureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
@@ -142,8 +162,8 @@ func EnsureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
 	if err != nil {
 		return b, err
 	}
-	log.Info("building the Kubernetes control plane from the Go module proxy (cold: ~5 min)",
-		"kubernetes", KubernetesVersion, "etcd", EtcdVersion, "into", dir)
+	log.Info("building the Kubernetes binaries from the Go module proxy (cold: ~8 min)",
+		"kubernetes", KubernetesVersion, "etcd", EtcdVersion, "into", dir, "missing", b.Missing())
 	start := time.Now()
 
 	// Built into a scratch dir and renamed, so a killed build never leaves
@@ -153,18 +173,25 @@ func EnsureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
 		return b, fmt.Errorf("create build dir: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	// The three Kubernetes commands in one invocation so that their
+	// The missing Kubernetes commands in one invocation so that their
 	// shared packages compile once and the links run in parallel.
 	// -trimpath stays off: it would not share the build cache of an
 	// earlier plain build.
-	steps := [][]string{
-		{"build", "-o", tmp + "/", "-ldflags", versionLDFlags(),
-			"k8s.io/kubernetes/cmd/kube-apiserver",
-			"k8s.io/kubernetes/cmd/kube-controller-manager",
-			"k8s.io/kubernetes/cmd/kube-proxy"},
-		// The etcd main package's import path ends in /v3, so it needs
-		// an explicit output name.
-		{"build", "-o", filepath.Join(tmp, "etcd"), "go.etcd.io/etcd/server/v3"},
+	var kube, names []string
+	for _, pkg := range kubeCommands {
+		if name := filepath.Base(pkg); !isExecutable(filepath.Join(dir, name)) {
+			kube, names = append(kube, pkg), append(names, name)
+		}
+	}
+	var steps [][]string
+	if len(kube) > 0 {
+		steps = append(steps, append([]string{"build", "-o", tmp + "/", "-ldflags", versionLDFlags()}, kube...))
+	}
+	if !isExecutable(b.Etcd) {
+		// The etcd main package's import path ends in /v3, so it
+		// needs an explicit output name.
+		steps = append(steps, []string{"build", "-o", filepath.Join(tmp, "etcd"), "go.etcd.io/etcd/server/v3"})
+		names = append(names, "etcd")
 	}
 	for _, args := range steps {
 		cmd := exec.CommandContext(ctx, "go", args...)
@@ -177,12 +204,12 @@ func EnsureBinaries(ctx context.Context, log *slog.Logger) (Binaries, error) {
 			return b, fmt.Errorf("go %s in %s: %w: %s", strings.Join(args, " "), mod, err, lastLines(out.String(), 20))
 		}
 	}
-	for _, name := range []string{"kube-apiserver", "kube-controller-manager", "kube-proxy", "etcd"} {
+	for _, name := range names {
 		if err := os.Rename(filepath.Join(tmp, name), filepath.Join(dir, name)); err != nil {
 			return b, fmt.Errorf("install %s: %w", name, err)
 		}
 	}
-	log.Info("built the Kubernetes control plane", "took", time.Since(start).Round(time.Second), "dir", dir)
+	log.Info("built the Kubernetes binaries", "took", time.Since(start).Round(time.Second), "dir", dir)
 	return b, nil
 }
 

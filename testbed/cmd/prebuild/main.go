@@ -1,6 +1,6 @@
 // Command prebuild builds, once, the real third-party binaries the tests and
-// the demo run — the Kubernetes control plane and kube-proxy, Prometheus,
-// Jaeger and Helm — from the Go module proxy into ~/.cache/lbpath (or
+// the demo run — the Kubernetes control plane, kube-proxy and kubelet,
+// containerd, CoreDNS, Prometheus, Jaeger and Helm — from the Go module proxy into ~/.cache/lbpath (or
 // $LBPATH_CACHE). Each is skipped when already cached. The builds run
 // concurrently: on two cores that keeps both busy through the link steps.
 package main
@@ -22,7 +22,7 @@ import (
 )
 
 func main() {
-	only := flag.String("only", "", "comma-separated subset: kubernetes,prometheus,jaeger,helm (default all)")
+	only := flag.String("only", "", "comma-separated subset: kubernetes,containerd,coredns,prometheus,jaeger,helm (default all)")
 	flag.Parse()
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -31,6 +31,8 @@ func main() {
 			_, err := k8s.EnsureBinaries(ctx, log)
 			return err
 		},
+		"containerd": func() error { _, err := k8s.EnsureContainerd(ctx, log); return err },
+		"coredns":    func() error { _, err := k8s.EnsureCoreDNS(ctx, log); return err },
 		"prometheus": func() error { _, err := prometheus.EnsureBinary(ctx, log); return err },
 		"jaeger":     func() error { _, err := jaeger.EnsureBinary(ctx, log); return err },
 		"helm":       func() error { _, err := manifests.Helm(ctx); return err },

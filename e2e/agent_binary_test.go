@@ -175,6 +175,12 @@ func TestAgentConfigErrors(t *testing.T) {
 		{[]string{"--node", ""}, "node"},
 		{[]string{"--log-level", "loud"}, "log-level"},
 		{[]string{"stray"}, "unexpected argument"},
+		// Found by trying the agent as a new user would (issue 11): each
+		// started and failed later, or exited 1.
+		{[]string{"--otlp-endpoint", "http://[::1"}, "otlp-endpoint"},
+		{[]string{"--otlp-endpoint", "http://[::1", "--otlp-protocol", "http/protobuf"}, "otlp-endpoint"},
+		{[]string{"--kubeconfig", "/nonexistent/kubeconfig"}, "kubeconfig"},
+		{[]string{"--shutdown-timeout", "0"}, "shutdown-timeout"},
 	} {
 		cmd := exec.Command(bin, tc.args...)
 		out, err := cmd.CombinedOutput()

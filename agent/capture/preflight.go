@@ -165,7 +165,7 @@ func (k KernelCheck) Err() error {
 	for i, r := range missing {
 		parts[i] = fmt.Sprintf("%s (Linux %s): %s", r.What, r.Since, reason(r.Err))
 	}
-	return fmt.Errorf("kernel %s lacks what the agent needs (Linux %s, or these features backported): %s",
+	return fmt.Errorf("kernel %s: the agent cannot use what it needs (Linux %s, or these features backported): %s",
 		k.releaseName(), MinKernel, strings.Join(parts, "; "))
 }
 
@@ -199,6 +199,9 @@ func reason(err error) string {
 	case errors.Is(err, ebpf.ErrNotSupported):
 		return "not supported by this kernel: " + msg
 	case errors.Is(err, unix.EPERM):
+		// cilium/ebpf suggests memlock for any EPERM; the agent handles
+		// memlock itself, and a refusal here is the privilege.
+		msg = strings.Replace(msg, " (MEMLOCK may be too low, consider rlimit.RemoveMemlock)", "", 1)
 		return msg + " (the agent needs CAP_BPF and CAP_PERFMON)"
 	}
 	return msg

@@ -15,22 +15,34 @@ import (
 // failure, naming what is missing, and says whether the agent can go on
 // (if not, it exits 2: the node, not the agent, has to change).
 func startupChecks(log *slog.Logger) bool {
-	ok := true
 	// Memlock first: on the kernels where it matters the probes' own maps
 	// and programs are charged to it.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		log.Error("start-up check failed", "check", "memlock", "err", memlockError(err, currentMemlock()))
-		ok = false
-	}
+	memErr := rlimit.RemoveMemlock()
 	k := capture.CheckKernel()
-	if err := k.Err(); err != nil {
-		log.Error("start-up check failed", "check", "kernel", "err", err)
-		ok = false
+	kernelErr := k.Err()
+	if memlockMatters(memErr, kernelErr, k.Version) {
+		log.Error("start-up check failed", "check", "memlock", "err", memlockError(memErr, currentMemlock()))
+	}
+	if kernelErr != nil {
+		log.Error("start-up check failed", "check", "kernel", "err", kernelErr)
 	}
 	if w := k.Warning(); w != "" {
 		log.Warn(w)
 	}
-	return ok
+	return kernelErr == nil && !memlockMatters(memErr, kernelErr, k.Version)
+}
+
+// memlockMatters decides whether a failed RemoveMemlock is the problem.
+// Its probe creates a map with the limit at zero and takes a refusal for
+// memlock accounting; a process without CAP_BPF is refused too. So when
+// the kernel probes fail as well on a kernel that accounts BPF memory to
+// the memory cgroup (5.11 on), the refusal was the privilege, which the
+// kernel check names, and the memlock message would mislead.
+func memlockMatters(memErr, kernelErr error, v capture.KernelVersion) bool {
+	if memErr == nil {
+		return false
+	}
+	return kernelErr == nil || v == (capture.KernelVersion{}) || v.Less(capture.KernelVersion{5, 11, 0})
 }
 
 // memlockError explains a failed raise. rlimit.RemoveMemlock does nothing

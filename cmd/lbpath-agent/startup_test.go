@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/lbpath/lbpath/agent/capture"
 )
 
 // TestEveryBadInputExits2 goes through every flag (and the environment
@@ -121,5 +123,31 @@ func TestMemlockMessage(t *testing.T) {
 	}
 	if got := currentMemlock(); !strings.Contains(got, "soft ") {
 		t.Errorf("current limit %q", got)
+	}
+}
+
+// TestMemlockMattersOnlyWhereItCan: the memlock probe cannot tell missing
+// memlock accounting from missing CAP_BPF (both refuse its map). Where the
+// kernel probes fail too on a 5.11+ kernel, the privilege is the problem
+// and only the kernel check speaks; on older kernels both are reported.
+// (Given, not produced: this kernel is 6.18 and the agent runs as root.)
+func TestMemlockMattersOnlyWhereItCan(t *testing.T) {
+	memErr := errors.New("failed to set memlock rlimit: operation not permitted")
+	kernelErr := errors.New("BPF ring buffer maps: operation not permitted")
+	for _, tc := range []struct {
+		mem, kernel error
+		v           capture.KernelVersion
+		want        bool
+	}{
+		{nil, nil, capture.KernelVersion{6, 18, 0}, false},
+		{memErr, nil, capture.KernelVersion{5, 4, 0}, true},         // old kernel, probes fine: memlock is it
+		{memErr, nil, capture.KernelVersion{6, 18, 0}, true},        // probes fine: the detection was right
+		{memErr, kernelErr, capture.KernelVersion{6, 18, 0}, false}, // no CAP_BPF on a memcg kernel
+		{memErr, kernelErr, capture.KernelVersion{5, 4, 0}, true},   // could be either: say both
+		{memErr, kernelErr, capture.KernelVersion{}, true},          // version unknown: say both
+	} {
+		if got := memlockMatters(tc.mem, tc.kernel, tc.v); got != tc.want {
+			t.Errorf("mem %v kernel %v version %v: %v, want %v", tc.mem, tc.kernel, tc.v, got, tc.want)
+		}
 	}
 }

@@ -87,6 +87,9 @@ func (c *Config) Validate() error {
 	if err := c.validateEndpoint(); err != nil {
 		return err
 	}
+	if err := validateEnv(); err != nil {
+		return err
+	}
 	// Read and parse the files now: a CA that cannot be read or a key that
 	// does not match its certificate would otherwise surface only as
 	// failed exports, long after startup.

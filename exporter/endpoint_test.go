@@ -2,6 +2,8 @@ package exporter
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +147,54 @@ func TestHTTPBaseURL(t *testing.T) {
 	}
 	if f := e.Stats.SpansFailed.Load() + e.Stats.MetricsFailed.Load(); f != 0 {
 		t.Errorf("%d failed exports", f)
+	}
+}
+
+// TestEnvValidate: the OTEL_EXPORTER_OTLP_* variables the SDK would read
+// and ignore when malformed are refused, naming the variable; good values
+// pass.
+func TestEnvValidate(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vars := []string{}
+	for _, sig := range envSignals {
+		for _, v := range []string{"INSECURE", "COMPRESSION", "HEADERS", "CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY", "PROTOCOL"} {
+			vars = append(vars, "OTEL_EXPORTER_OTLP_"+sig+v)
+		}
+	}
+	clear := func() {
+		for _, v := range vars {
+			t.Setenv(v, "")
+		}
+	}
+	clear()
+	for _, tc := range []struct{ name, value string }{
+		{"OTEL_EXPORTER_OTLP_INSECURE", "yes"},
+		{"OTEL_EXPORTER_OTLP_TRACES_INSECURE", "1"},
+		{"OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"},
+		{"OTEL_EXPORTER_OTLP_HEADERS", "api-key"},
+		{"OTEL_EXPORTER_OTLP_METRICS_HEADERS", "bad key=1"},
+		{"OTEL_EXPORTER_OTLP_HEADERS", "k=%zz"},
+		{"OTEL_EXPORTER_OTLP_CERTIFICATE", filepath.Join(dir, "absent.pem")},
+		{"OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", notPEM},
+		{"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", notPEM},
+		{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"},
+	} {
+		clear()
+		t.Setenv(tc.name, tc.value)
+		err := (&Config{}).Validate()
+		if err == nil || !strings.HasPrefix(err.Error(), tc.name) {
+			t.Errorf("%s=%q: err %v, want it to name the variable", tc.name, tc.value, err)
+		}
+	}
+	clear()
+	t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "True")
+	t.Setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc,x-tenant=t1")
+	if err := (&Config{}).Validate(); err != nil {
+		t.Errorf("good variables: %v", err)
 	}
 }

@@ -28,7 +28,8 @@ func TestEveryBadInputExits2(t *testing.T) {
 	}
 	// No ambient configuration: each case sets what it tests.
 	for _, v := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-		"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"} {
+		"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_INSECURE",
+		"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"} {
 		t.Setenv(v, "")
 	}
 	for _, tc := range []struct {
@@ -46,6 +47,8 @@ func TestEveryBadInputExits2(t *testing.T) {
 		{nil, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1"}, "OTEL_EXPORTER_OTLP_ENDPOINT", "missing ']'"},
 		{nil, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "c:4317"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "scheme must be http or https"},
 		{[]string{"--otlp-endpoint", "c:4317"}, map[string]string{"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "OTEL_EXPORTER_OTLP_PROTOCOL", "not supported"},
+		{[]string{"--otlp-endpoint", "c:4317"}, map[string]string{"OTEL_EXPORTER_OTLP_CERTIFICATE": filepath.Join(dir, "absent.pem")}, "OTEL_EXPORTER_OTLP_CERTIFICATE", "no such file"},
+		{[]string{"--otlp-endpoint", "c:4317"}, map[string]string{"OTEL_EXPORTER_OTLP_INSECURE": "yes"}, "OTEL_EXPORTER_OTLP_INSECURE", "true or false"},
 		{[]string{"--otlp-protocol", "udp"}, nil, "otlp-protocol", "grpc or http/protobuf"},
 		{[]string{"--otlp-compression", "zstd"}, nil, "otlp-compression", "gzip or none"},
 		{[]string{"--otlp-headers", "x-tenant"}, nil, "otlp-headers", "key=value"},

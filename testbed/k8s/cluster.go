@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/lbpath/lbpath/deploy/images"
 	"github.com/lbpath/lbpath/testbed"
 )
 
@@ -55,6 +56,19 @@ type Options struct {
 	Binaries Binaries
 	// Logger receives progress; default slog.Default().
 	Logger *slog.Logger
+
+	// RealNodes runs the real containerd and kubelet on every node (see
+	// RealNode) instead of the kubelet stand-in, with kube-scheduler,
+	// CoreDNS as the cluster DNS and web's pods from the podserver image
+	// behind real readiness probes. PoolSize and TerminationGrace do not
+	// apply.
+	RealNodes bool
+	// NodeBinaries are containerd and CoreDNS for RealNodes; zero means
+	// EnsureNodeBinaries (which may build).
+	NodeBinaries NodeBinaries
+	// Images are built and imported into every real node besides the
+	// testbed's own (pause, podserver, coredns); e.g. images.Product.
+	Images []images.Image
 }
 
 // Cluster is a testbed driven by a real control plane: kube-apiserver and
@@ -67,8 +81,14 @@ type Cluster struct {
 	// not, as the EndpointSlices are the truth here.
 	TB *testbed.Cluster
 	// CP is the control plane; CP.Kubeconfig works with kubectl.
-	CP      *ControlPlane
+	CP *ControlPlane
+	// Kubelet is the stand-in; nil with Options.RealNodes.
 	Kubelet *Kubelet
+	// RealNodes are the nodes' real kubelets and containerds, in node
+	// order; empty without Options.RealNodes.
+	RealNodes []*RealNode
+	// Images are the images imported into every real node, by name.
+	Images map[string]images.Built
 	// Client is an admin clientset.
 	Client kubernetes.Interface
 
@@ -109,6 +129,11 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
+	if opt.RealNodes {
+		if err := prepareReal(ctx, &opt); err != nil {
+			return nil, err
+		}
+	}
 	// The built-in writer covers the seconds until kube-proxy can run,
 	// which needs the apiserver, which needs the host link.
 	tb, err := testbed.Up(ctx, testbed.Options{
@@ -123,13 +148,14 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 		return nil, errors.Join(err, c.Down())
 	}
 	c.log.Info("kubernetes testbed up", "prefix", opt.Prefix, "mode", opt.Mode, "policy", opt.Policy,
-		"kubeconfig", c.CP.Kubeconfig, "took", time.Since(began).Round(time.Millisecond))
+		"real_nodes", opt.RealNodes, "kubeconfig", c.CP.Kubeconfig, "took", time.Since(began).Round(time.Millisecond))
 	return c, nil
 }
 
 func (c *Cluster) up(ctx context.Context) error {
 	cp, err := Start(ctx, ControlPlaneOptions{
 		Binaries: c.opt.Binaries, BindAddress: testbed.HostIP, Name: c.opt.Prefix, Logger: c.log,
+		RealNodes: c.opt.RealNodes,
 	})
 	if err != nil {
 		return err
@@ -140,6 +166,9 @@ func (c *Cluster) up(ctx context.Context) error {
 	}
 	if err := c.createServices(ctx); err != nil {
 		return err
+	}
+	if c.opt.RealNodes {
+		return c.upReal(ctx)
 	}
 	if err := c.createDeployment(ctx); err != nil {
 		return err
@@ -158,12 +187,16 @@ func (c *Cluster) up(ctx context.Context) error {
 	return err
 }
 
-// Down stops the kubelet stand-in, every control-plane process and
-// kube-proxy, and deletes the testbed's namespaces. Safe to call twice.
+// Down stops the kubelet stand-in or the real nodes (every container,
+// cgroup and mount of theirs), every control-plane process and kube-proxy,
+// and deletes the testbed's namespaces. Safe to call twice.
 func (c *Cluster) Down() error {
 	var errs []error
 	if c.Kubelet != nil {
 		c.Kubelet.Stop()
+	}
+	if err := c.stopReal(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.CP != nil {
 		if err := c.CP.Stop(); err != nil {
@@ -207,6 +240,12 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 		created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create Node %s: %w", n.Name, err)
+		}
+		if c.opt.RealNodes {
+			// The kubelet registers into this object and reports
+			// addresses and readiness itself; the podCIDR matches
+			// the node's CNI range.
+			continue
 		}
 		now := metav1.Now()
 		created.Status = corev1.NodeStatus{
@@ -263,33 +302,68 @@ func (c *Cluster) createServices(ctx context.Context) error {
 
 func (c *Cluster) createDeployment(ctx context.Context) error {
 	labels := map[string]string{WebLabel: WebDeployment}
+	tmpl := c.standInTemplate(labels)
+	if c.opt.RealNodes {
+		tmpl = c.realTemplate(labels)
+	}
 	d := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: WebDeployment, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &c.opt.Replicas,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					// terminationGracePeriodSeconds stays at its
-					// default: with 0 the apiserver deletes pods
-					// at once, so the kubelet stand-in could not
-					// report them terminating first. How long a pod
-					// drains is KubeletOptions.TerminationGrace.
-					Containers: []corev1.Container{{
-						Name:  WebContainer,
-						Image: "lbpath.invalid/podserver:v1", // never pulled
-						Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: testbed.PodPort, Protocol: corev1.ProtocolTCP}},
-						Env:   []corev1.EnvVar{{Name: DelayEnv, Value: "0s"}},
-					}},
-				},
-			},
+			Template: tmpl,
 		},
 	}
 	if _, err := c.Client.AppsV1().Deployments(Namespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create Deployment %s: %w", WebDeployment, err)
 	}
 	return nil
+}
+
+// realTemplate runs the podserver image: it answers with the pod name the
+// downward API gives it, and its readiness probe is what puts the pod into
+// web's EndpointSlices.
+func (c *Cluster) realTemplate(labels map[string]string) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		Spec: corev1.PodSpec{
+			Containers: []corev1.Container{{
+				Name:  WebContainer,
+				Image: c.Images[PodServerImage].Ref,
+				// Imported, never pulled.
+				ImagePullPolicy: corev1.PullNever,
+				Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: testbed.PodPort, Protocol: corev1.ProtocolTCP}},
+				Env: []corev1.EnvVar{
+					{Name: PodNameEnv, ValueFrom: &corev1.EnvVarSource{
+						FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+					{Name: DelayEnv, Value: "0s"},
+				},
+				ReadinessProbe: &corev1.Probe{
+					ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+						Path: "/readyz", Port: intstr.FromInt32(testbed.PodPort)}},
+					PeriodSeconds: 1,
+				},
+			}},
+		},
+	}
+}
+
+func (c *Cluster) standInTemplate(labels map[string]string) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		Spec: corev1.PodSpec{
+			// terminationGracePeriodSeconds stays at its default: with
+			// 0 the apiserver deletes pods at once, so the kubelet
+			// stand-in could not report them terminating first. How
+			// long a pod drains is KubeletOptions.TerminationGrace.
+			Containers: []corev1.Container{{
+				Name:  WebContainer,
+				Image: "lbpath.invalid/podserver:v1", // never pulled
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: testbed.PodPort, Protocol: corev1.ProtocolTCP}},
+				Env:   []corev1.EnvVar{{Name: DelayEnv, Value: "0s"}},
+			}},
+		},
+	}
 }
 
 // SetPolicy sets Service web's externalTrafficPolicy; kube-proxy follows
@@ -381,6 +455,11 @@ func (c *Cluster) webReady(ctx context.Context) ([]WebPod, error) {
 			return nil, fmt.Errorf("pod %+v missing from endpoints %+v", p, eps)
 		}
 	}
+	if c.opt.RealNodes {
+		if err := c.proxied(ctx, pods); err != nil {
+			return nil, err
+		}
+	}
 	return pods, nil
 }
 
@@ -422,7 +501,11 @@ func (c *Cluster) WebEndpoints(ctx context.Context) ([]Endpoint, error) {
 
 // Endpoints flattens the EndpointSlices of Service name in Namespace.
 func (c *Cluster) Endpoints(ctx context.Context, name string) ([]Endpoint, error) {
-	list, err := c.Client.DiscoveryV1().EndpointSlices(Namespace).List(ctx, metav1.ListOptions{
+	return c.endpointsIn(ctx, Namespace, name)
+}
+
+func (c *Cluster) endpointsIn(ctx context.Context, namespace, name string) ([]Endpoint, error) {
+	list, err := c.Client.DiscoveryV1().EndpointSlices(namespace).List(ctx, metav1.ListOptions{
 		LabelSelector: discoveryv1.LabelServiceName + "=" + name,
 	})
 	if err != nil {

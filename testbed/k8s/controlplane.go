@@ -45,6 +45,22 @@ var Controllers = []string{
 	"garbage-collector-controller",
 }
 
+// RealNodeControllers are added to Controllers when real kubelets run
+// (ControlPlaneOptions.RealNodes). They are left out otherwise because the
+// kubelet stand-in sends no heartbeats: the node lifecycle controller would
+// mark its nodes unreachable and their pods not ready after ~50 s.
+var RealNodeControllers = []string{
+	// Lifts the not-ready taint once the kubelet reports Ready, and
+	// marks pods of a dead kubelet not ready.
+	"node-lifecycle-controller",
+	// Publishes kube-root-ca.crt in every namespace, which projected
+	// service-account volumes need.
+	"root-ca-certificate-publisher-controller",
+	"daemonset-controller",
+	// Finishes namespace deletion (helm uninstall --namespace, tests).
+	"namespace-controller",
+}
+
 // ControlPlaneOptions configure Start.
 type ControlPlaneOptions struct {
 	// Binaries to run; zero means EnsureBinaries (which may build).
@@ -61,6 +77,13 @@ type ControlPlaneOptions struct {
 	Dir string
 	// Logger receives progress; default slog.Default().
 	Logger *slog.Logger
+	// RealNodes prepares the control plane for real kubelets: the Node
+	// and RBAC authorizers, a client certificate for the apiserver's
+	// calls to kubelets (logs, exec), kube-scheduler, the
+	// RealNodeControllers, and the kubernetes Service's endpoints
+	// published at BindAddress (in-cluster clients reach it through
+	// kube-proxy).
+	RealNodes bool
 }
 
 // ControlPlane is a running etcd, kube-apiserver and kube-controller-manager,
@@ -82,6 +105,9 @@ type ControlPlane struct {
 	Config *rest.Config
 	// Client is an admin clientset.
 	Client kubernetes.Interface
+
+	// RealNodes is ControlPlaneOptions.RealNodes.
+	RealNodes bool
 
 	log *slog.Logger
 	st  *stateDir
@@ -171,7 +197,8 @@ func Start(ctx context.Context, opt ControlPlaneOptions) (*ControlPlane, error) 
 	if err := os.MkdirAll(opt.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	cp := &ControlPlane{Binaries: opt.Binaries, Dir: opt.Dir, log: opt.Logger, st: &stateDir{dir: opt.Dir}}
+	cp := &ControlPlane{Binaries: opt.Binaries, Dir: opt.Dir, RealNodes: opt.RealNodes, log: opt.Logger,
+		st: &stateDir{dir: opt.Dir}}
 	if err := cp.start(ctx, opt); err != nil {
 		return nil, errors.Join(fmt.Errorf("start control plane: %w", err), cp.Stop())
 	}
@@ -205,13 +232,14 @@ func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) erro
 	}
 	cp.Server = "https://" + net.JoinHostPort(bind, strconv.Itoa(apiPort))
 
-	adminToken, kcmToken := newToken(), newToken()
+	adminToken, kcmToken, schedToken := newToken(), newToken(), newToken()
 	// The controller manager runs with its own credentials for all
 	// controllers (--use-service-account-credentials=false), which the
 	// built-in system:kube-controller-manager role does not cover; hence
-	// system:masters.
-	tokens := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n%s,system:kube-controller-manager,kcm,\"system:masters\"\n",
-		adminToken, kcmToken)
+	// system:masters. kube-scheduler's built-in bindings name the user
+	// system:kube-scheduler.
+	tokens := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n%s,system:kube-controller-manager,kcm,\"system:masters\"\n"+
+		"%s,system:kube-scheduler,kube-scheduler\n", adminToken, kcmToken, schedToken)
 	tokenFile := filepath.Join(cp.Dir, "tokens.csv")
 	if err := os.WriteFile(tokenFile, []byte(tokens), 0o600); err != nil {
 		return fmt.Errorf("write token file: %w", err)
@@ -265,6 +293,15 @@ func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) erro
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 	}
+	if opt.RealNodes {
+		real, err := cp.realNodeAPIServerArgs()
+		if err != nil {
+			return err
+		}
+		cp.apiserverArgs = append(slices.DeleteFunc(cp.apiserverArgs, func(a string) bool {
+			return a == "--authorization-mode=RBAC" || a == "--endpoint-reconciler-type=none"
+		}), real...)
+	}
 	if _, err := cp.startProcess("kube-apiserver", cp.Binaries.APIServer, cp.apiserverArgs...); err != nil {
 		return err
 	}
@@ -284,14 +321,23 @@ func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) erro
 	}
 	cp.Config, cp.Client = cfg, client
 
+	controllers := Controllers
+	if opt.RealNodes {
+		controllers = append(slices.Clone(Controllers), RealNodeControllers...)
+	}
 	if _, err := cp.startProcess("kube-controller-manager", cp.Binaries.ControllerManager,
 		"--kubeconfig="+kcmKubeconfig,
 		"--leader-elect=false",
 		"--use-service-account-credentials=false",
 		"--secure-port=0",
-		"--controllers="+strings.Join(Controllers, ","),
+		"--controllers="+strings.Join(controllers, ","),
 	); err != nil {
 		return err
+	}
+	if opt.RealNodes {
+		if err := cp.startScheduler(schedToken); err != nil {
+			return err
+		}
 	}
 	if err := cp.waitFor(ctx, "default ServiceAccount", 60*time.Second, func(ctx context.Context) (bool, error) {
 		_, err := client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
@@ -331,6 +377,92 @@ func (cp *ControlPlane) setupKubeProxyCredentials(ctx context.Context) error {
 	cp.KubeProxyKubeconfig = filepath.Join(cp.Dir, "kube-proxy.kubeconfig")
 	return cp.writeKubeconfig(cp.KubeProxyKubeconfig, "kube-proxy", tr.Status.Token)
 }
+
+// realNodeAPIServerArgs are the apiserver flags real kubelets need.
+func (cp *ControlPlane) realNodeAPIServerArgs() ([]string, error) {
+	cert, key, err := cp.pki.clientCert("kube-apiserver-kubelet-client", "system:masters")
+	if err != nil {
+		return nil, err
+	}
+	certFile := filepath.Join(cp.Dir, "apiserver-kubelet-client.crt")
+	keyFile := filepath.Join(cp.Dir, "apiserver-kubelet-client.key")
+	if err := os.WriteFile(certFile, cert, 0o600); err != nil {
+		return nil, fmt.Errorf("write kubelet client certificate: %w", err)
+	}
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		return nil, fmt.Errorf("write kubelet client key: %w", err)
+	}
+	return []string{
+		// Node: kubelets may read only what their pods need.
+		"--authorization-mode=Node,RBAC",
+		"--enable-admission-plugins=NodeRestriction",
+		// The default (lease) reconciler publishes BindAddress as the
+		// kubernetes Service's endpoint, which in-cluster clients
+		// (CoreDNS, the lbpath agent) reach through kube-proxy.
+		"--endpoint-reconciler-type=lease",
+		// Logs and exec go to the kubelet's InternalIP; the node names
+		// resolve nowhere.
+		"--kubelet-preferred-address-types=InternalIP",
+		"--kubelet-client-certificate=" + certFile,
+		"--kubelet-client-key=" + keyFile,
+	}, nil
+}
+
+// startScheduler runs kube-scheduler: the DaemonSet controller, like the
+// ReplicaSet controller, leaves nodeName to the scheduler.
+func (cp *ControlPlane) startScheduler(token string) error {
+	kubeconfig := filepath.Join(cp.Dir, "kube-scheduler.kubeconfig")
+	if err := cp.writeKubeconfig(kubeconfig, "kube-scheduler", token); err != nil {
+		return err
+	}
+	if !isExecutable(cp.Binaries.Scheduler) {
+		return fmt.Errorf("kube-scheduler missing: %s", cp.Binaries.Scheduler)
+	}
+	_, err := cp.startProcess("kube-scheduler", cp.Binaries.Scheduler,
+		"--kubeconfig="+kubeconfig,
+		"--leader-elect=false",
+		"--secure-port=0",
+	)
+	return err
+}
+
+// NodeKubeconfig writes a kubeconfig at path for the kubelet of node: a
+// client certificate for system:node:<node> in group system:nodes, the
+// identity the Node authorizer expects.
+func (cp *ControlPlane) NodeKubeconfig(path, node string) error {
+	cert, key, err := cp.pki.clientCert("system:node:"+node, "system:nodes")
+	if err != nil {
+		return err
+	}
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: lbpath
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: %s
+  user:
+    client-certificate-data: %s
+    client-key-data: %s
+contexts:
+- name: lbpath
+  context:
+    cluster: lbpath
+    user: %s
+current-context: lbpath
+`, cp.Server, base64.StdEncoding.EncodeToString(cp.pki.caPEM), node,
+		base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key), node)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return fmt.Errorf("write kubeconfig %s: %w", path, err)
+	}
+	return nil
+}
+
+// CAFile is the cluster CA certificate, which kubelets use to verify
+// client certificates.
+func (cp *ControlPlane) CAFile() string { return cp.pki.caFile }
 
 func kubernetesServiceIP() net.IP {
 	return testbed.ServiceCIDR.Addr().Next().AsSlice()

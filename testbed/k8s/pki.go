@@ -21,6 +21,10 @@ import (
 // P-256 keeps generation in the milliseconds.
 type pki struct {
 	caPEM []byte
+	// ca and caKey sign client certificates later (kubelets, the
+	// apiserver's kubelet client).
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
 	// Paths in the state dir.
 	caFile, certFile, keyFile, saKeyFile, saPubFile string
 }
@@ -88,6 +92,8 @@ func writePKI(dir string, ips []net.IP) (*pki, error) {
 
 	p := &pki{
 		caPEM:     pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		ca:        ca,
+		caKey:     caKey,
 		caFile:    filepath.Join(dir, "ca.crt"),
 		certFile:  filepath.Join(dir, "apiserver.crt"),
 		keyFile:   filepath.Join(dir, "apiserver.key"),
@@ -110,6 +116,35 @@ func writePKI(dir string, ips []net.IP) (*pki, error) {
 		}
 	}
 	return p, nil
+}
+
+// clientCert issues a client certificate for user cn in groups orgs, the way
+// kube-apiserver's x509 authenticator reads them, and returns it and its key
+// in PEM.
+func (p *pki) clientCert(cn string, orgs ...string) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate key for %s: %w", cn, err)
+	}
+	now := time.Now().Add(-time.Hour)
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
+		NotBefore:    now,
+		NotAfter:     now.Add(10 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create certificate for %s: %w", cn, err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("marshal key for %s: %w", cn, err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 func serial() *big.Int {

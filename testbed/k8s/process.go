@@ -67,6 +67,12 @@ type ProcessInfo struct {
 }
 
 func startProcess(st *stateDir, name, bin string, args ...string) (*process, error) {
+	return startProcessEnv(st, name, nil, bin, args...)
+}
+
+// startProcessEnv is startProcess with env added to our environment (later
+// entries win, so PATH can be replaced).
+func startProcessEnv(st *stateDir, name string, env []string, bin string, args ...string) (*process, error) {
 	logPath := filepath.Join(st.dir, name+".log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -74,6 +80,9 @@ func startProcess(st *stateDir, name, bin string, args ...string) (*process, err
 	}
 	defer logf.Close() // the child has its own copy
 	cmd := exec.Command(bin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = st.dir
 	// SIGKILL on our death: a crashed test must not leave an apiserver

@@ -239,7 +239,10 @@ func (c *Cluster) proxied(ctx context.Context, pods []WebPod) error {
 			return fmt.Errorf("list %s's rules: %w", n.Name, err)
 		}
 		for _, p := range pods {
-			if !strings.Contains(string(out), "dnat to "+netip.AddrPortFrom(p.IP, testbed.PodPort).String()) {
+			// iptables: "dnat to IP:port"; nftables: a map "IP . port".
+			iptables := "dnat to " + netip.AddrPortFrom(p.IP, testbed.PodPort).String()
+			nftables := fmt.Sprintf("%s . %d", p.IP, testbed.PodPort)
+			if !strings.Contains(string(out), iptables) && !strings.Contains(string(out), nftables) {
 				return fmt.Errorf("kube-proxy on %s has no rule for pod %s (%s) yet", n.Name, p.Name, p.IP)
 			}
 		}

@@ -89,8 +89,23 @@ func TestRealNodes(t *testing.T) {
 
 	t.Run("nodes", func(t *testing.T) { checkRealNodes(t, ctx, c) })
 	pods := checkWebPods(t, ctx, c)
-	t.Run("lb", func(t *testing.T) { checkLBTraffic(t, ctx, c, pods) })
+	t.Run("lb", func(t *testing.T) { checkLBTraffic(t, ctx, c, pods, testbed.PolicyCluster) })
 	t.Run("dns", func(t *testing.T) { checkDNS(t, ctx, c, pods) })
+	t.Run("nftables-local", func(t *testing.T) {
+		// kube-proxy's other mode writes other rules (a verdict map in
+		// nftables), and Local keeps traffic on the entry node.
+		if err := c.SetMode(ctx, testbed.ModeNFTables); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.SetPolicy(ctx, testbed.PolicyLocal); err != nil {
+			t.Fatal(err)
+		}
+		pods, err := c.WaitWebReady(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkLBTraffic(t, ctx, c, pods, testbed.PolicyLocal)
+	})
 	logNodeMemory(t, c)
 
 	down()
@@ -173,34 +188,48 @@ func checkWebPods(t *testing.T, ctx context.Context, c *k8s.Cluster) []k8s.WebPo
 }
 
 // checkLBTraffic sends requests from the external client to web's LB IP,
-// entering at each node in turn, until every pod has answered; an answer
-// from anything but one of web's pods fails.
-func checkLBTraffic(t *testing.T, ctx context.Context, c *k8s.Cluster, pods []k8s.WebPod) {
+// entering at each node in turn, until every pod that may answer has: all
+// of them under policy Cluster, the entry node's own under Local, where the
+// pod must also see the client's address. An answer from any other pod
+// fails.
+func checkLBTraffic(t *testing.T, ctx context.Context, c *k8s.Cluster, pods []k8s.WebPod, policy testbed.Policy) {
 	web := c.TB.Web()
 	target := netip.AddrPortFrom(web.LoadBalancerIP, web.Port)
-	names := map[string]bool{}
-	for _, p := range pods {
-		names[p.Name] = true
-	}
 	for _, n := range c.TB.Nodes {
 		if err := c.TB.RouteLB(n.Index); err != nil {
 			t.Fatal(err)
 		}
+		want := map[string]bool{}
+		for _, p := range pods {
+			if policy == testbed.PolicyCluster || p.Node == n.Name {
+				want[p.Name] = true
+			}
+		}
+		if len(want) == 0 {
+			// Local without a local endpoint: kube-proxy drops.
+			if res := c.TB.Request(ctx, c.TB.Client.Netns, target, 0, 0); res.Err == nil {
+				t.Errorf("via %s (policy %s, no pod there) answered by %q, want no answer", n.Name, policy, res.Pod)
+			}
+			continue
+		}
 		seen := map[string]int{}
-		for i := 0; i < 200 && len(seen) < len(pods); i++ {
+		for i := 0; i < 200 && len(seen) < len(want); i++ {
 			res := c.TB.Request(ctx, c.TB.Client.Netns, target, 0, 0)
 			if res.Err != nil {
 				t.Fatalf("request %d via %s: %v", i, n.Name, res.Err)
 			}
-			if !names[res.Pod] {
-				t.Fatalf("request %d via %s answered by %q, not one of web's pods %v", i, n.Name, res.Pod, pods)
+			if !want[res.Pod] {
+				t.Fatalf("request %d via %s (policy %s) answered by %q, want one of %v", i, n.Name, policy, res.Pod, want)
+			}
+			if policy == testbed.PolicyLocal && res.SeenRemote.Addr() != testbed.ClientIP {
+				t.Errorf("request %d via %s (policy Local): pod saw %s, want the client %s", i, n.Name, res.SeenRemote, testbed.ClientIP)
 			}
 			seen[res.Pod]++
 		}
-		if len(seen) != len(pods) {
-			t.Errorf("via %s only %v answered, want all of %v", n.Name, seen, pods)
+		if len(seen) != len(want) {
+			t.Errorf("via %s only %v answered, want all of %v", n.Name, seen, want)
 		}
-		t.Logf("via %s: %v", n.Name, seen)
+		t.Logf("policy %s via %s: %v", policy, n.Name, seen)
 	}
 }
 

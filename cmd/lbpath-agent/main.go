@@ -14,12 +14,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 	"time"
 
@@ -29,21 +27,6 @@ import (
 	"github.com/lbpath/lbpath/agent/path"
 	"github.com/lbpath/lbpath/exporter"
 )
-
-// cidrList is a repeatable, comma-separable --pod-cidr flag.
-type cidrList []netip.Prefix
-
-func (c *cidrList) String() string { return fmt.Sprint(*c) }
-func (c *cidrList) Set(s string) error {
-	for _, part := range strings.Split(s, ",") {
-		p, err := netip.ParsePrefix(strings.TrimSpace(part))
-		if err != nil {
-			return fmt.Errorf("invalid CIDR %q: %w", part, err)
-		}
-		*c = append(*c, p)
-	}
-	return nil
-}
 
 func main() {
 	// Half the default heap headroom: the agent allocates little per
@@ -82,14 +65,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("lbpath-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg agent.Config
-	var cidrs cidrList
+	var scope podScope
 	defNode := os.Getenv("NODE_NAME")
 	if defNode == "" {
 		defNode, _ = os.Hostname()
 	}
 	fs.StringVar(&cfg.Node, "node", defNode, "node name in every record (default $NODE_NAME, else the hostname)")
 	fs.StringVar(&cfg.Netns, "netns", "", "path of the node's network namespace (default: the agent's own)")
-	fs.Var(&cidrs, "pod-cidr", "limit socket records to pods in this CIDR and the node's own namespace (repeatable; for nodes sharing one kernel)")
+	fs.Var(&scope, "pod-cidr", "limit socket records to pods in this CIDR and the node's own namespace (repeatable; for nodes sharing one kernel); \"node\": this node's spec.podCIDRs from the API server")
 	output := fs.String("output", "jsonl", "record output: jsonl (one record per line on stdout) or none")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig path (outside a cluster)")
 	noKube := fs.Bool("no-kube", false, "do not name connections from the API server")
@@ -170,7 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Capture.RingBufferBytes = uint32(*rb)
 	cfg.Capture.MaxConnections = uint32(*maxConns)
-	cfg.PodCIDRs = cidrs
+	cfg.PodCIDRs = scope.cidrs
 	if cfg.ShutdownTimeout == 0 {
 		// 0 means the default in agent.Config; on the command line it
 		// would be a request to drop everything pending at stop.
@@ -197,6 +180,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if !startupChecks(log) {
 		return 2
+	}
+	if scope.fromNode {
+		if cfg.PodCIDRs, err = scope.resolve(context.Background(), cfg.Kube, cfg.Node); err != nil {
+			log.Error("scope to this node's pods", "flag", "pod-cidr", "err", err)
+			return 2
+		}
+		log.Info("scoped to this node's pod CIDRs", "node", cfg.Node, "pod_cidrs", cfg.PodCIDRs)
 	}
 
 	// The health endpoint starts first: a port already taken fails before

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -348,5 +349,31 @@ func TestCommittedManifestsMatchChart(t *testing.T) {
 	}
 	if !bytes.Contains(out, []byte(`lbpath_connections_total{lbpath_role="server", k8s_namespace_name="shop", k8s_service_name="web"}`)) || bytes.Contains(out, []byte("_none_\"}")) {
 		t.Errorf("clientIP.required not rendered into the recording rule:\n%s", out)
+	}
+}
+
+// TestAgentShutdownInsideGrace: the agent's flush budget ends well before
+// the kubelet's SIGKILL, so a deleted or upgraded agent pod exits on its own
+// with its last records sent (e2e TestRealNode measures the real exit).
+func TestAgentShutdownInsideGrace(t *testing.T) {
+	spec := decodeMain(t).ds[0].Spec.Template.Spec
+	if spec.TerminationGracePeriodSeconds == nil {
+		t.Fatal("terminationGracePeriodSeconds unset")
+	}
+	grace := time.Duration(*spec.TerminationGracePeriodSeconds) * time.Second
+	var budget time.Duration
+	for _, a := range spec.Containers[0].Args {
+		if v, ok := strings.CutPrefix(a, "--shutdown-timeout="); ok {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				t.Fatalf("%s: %v", a, err)
+			}
+			budget = d
+		}
+	}
+	// The rest of the grace period is for the signal's delivery and the
+	// process exit; half of it is the chart's choice.
+	if budget <= 0 || budget > grace/2 {
+		t.Errorf("--shutdown-timeout %v with a grace period of %v: want more than 0 and at most half", budget, grace)
 	}
 }

@@ -174,6 +174,7 @@ func TestAgentConfigErrors(t *testing.T) {
 		{[]string{"--join-wait", "-1s"}, "join-wait"},
 		{[]string{"--node", ""}, "node"},
 		{[]string{"--log-level", "loud"}, "log-level"},
+		{[]string{"--spans", "nodes"}, "spans"},
 		{[]string{"stray"}, "unexpected argument"},
 		// Found by trying the agent as a new user would (issue 11): each
 		// started and failed later, or exited 1.

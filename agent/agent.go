@@ -99,7 +99,7 @@ func (c *Config) Validate() error {
 		return errors.New("node: must not be empty (set --node or NODE_NAME)")
 	}
 	if c.Netns != "" {
-		if _, err := netns.Inode(c.Netns); err != nil {
+		if err := netns.Check(c.Netns); err != nil {
 			return fmt.Errorf("netns: %w", err)
 		}
 	}

@@ -73,6 +73,30 @@ func Inode(path string) (uint32, error) {
 	return uint32(st.Ino), nil
 }
 
+// nsGetNSType is the NS_GET_NSTYPE ioctl (_IO(0xb7, 0x3), Linux 4.11),
+// which golang.org/x/sys does not define: it returns the CLONE_NEW* type of
+// a namespace file.
+const nsGetNSType = 0xb703
+
+// Check reports whether path is a network namespace. Stat alone accepts
+// any file, and a path that is not a network namespace would only fail
+// when the agent first enters it.
+func Check(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	t, err := unix.IoctlRetInt(int(f.Fd()), nsGetNSType)
+	if err != nil {
+		return fmt.Errorf("%s is not a namespace file (%w)", path, err)
+	}
+	if t != unix.CLONE_NEWNET {
+		return fmt.Errorf("%s is a namespace, but not a network namespace", path)
+	}
+	return nil
+}
+
 // Addrs returns the addresses configured on the interfaces of the network
 // namespace at path (empty: the caller's), read over rtnetlink from inside
 // it.

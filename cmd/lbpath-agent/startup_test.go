@@ -80,6 +80,8 @@ func TestEveryBadInputExits2(t *testing.T) {
 		{[]string{"--ring-buffer-bytes", "8589934592"}, nil, "ring-buffer-bytes", "too large"},
 		{[]string{"--max-connections", "0"}, nil, "max-connections", "between"},
 		{[]string{"--netns", filepath.Join(dir, "absent")}, nil, "netns", "no such file"},
+		{[]string{"--netns", garbage}, nil, "netns", "not a namespace file"},
+		{[]string{"--netns", "/proc/self/ns/mnt"}, nil, "netns", "not a network namespace"},
 		{[]string{"--output", "xml"}, nil, "output", "not supported"},
 		{[]string{"--log-level", "loud"}, nil, "log-level", "unknown"},
 		{[]string{"--node", ""}, nil, "node", "must not be empty"},

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -175,6 +176,7 @@ func (c *Cluster) upReal(ctx context.Context) error {
 		<-imgs
 		return err
 	}
+	c.log.Debug("containerd up on every node", "took", time.Since(start).Round(time.Millisecond))
 	img := <-imgs
 	if img.err != nil {
 		return img.err
@@ -195,10 +197,12 @@ func (c *Cluster) upReal(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	kubelets := time.Now()
 	if err := c.waitNodesReady(ctx); err != nil {
 		return err
 	}
-	c.log.Debug("real nodes ready", "took", time.Since(start).Round(time.Millisecond))
+	c.log.Debug("real nodes ready", "took", time.Since(start).Round(time.Millisecond),
+		"kubelet_to_ready", time.Since(kubelets).Round(time.Millisecond))
 	if err := c.SetMode(ctx, c.opt.Mode); err != nil {
 		return err
 	}
@@ -389,25 +393,100 @@ func (c *Cluster) PodNetns(ctx context.Context, namespace, name string) (string,
 	return "", fmt.Errorf("pod %s/%s is on %q, not on a real node", namespace, name, p.Spec.NodeName)
 }
 
-// podPID finds a process of pod uid in the node's cgroups: the kubelet names
-// a pod's cgroup pod<uid> (cgroupfs driver).
-func (r *RealNode) podPID(uid types.UID) (int, error) {
+// podCgroups lists pod uid's cgroup directories on the node, one per
+// hierarchy: the kubelet names a pod's cgroup pod<uid> (cgroupfs driver).
+func (r *RealNode) podCgroups(uid types.UID) (map[string]string, error) {
 	mounts, err := cgroupMounts()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	want := "pod" + string(uid)
+	out := map[string]string{}
 	for _, m := range mounts {
 		for _, dir := range cgroupTree(m, r.CgroupRoot) {
-			if filepath.Base(dir) != want {
-				continue
-			}
-			if pids := cgroupPIDs([]string{m}, strings.TrimPrefix(dir, m)); len(pids) > 0 {
-				return pids[0], nil
+			if filepath.Base(dir) == want {
+				out[m] = dir
 			}
 		}
 	}
-	return 0, fmt.Errorf("no process in a cgroup named %s under %s", want, r.CgroupRoot)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no cgroup named %s under %s", want, r.CgroupRoot)
+	}
+	return out, nil
+}
+
+// podPID finds a process of pod uid in its cgroups.
+func (r *RealNode) podPID(uid types.UID) (int, error) {
+	dirs, err := r.podCgroups(uid)
+	if err != nil {
+		return 0, err
+	}
+	for m, dir := range dirs {
+		if pids := cgroupPIDs([]string{m}, strings.TrimPrefix(dir, m)); len(pids) > 0 {
+			return pids[0], nil
+		}
+	}
+	return 0, fmt.Errorf("pod %s has no process", uid)
+}
+
+// PodStats is a pod's resource use as its cgroups account it (all its
+// containers and its sandbox).
+type PodStats struct {
+	// RSS is anonymous resident memory in bytes (v1 memory.stat
+	// total_rss, v2 anon).
+	RSS int64
+	// CPU is the CPU time used since the pod started.
+	CPU time.Duration
+}
+
+// PodStats reads the resource use of a running pod on a real node from its
+// cgroups, for measurements such as the agent's RSS and CPU.
+func (c *Cluster) PodStats(ctx context.Context, namespace, name string) (PodStats, error) {
+	p, err := c.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return PodStats{}, err
+	}
+	for _, r := range c.RealNodes {
+		if r.Node.Name != p.Spec.NodeName {
+			continue
+		}
+		dirs, err := r.podCgroups(p.UID)
+		if err != nil {
+			return PodStats{}, fmt.Errorf("pod %s/%s: %w", namespace, name, err)
+		}
+		return readPodStats(dirs)
+	}
+	return PodStats{}, fmt.Errorf("pod %s/%s is on %q, not on a real node", namespace, name, p.Spec.NodeName)
+}
+
+func readPodStats(dirs map[string]string) (PodStats, error) {
+	var st PodStats
+	var haveMem, haveCPU bool
+	for _, dir := range dirs {
+		if b, err := os.ReadFile(filepath.Join(dir, "memory.stat")); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(l, " "); ok && (k == "total_rss" || k == "anon") {
+					n, _ := strconv.ParseInt(v, 10, 64)
+					st.RSS, haveMem = n, true
+				}
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "cpuacct.usage")); err == nil {
+			n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			st.CPU, haveCPU = time.Duration(n), true
+		} else if b, err := os.ReadFile(filepath.Join(dir, "cpu.stat")); err == nil && !haveCPU {
+			for _, l := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(l, " "); ok && k == "usage_usec" {
+					n, _ := strconv.ParseInt(v, 10, 64)
+					st.CPU, haveCPU = time.Duration(n)*time.Microsecond, true
+				}
+			}
+		}
+	}
+	if !haveMem || !haveCPU {
+		return st, fmt.Errorf("pod cgroups %v: memory or CPU accounting missing", dirs)
+	}
+	return st, nil
 }
 
 // stopReal stops every real node (see RealNode.Stop) and removes the image

@@ -107,6 +107,13 @@ func TestRealNodes(t *testing.T) {
 		checkLBTraffic(t, ctx, c, pods, testbed.PolicyLocal)
 	})
 	logNodeMemory(t, c)
+	for _, p := range pods {
+		st, err := c.PodStats(ctx, k8s.Namespace, p.Name)
+		if err != nil || st.RSS <= 0 || st.CPU <= 0 {
+			t.Errorf("pod %s stats %+v, %v: want its cgroups' memory and CPU", p.Name, st, err)
+		}
+		t.Logf("pod %s: RSS %d KiB, CPU %v", p.Name, st.RSS>>10, st.CPU)
+	}
 
 	down()
 	after, err := k8s.TakeHostSnapshot(prefix)

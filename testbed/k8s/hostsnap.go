@@ -135,7 +135,7 @@ func ours(netnsName, prefix string) bool {
 func snapProcesses(prefix string) []string {
 	var out []string
 	entries, _ := os.ReadDir("/proc")
-	markers := [][]byte{[]byte(nodesDir(prefix)), []byte("lbpath-k8s-" + prefix + "/")}
+	markers := [][]byte{[]byte(nodesDir(prefix) + "/"), []byte("lbpath-k8s-" + prefix + "/")}
 	cgroup := []byte(cgroupRootOf(prefix, ""))
 	for _, e := range entries {
 		if _, err := strconv.Atoi(e.Name()); err != nil {

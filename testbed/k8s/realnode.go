@@ -519,7 +519,8 @@ func cleanupNodes(prefix string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := killMentioning(base, 10*time.Second); err != nil {
+	// With the slash: another prefix may extend this one.
+	if err := killMentioning(base+"/", 10*time.Second); err != nil {
 		errs = append(errs, err)
 	}
 	for root := range roots {

@@ -6,9 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,7 +27,7 @@ import (
 // report their node's own connections by class.
 func (r *realNode) idleNoAlert(t *testing.T) {
 	ctx := context.Background()
-	before := agentUsage(t)
+	before := r.agentUsage(t)
 	start := time.Now()
 	// Evidence that the agents really see the node's own traffic and
 	// report it through the collector; without it "no alert" proves little.
@@ -64,7 +62,7 @@ func (r *realNode) idleNoAlert(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("node's own connections by class after %v idle: %v", time.Since(start).Round(time.Second), classes)
-	logUsage(t, "idle", before, agentUsage(t), time.Since(start))
+	logUsage(t, "idle", before, r.agentUsage(t), time.Since(start))
 }
 
 // lbTraffic sends requests from the external client through web's
@@ -166,7 +164,7 @@ func (r *realNode) lbTraffic(t *testing.T, policy testbed.Policy) {
 func (r *realNode) costUnderLoad(t *testing.T) {
 	ctx := context.Background()
 	tb := r.c.TB
-	before := agentUsage(t)
+	before := r.agentUsage(t)
 	start := time.Now()
 	n := 0
 	for time.Since(start) < 10*time.Second {
@@ -177,7 +175,7 @@ func (r *realNode) costUnderLoad(t *testing.T) {
 	}
 	d := time.Since(start)
 	t.Logf("%d connections in %v (%.0f/s) through the LB", n, d.Round(time.Millisecond), float64(n)/d.Seconds())
-	logUsage(t, "under load", before, agentUsage(t), d)
+	logUsage(t, "under load", before, r.agentUsage(t), d)
 }
 
 // lbConnectionsByPod is lbpath_connections_total of Service web's
@@ -254,59 +252,36 @@ func checkLBSpans(t *testing.T, policy testbed.Policy, res testbed.Result, podNo
 	}
 }
 
-// usage is an agent process's resident memory and CPU time.
-type usage struct {
-	rss   int64
-	ticks int64
-}
-
-// agentUsage reads every lbpath-agent process's RSS and CPU ticks.
-func agentUsage(t *testing.T) map[int]usage {
+// agentUsage reads every agent pod's memory and CPU time from its cgroups
+// (what the chart's requests and limits apply to), by pod name.
+func (r *realNode) agentUsage(t *testing.T) map[string]k8s.PodStats {
 	t.Helper()
-	out := map[int]usage{}
-	for pid, comm := range lbpathProcesses() {
-		if comm != "lbpath-agent" {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	ctx := context.Background()
+	pods, err := r.c.Client.CoreV1().Pods(rnNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]k8s.PodStats{}
+	for _, p := range pods.Items {
+		st, err := r.c.PodStats(ctx, rnNamespace, p.Name)
 		if err != nil {
-			continue
+			t.Fatal(err)
 		}
-		s := string(stat)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		out[pid] = usage{rss: rssOf(pid), ticks: ut + st}
+		out[p.Name+" on "+p.Spec.NodeName] = st
 	}
 	return out
 }
 
-func rssOf(pid int) int64 {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
 // logUsage reports each agent's RSS and CPU share over the interval, for
 // the issue note and the chart's requests and limits.
-func logUsage(t *testing.T, phase string, before, after map[int]usage, d time.Duration) {
-	const ticksPerSecond = 100 // USER_HZ on Linux
-	for pid, a := range after {
-		b, ok := before[pid]
+func logUsage(t *testing.T, phase string, before, after map[string]k8s.PodStats, d time.Duration) {
+	for pod, a := range after {
+		b, ok := before[pod]
 		if !ok {
 			continue
 		}
-		cpu := float64(a.ticks-b.ticks) / ticksPerSecond / d.Seconds()
-		t.Logf("agent pid %d %s: RSS %.1f MiB, CPU %.1f%% of a core over %v", pid, phase,
-			float64(a.rss)/(1<<20), 100*cpu, d.Round(time.Second))
+		t.Logf("agent %s %s: RSS %.1f MiB, CPU %.1f%% of a core over %v", pod, phase,
+			float64(a.RSS)/(1<<20), 100*(a.CPU-b.CPU).Seconds()/d.Seconds(), d.Round(time.Second))
 	}
 }
 

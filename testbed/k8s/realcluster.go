@@ -237,17 +237,27 @@ func imageRef(name string) (string, error) {
 // `nft list ruleset` shows the rules of both modes (iptables is
 // iptables-nft here).
 func (c *Cluster) proxied(ctx context.Context, pods []WebPod) error {
+	eps := make(map[string]netip.AddrPort, len(pods))
+	for _, p := range pods {
+		eps[p.Name] = netip.AddrPortFrom(p.IP, testbed.PodPort)
+	}
+	return c.proxiedTo(ctx, eps)
+}
+
+// proxiedTo reports whether every node's kube-proxy has written a DNAT to
+// each endpoint (named by its pod, for the message).
+func (c *Cluster) proxiedTo(ctx context.Context, eps map[string]netip.AddrPort) error {
 	for _, n := range c.TB.Nodes {
 		out, err := exec.CommandContext(ctx, "nsenter", "--net="+n.Netns, "nft", "list", "ruleset").Output()
 		if err != nil {
 			return fmt.Errorf("list %s's rules: %w", n.Name, err)
 		}
-		for _, p := range pods {
+		for pod, ep := range eps {
 			// iptables: "dnat to IP:port"; nftables: a map "IP . port".
-			iptables := "dnat to " + netip.AddrPortFrom(p.IP, testbed.PodPort).String()
-			nftables := fmt.Sprintf("%s . %d", p.IP, testbed.PodPort)
+			iptables := "dnat to " + ep.String()
+			nftables := fmt.Sprintf("%s . %d", ep.Addr(), ep.Port())
 			if !strings.Contains(string(out), iptables) && !strings.Contains(string(out), nftables) {
-				return fmt.Errorf("kube-proxy on %s has no rule for pod %s (%s) yet", n.Name, p.Name, p.IP)
+				return fmt.Errorf("kube-proxy on %s has no rule for pod %s (%s) yet", n.Name, pod, ep)
 			}
 		}
 	}
@@ -342,7 +352,12 @@ func (c *Cluster) WaitDNSReady(ctx context.Context) error {
 		default:
 			eps, err := c.endpointsIn(ctx, DNSNamespace, DNSService)
 			if err == nil && len(eps) > 0 && eps[0].Ready {
-				return nil
+				// Ready in the API is not yet reachable: until every
+				// kube-proxy has the DNAT, kube-dns's ClusterIP refuses.
+				if last = c.proxiedTo(ctx, map[string]netip.AddrPort{eps[0].Pod: netip.AddrPortFrom(eps[0].IP, 53)}); last == nil {
+					return nil
+				}
+				break
 			}
 			last = fmt.Errorf("kube-dns endpoints %+v (%v)", eps, err)
 		}

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 t0=$(date +%s)
 ./scripts/setup.sh
 
-echo "== building third-party binaries in the background (cached in ~/.cache/lbpath; cold: ~10-15 min on 2 cores)"
+echo "== building third-party binaries in the background (cached in ~/.cache/lbpath; cold: ~30 min on 2 cores)"
 prelog=$(mktemp)
 go run ./testbed/cmd/prebuild >"$prelog" 2>&1 &
 prepid=$!

@@ -434,30 +434,8 @@ func (cp *ControlPlane) NodeKubeconfig(path, node string) error {
 	if err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: lbpath
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: %s
-  user:
-    client-certificate-data: %s
-    client-key-data: %s
-contexts:
-- name: lbpath
-  context:
-    cluster: lbpath
-    user: %s
-current-context: lbpath
-`, cp.Server, base64.StdEncoding.EncodeToString(cp.pki.caPEM), node,
-		base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key), node)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		return fmt.Errorf("write kubeconfig %s: %w", path, err)
-	}
-	return nil
+	return cp.kubeconfig(path, node, fmt.Sprintf("client-certificate-data: %s\n    client-key-data: %s",
+		base64.StdEncoding.EncodeToString(cert), base64.StdEncoding.EncodeToString(key)))
 }
 
 // CAFile is the cluster CA certificate, which kubelets use to verify
@@ -469,6 +447,12 @@ func kubernetesServiceIP() net.IP {
 }
 
 func (cp *ControlPlane) writeKubeconfig(path, user, token string) error {
+	return cp.kubeconfig(path, user, "token: "+token)
+}
+
+// kubeconfig writes a kubeconfig for this cluster whose user authenticates
+// with credential (YAML lines under "user:", indented by four spaces).
+func (cp *ControlPlane) kubeconfig(path, user, credential string) error {
 	cfg := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
@@ -479,7 +463,7 @@ clusters:
 users:
 - name: %s
   user:
-    token: %s
+    %s
 contexts:
 - name: lbpath
   context:
@@ -487,7 +471,7 @@ contexts:
     user: %s
     namespace: default
 current-context: lbpath
-`, cp.Server, base64.StdEncoding.EncodeToString(cp.pki.caPEM), user, token, user)
+`, cp.Server, base64.StdEncoding.EncodeToString(cp.pki.caPEM), user, credential, user)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
 	}

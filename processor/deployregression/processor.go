@@ -45,10 +45,12 @@ var quantiles = [...]struct {
 
 type depKey struct{ namespace, name string }
 
-// hslot holds one resolution-long slice of a revision's latency histogram.
+// hslot holds one resolution-long slice of a revision's latency histogram,
+// in its deployment's layout.
 type hslot struct {
-	epoch  int64
-	counts []uint64
+	epoch int64
+	used  bool
+	h     streams.ExpBuckets
 }
 
 type revision struct {
@@ -68,7 +70,7 @@ type rollout struct {
 }
 
 type evaluation struct {
-	before, after, current []uint64
+	before, after, current streams.ExpBuckets
 	tested                 bool
 	p                      float64
 }
@@ -77,7 +79,7 @@ type deployment struct {
 	key         depKey
 	created     pcommon.Timestamp
 	lastSeen    pcommon.Timestamp
-	bounds      []float64
+	layout      layout
 	revisions   map[string]*revision
 	rollout     *rollout
 	rollouts    uint64
@@ -127,9 +129,11 @@ type regression struct {
 	lastSweep   pcommon.Timestamp
 	evicted     [numReasons]uint64
 	rejected    uint64 // points whose bucket bounds differ from the deployment's
+	mismatched  uint64 // points of the other histogram kind than the deployment's
 	gen         uint64
 	touched     []*deployment
 	scratch     []uint64
+	delta       streams.ExpBuckets
 }
 
 func newRegression(cfg *Config, logger *zap.Logger) *regression {
@@ -168,13 +172,18 @@ func (p *regression) processMetrics(_ context.Context, md pmetric.Metrics) (pmet
 			ms := sms.At(j).Metrics()
 			for k := 0; k < ms.Len(); k++ {
 				m := ms.At(k)
-				if m.Name() != inputMetric || m.Type() != pmetric.MetricTypeHistogram {
+				if m.Name() != inputMetric || (m.Type() != pmetric.MetricTypeHistogram && m.Type() != pmetric.MetricTypeExponentialHistogram) {
 					continue
 				}
 				if !hashed {
 					resHash, hashed = p.hasher.Attributes(res), true
+					p.tracker.Source(resHash)
 				}
-				p.observe(m.Histogram(), res, resHash)
+				if m.Type() == pmetric.MetricTypeHistogram {
+					p.observe(m.Histogram(), res, resHash)
+				} else {
+					p.observeExp(m.ExponentialHistogram(), res, resHash)
+				}
 			}
 		}
 	}
@@ -187,6 +196,20 @@ func (p *regression) processMetrics(_ context.Context, md pmetric.Metrics) (pmet
 	return md, nil
 }
 
+// identity names the deployment and revision a point belongs to; ok is
+// false for points that cannot be attributed (or are not the pod's side).
+func identity(attrs, res pcommon.Map) (k depKey, hash string, ok bool) {
+	if !streams.ServerSide(attrs, res) {
+		return k, "", false
+	}
+	k = depKey{streams.Attr(attrs, res, attrNamespace), streams.Attr(attrs, res, attrDeploy)}
+	hash = streams.Attr(attrs, res, attrHash)
+	if hash == "" {
+		hash = streams.Attr(attrs, res, attrRS)
+	}
+	return k, hash, k.namespace != "" && k.name != "" && hash != ""
+}
+
 func (p *regression) observe(h pmetric.Histogram, res pcommon.Map, resHash uint64) {
 	cumulative := h.AggregationTemporality() == pmetric.AggregationTemporalityCumulative
 	dps := h.DataPoints()
@@ -194,21 +217,19 @@ func (p *regression) observe(h pmetric.Histogram, res pcommon.Map, resHash uint6
 		dp := dps.At(i)
 		attrs := dp.Attributes()
 		ts := dp.Timestamp()
-		if ts == 0 || !streams.ServerSide(attrs, res) {
+		if ts == 0 || !explicitPoint(dp) {
 			continue
 		}
-		ns := streams.Attr(attrs, res, attrNamespace)
-		name := streams.Attr(attrs, res, attrDeploy)
-		hash := streams.Attr(attrs, res, attrHash)
-		if hash == "" {
-			hash = streams.Attr(attrs, res, attrRS)
-		}
-		counts := dp.BucketCounts()
-		if ns == "" || name == "" || hash == "" || counts.Len() == 0 || counts.Len() != dp.ExplicitBounds().Len()+1 {
+		k, hash, ok := identity(attrs, res)
+		if !ok {
 			continue
 		}
-		d := p.deployments[depKey{ns, name}]
-		if d != nil && !sameBounds(d.bounds, dp.ExplicitBounds()) {
+		d := p.deployments[k]
+		if d != nil && d.layout.exp {
+			p.mismatched++
+			continue
+		}
+		if d != nil && !sameBounds(d.layout.bounds, dp.ExplicitBounds()) {
 			// Mixed bucket layouts cannot be merged. The deployment keeps
 			// its first layout; if the agents' layout changed for good, the
 			// deployment expires after retention (rejected points do not
@@ -216,39 +237,91 @@ func (p *regression) observe(h pmetric.Histogram, res pcommon.Map, resHash uint6
 			p.rejected++
 			continue
 		}
-		var delta []uint64
+		counts := dp.BucketCounts()
 		counted := true
 		if cumulative {
 			var r streams.Result
 			p.scratch, r = p.tracker.Histogram(p.hasher.Stream(resHash, inputMetric, attrs), dp.StartTimestamp(), ts, dp.Count(), counts, p.scratch)
-			delta, counted = p.scratch, r == streams.Delta
+			counted = r == streams.Delta
 		} else {
-			p.scratch = p.scratch[:0]
-			for j := 0; j < counts.Len(); j++ {
-				p.scratch = append(p.scratch, counts.At(j))
-			}
-			delta = p.scratch
+			p.scratch = append(p.scratch[:0], counts.AsRaw()...)
 		}
-		if p.start == 0 {
-			p.start = ts
+		p.delta = streams.ExpBuckets{Counts: p.scratch}
+		if d == nil {
+			d = p.newDeployment(k, layout{bounds: dp.ExplicitBounds().AsRaw()}, ts)
 		}
-		if ts > p.now {
-			p.now = ts
+		p.record(d, hash, ts, counted)
+	}
+}
+
+// observeExp takes base-2 exponential histogram points (the agents'
+// default). Only the positive side and the zero bucket are kept: latencies
+// are never negative.
+func (p *regression) observeExp(h pmetric.ExponentialHistogram, res pcommon.Map, resHash uint64) {
+	cumulative := h.AggregationTemporality() == pmetric.AggregationTemporalityCumulative
+	dps := h.DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dp := dps.At(i)
+		attrs := dp.Attributes()
+		ts := dp.Timestamp()
+		if ts == 0 {
+			continue
+		}
+		k, hash, ok := identity(attrs, res)
+		if !ok {
+			continue
+		}
+		d := p.deployments[k]
+		if d != nil && !d.layout.exp {
+			p.mismatched++
+			continue
+		}
+		counted := true
+		if cumulative {
+			counted = p.tracker.ExpHistogram(p.hasher.Stream(resHash, inputMetric, attrs), dp.StartTimestamp(), ts, dp, &p.delta) == streams.Delta
+		} else {
+			p.delta.CopyFrom(dp)
 		}
 		if d == nil {
-			d = p.newDeployment(depKey{ns, name}, dp.ExplicitBounds().AsRaw(), ts)
+			d = p.newDeployment(k, layout{exp: true, scale: p.delta.Scale}, ts)
 		}
-		if ts > d.lastSeen {
-			d.lastSeen = ts
+		if p.delta.Scale < d.layout.scale {
+			d.downscale(p.delta.Scale)
 		}
-		if d.touchedGen != p.gen {
-			d.touchedGen = p.gen
-			p.touched = append(p.touched, d)
+		p.delta.Downscale(d.layout.scale)
+		p.record(d, hash, ts, counted)
+	}
+}
+
+// downscale lowers every stored histogram of d to scale.
+func (d *deployment) downscale(scale int32) {
+	d.layout.scale = scale
+	for _, rev := range d.revisions {
+		for i := range rev.slots {
+			rev.slots[i].h.Downscale(scale)
 		}
-		rev := p.revision(d, hash, ts)
-		if counted {
-			p.add(rev, ts, delta)
-		}
+	}
+}
+
+// record adds p.delta, the point's increase in d's layout, to the revision
+// hash at ts (when counted: a baseline point only creates the revision).
+func (p *regression) record(d *deployment, hash string, ts pcommon.Timestamp, counted bool) {
+	if p.start == 0 {
+		p.start = ts
+	}
+	if ts > p.now {
+		p.now = ts
+	}
+	if ts > d.lastSeen {
+		d.lastSeen = ts
+	}
+	if d.touchedGen != p.gen {
+		d.touchedGen = p.gen
+		p.touched = append(p.touched, d)
+	}
+	rev := p.revision(d, hash, ts)
+	if counted {
+		p.add(rev, ts, &p.delta)
 	}
 }
 
@@ -264,7 +337,7 @@ func sameBounds(have []float64, got pcommon.Float64Slice) bool {
 	return true
 }
 
-func (p *regression) newDeployment(k depKey, bounds []float64, ts pcommon.Timestamp) *deployment {
+func (p *regression) newDeployment(k depKey, l layout, ts pcommon.Timestamp) *deployment {
 	if len(p.deployments) >= p.cfg.MaxDeployments {
 		p.evicted[evictDeploymentLimit] += uint64(streams.EvictOldest(p.deployments, streams.EvictionBatch(p.cfg.MaxDeployments),
 			func(d *deployment) pcommon.Timestamp { return d.lastSeen },
@@ -273,7 +346,7 @@ func (p *regression) newDeployment(k depKey, bounds []float64, ts pcommon.Timest
 	d := &deployment{
 		key:       depKey{strings.Clone(k.namespace), strings.Clone(k.name)},
 		created:   ts,
-		bounds:    bounds,
+		layout:    l,
 		revisions: make(map[string]*revision),
 	}
 	p.deployments[d.key] = d
@@ -318,54 +391,32 @@ func (p *regression) revision(d *deployment, hash string, ts pcommon.Timestamp) 
 	return rev
 }
 
-func (p *regression) add(rev *revision, ts pcommon.Timestamp, delta []uint64) {
+func (p *regression) add(rev *revision, ts pcommon.Timestamp, delta *streams.ExpBuckets) {
 	e := p.epoch(ts)
 	if e <= p.epoch(p.now)-p.nSlots {
 		return
 	}
 	sl := &rev.slots[e%p.nSlots]
 	switch {
-	case sl.epoch == e && sl.counts != nil:
+	case sl.epoch == e && sl.used:
 	case sl.epoch <= e:
-		sl.epoch = e
-		if sl.counts == nil {
-			sl.counts = make([]uint64, len(delta))
-		} else {
-			clear(sl.counts)
-		}
+		sl.epoch, sl.used = e, true
+		sl.h.Reset(delta.Scale)
 	default:
 		return // the ring already moved past this slot
 	}
-	if len(sl.counts) != len(delta) {
-		return
-	}
-	for i, c := range delta {
-		sl.counts[i] += c
-	}
+	addInto(&sl.h, delta)
 }
 
 // merge sums rev's slots with lo ≤ epoch ≤ hi into dst.
-func merge(dst []uint64, rev *revision, lo, hi int64) []uint64 {
-	for _, sl := range rev.slots {
-		if sl.counts == nil || sl.epoch < lo || sl.epoch > hi {
+func merge(dst *streams.ExpBuckets, rev *revision, lo, hi int64) {
+	for i := range rev.slots {
+		sl := &rev.slots[i]
+		if !sl.used || sl.epoch < lo || sl.epoch > hi {
 			continue
 		}
-		if dst == nil {
-			dst = make([]uint64, len(sl.counts))
-		}
-		for i, c := range sl.counts {
-			dst[i] += c
-		}
+		addInto(dst, &sl.h)
 	}
-	return dst
-}
-
-func total(c []uint64) uint64 {
-	var n uint64
-	for _, v := range c {
-		n += v
-	}
-	return n
 }
 
 // evaluate recomputes the comparison of d's latest rollout.
@@ -382,7 +433,8 @@ func (p *regression) evaluate(d *deployment) {
 	nowE := p.epoch(p.now)
 	curLo := nowE - int64(p.cfg.CurrentWindow/p.cfg.Resolution) + 1
 
-	current := merge(nil, newRev, curLo, nowE)
+	var current streams.ExpBuckets
+	merge(&current, newRev, curLo, nowE)
 	if r.final {
 		// The comparison is frozen (its slots may since have been reused);
 		// only the current window moves.
@@ -390,7 +442,7 @@ func (p *regression) evaluate(d *deployment) {
 		return
 	}
 	ev := evaluation{current: current}
-	ev.after = merge(nil, newRev, atE, afterHi)
+	merge(&ev.after, newRev, atE, afterHi)
 	// The baseline is whichever other revision served most in the before
 	// window: with several old ReplicaSets around, the one that was live.
 	var best uint64
@@ -398,16 +450,17 @@ func (p *regression) evaluate(d *deployment) {
 		if rev == newRev {
 			continue
 		}
-		h := merge(nil, rev, beforeLo, atE-1)
-		if n := total(h); n > best {
+		var h streams.ExpBuckets
+		merge(&h, rev, beforeLo, atE-1)
+		if n := h.Total(); n > best {
 			best, ev.before, r.from = n, h, rev.hash
 		}
 	}
 	r.eval = ev
-	if total(ev.before) >= uint64(p.cfg.MinSamples) && total(ev.after) >= uint64(p.cfg.MinSamples) {
-		_, _, pv := chiSquareHomogeneity(ev.before, ev.after)
-		p90b := quantile(0.9, d.bounds, ev.before)
-		p90a := quantile(0.9, d.bounds, ev.after)
+	if ev.before.Total() >= uint64(p.cfg.MinSamples) && ev.after.Total() >= uint64(p.cfg.MinSamples) {
+		_, _, pv := chiSquareHomogeneity(d.layout.aligned(&ev.before, &ev.after))
+		p90b := d.layout.quantile(0.9, &ev.before)
+		p90a := d.layout.quantile(0.9, &ev.after)
 		reg := pv < p.cfg.Alpha && p90b > 0 && p90a/p90b-1 > p.cfg.MinIncrease
 		r.eval.tested, r.eval.p = true, pv
 		if reg && !r.regression {
@@ -517,6 +570,7 @@ func (p *regression) emit(md pmetric.Metrics) {
 		put(reasonNames[r], v)
 	}
 	put("bounds_mismatch", p.rejected)
+	put("layout_mismatch", p.mismatched)
 }
 
 func (p *regression) emitDeployment(out *output, d *deployment) {
@@ -551,24 +605,24 @@ func (p *regression) emitDeployment(out *output, d *deployment) {
 	attrs(out.timeSince, now.AsTime().Sub(r.at.AsTime()).Seconds())
 	sides := [...]struct {
 		name, hash string
-		counts     []uint64
-	}{{"before", r.from, ev.before}, {"after", r.to, ev.after}, {"current", r.to, ev.current}}
+		h          *streams.ExpBuckets
+	}{{"before", r.from, &ev.before}, {"after", r.to, &ev.after}, {"current", r.to, &ev.current}}
 	for _, side := range sides {
-		n := total(side.counts)
+		n := side.h.Total()
 		a := attrs(out.samples, float64(n))
 		a.PutStr(attrRevision, side.name)
 		if n == 0 {
 			continue
 		}
 		for i, q := range quantiles {
-			a = attrs(out.q[i], quantile(q.q, d.bounds, side.counts))
+			a = attrs(out.q[i], d.layout.quantile(q.q, side.h))
 			a.PutStr(attrRevision, side.name)
 			a.PutStr(attrHash, side.hash)
 		}
 	}
-	if total(ev.before) > 0 && total(ev.after) > 0 {
+	if ev.before.Total() > 0 && ev.after.Total() > 0 {
 		for _, q := range quantiles {
-			b, a := quantile(q.q, d.bounds, ev.before), quantile(q.q, d.bounds, ev.after)
+			b, a := d.layout.quantile(q.q, &ev.before), d.layout.quantile(q.q, &ev.after)
 			if b > 0 && !math.IsNaN(a) {
 				attrs(out.delta, a/b).PutStr(attrQuantile, q.name)
 			}

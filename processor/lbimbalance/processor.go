@@ -162,6 +162,7 @@ func (p *imbalance) processMetrics(_ context.Context, md pmetric.Metrics) (pmetr
 				}
 				if !hashed {
 					resHash, hashed = p.hasher.Attributes(res), true
+					p.tracker.Source(resHash)
 				}
 				p.observeSum(m.Name(), sig, m.Sum(), res, resHash)
 			}

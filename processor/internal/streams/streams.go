@@ -1,10 +1,13 @@
 // Package streams keeps the per-stream state that lbpath's collector
 // processors need to turn OTLP cumulative data points into per-interval
-// deltas, and the bounded-map eviction they share.
+// deltas, the base-2 exponential histogram arithmetic they share
+// (ExpBuckets: downscaling to a common scale, adding), and the bounded-map
+// eviction they share.
 //
-// Agents send cumulative sums and histograms; an imbalance or regression is
-// a property of an interval, so each processor must difference consecutive
-// points of the same stream itself. The state lives here rather than in each
+// Agents send cumulative (the default) or delta sums and histograms; an
+// imbalance or regression is a property of an interval, so each processor
+// must difference consecutive cumulative points of the same stream itself.
+// Delta points need no state here. The state lives here rather than in each
 // processor so that both agree on what a stream is and on what counts as a
 // reset.
 package streams

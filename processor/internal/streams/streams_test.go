@@ -152,3 +152,42 @@ func TestNewSeriesOfAnOldInstrumentCounts(t *testing.T) {
 		t.Errorf("history from before the collector started counted: %v", r)
 	}
 }
+
+// A cumulative SDK exports every series it holds on every collection: a
+// stream absent from an agent's earlier export (same resource, same start
+// time) began after it, so its first point counts in full however old the
+// agent is. A stream of an agent never seen before is a baseline, and so is
+// any new stream once capacity evictions happened (an evicted stream coming
+// back must not count its history again).
+func TestNewStreamOfAnAgentSeenBeforeCounts(t *testing.T) {
+	tr := NewTracker(100, pcommon.Timestamp(30e9))
+	tr.Since = 5000e9               // the collector started after the agents
+	start := pcommon.Timestamp(1e9) // agents started long ago
+	tr.Source(7)
+	if _, r := tr.Sum(Key(1), start, 6000e9, 40); r != Skip {
+		t.Fatal("first point of an agent never seen must be a baseline")
+	}
+	if v, r := tr.Sum(Key(2), start, 6010e9, 3); r != Delta || v != 3 {
+		t.Fatalf("stream new in the agent's second export: %v %v, want all of 3", v, r)
+	}
+	tr.Source(8) // another agent, first export
+	if _, r := tr.Sum(Key(3), start, 6010e9, 9); r != Skip {
+		t.Fatal("another agent's first export must be a baseline")
+	}
+	tr.Source(7)
+	if _, r := tr.Sum(Key(4), start+1, 6020e9, 5); r != Skip {
+		t.Fatal("a stream with another start time is another source: baseline")
+	}
+	small := NewTracker(2, pcommon.Timestamp(30e9))
+	small.Since = 5000e9
+	small.Source(7)
+	small.Sum(Key(1), start, 6000e9, 1)
+	small.Sum(Key(2), start, 6010e9, 1)
+	small.Sum(Key(3), start, 6020e9, 1) // evicts for capacity
+	if small.EvictedCapacity == 0 {
+		t.Fatal("no capacity eviction")
+	}
+	if _, r := small.Sum(Key(1), start, 6030e9, 50); r != Skip {
+		t.Fatal("after a capacity eviction a returning stream counted its history")
+	}
+}

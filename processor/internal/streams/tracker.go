@@ -32,6 +32,25 @@ type Tracker struct {
 	EvictedStale uint64
 
 	m map[Key]*entry
+	// sources remembers, per resource (one agent) and start time, the
+	// first export seen; cur is the resource whose points are being
+	// tracked, last the source entry used most recently (points of one
+	// resource nearly always share a start time).
+	sources   map[sourceKey]*source
+	cur       uint64
+	last      *source
+	lastKey   sourceKey
+	evictions uint64 // capacity evictions so far (generation for sources)
+}
+
+type sourceKey struct {
+	resource uint64
+	start    pcommon.Timestamp
+}
+
+type source struct {
+	first, last pcommon.Timestamp
+	evictions   uint64
 }
 
 type entry struct {
@@ -39,11 +58,12 @@ type entry struct {
 	sum       float64
 	count     uint64
 	buckets   []uint64
+	exp       *ExpBuckets // exponential histograms only
 }
 
 // NewTracker returns an empty Tracker.
 func NewTracker(maxStreams int, fresh pcommon.Timestamp) *Tracker {
-	return &Tracker{Fresh: fresh, Since: pcommon.NewTimestampFromTime(time.Now()), MaxStreams: maxStreams, m: make(map[Key]*entry)}
+	return &Tracker{Fresh: fresh, Since: pcommon.NewTimestampFromTime(time.Now()), MaxStreams: maxStreams, m: make(map[Key]*entry), sources: make(map[sourceKey]*source)}
 }
 
 // Len reports how many streams are held.
@@ -57,6 +77,44 @@ func (t *Tracker) Sweep(before pcommon.Timestamp) {
 			t.EvictedStale++
 		}
 	}
+	for k, s := range t.sources {
+		if s.last < before {
+			delete(t.sources, k)
+		}
+	}
+	t.last = nil
+}
+
+// Source says which resource (Hasher.Attributes of one agent's resource)
+// the following points come from. Call it before each ResourceMetrics'
+// points; a tracker that is never told treats all points as one source.
+func (t *Tracker) Source(resource uint64) { t.cur = resource }
+
+// touch records a point of the current source with its start time and
+// reports whether the same source sent an earlier export with that start
+// time. A cumulative SDK exports every series it holds on every
+// collection, so a stream missing from that earlier export began after it:
+// its whole value is new. The rule is off once streams were evicted for
+// capacity since the source was first seen (an evicted stream coming back
+// would count its history twice).
+func (t *Tracker) touch(start, ts pcommon.Timestamp) bool {
+	k := sourceKey{t.cur, start}
+	s := t.last
+	if s == nil || t.lastKey != k {
+		s = t.sources[k]
+		if s == nil {
+			if len(t.sources) >= t.MaxStreams {
+				EvictOldest(t.sources, EvictionBatch(t.MaxStreams), func(s *source) pcommon.Timestamp { return s.last }, nil)
+			}
+			s = &source{first: ts, last: ts, evictions: t.evictions}
+			t.sources[k] = s
+		}
+		t.last, t.lastKey = s, k
+	}
+	if ts > s.last {
+		s.last = ts
+	}
+	return s.first < ts && s.evictions == t.evictions
 }
 
 // Result says what a point contributed.
@@ -78,6 +136,7 @@ func (t *Tracker) lookup(key Key) (*entry, bool) {
 	}
 	if len(t.m) >= t.MaxStreams {
 		t.EvictedCapacity += uint64(EvictOldest(t.m, EvictionBatch(t.MaxStreams), func(e *entry) pcommon.Timestamp { return e.ts }, nil))
+		t.evictions++
 	}
 	e = &entry{}
 	t.m[key] = e
@@ -85,9 +144,14 @@ func (t *Tracker) lookup(key Key) (*entry, bool) {
 }
 
 // newStreamCounts reports whether the first point seen for a stream should
-// count in full: only when the agent says the stream began recently.
-func (t *Tracker) newStreamCounts(start, ts pcommon.Timestamp) bool {
-	return start != 0 && start <= ts && (ts-start <= t.Fresh || start >= t.Since)
+// count in full: when the agent says the stream began recently, or began
+// after the tracker did, or the same agent's previous export did not have
+// it (seenSource). Otherwise it is a baseline: history from before the
+// collector started (or before this replica received the stream) is not
+// replayed into the current interval, at the cost of the stream's first
+// interval.
+func (t *Tracker) newStreamCounts(start, ts pcommon.Timestamp, earlier bool) bool {
+	return start != 0 && start <= ts && (ts-start <= t.Fresh || start >= t.Since || earlier)
 }
 
 // stale reports whether a point is not newer than the one already held.
@@ -99,10 +163,11 @@ func stale(e *entry, start, ts pcommon.Timestamp) bool {
 
 // Sum returns the increase of a monotonic cumulative sum.
 func (t *Tracker) Sum(key Key, start, ts pcommon.Timestamp, value float64) (float64, Result) {
+	earlier := t.touch(start, ts)
 	e, known := t.lookup(key)
 	if !known {
 		e.start, e.ts, e.sum = start, ts, value
-		if t.newStreamCounts(start, ts) {
+		if t.newStreamCounts(start, ts, earlier) {
 			return value, Delta
 		}
 		return 0, Skip
@@ -125,6 +190,7 @@ func (t *Tracker) Sum(key Key, start, ts pcommon.Timestamp, value float64) (floa
 func (t *Tracker) Histogram(key Key, start, ts pcommon.Timestamp, count uint64, counts pcommon.UInt64Slice, dst []uint64) ([]uint64, Result) {
 	n := counts.Len()
 	dst = resize(dst, n)
+	earlier := t.touch(start, ts)
 	e, known := t.lookup(key)
 	if known && stale(e, start, ts) {
 		return dst, Skip
@@ -151,7 +217,7 @@ func (t *Tracker) Histogram(key Key, start, ts pcommon.Timestamp, count uint64, 
 		e.buckets[i] = counts.At(i)
 	}
 	e.start, e.ts, e.count = start, ts, count
-	if !known && !t.newStreamCounts(start, ts) {
+	if !known && !t.newStreamCounts(start, ts, earlier) {
 		return dst, Skip
 	}
 	return dst, Delta

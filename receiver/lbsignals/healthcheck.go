@@ -37,11 +37,11 @@ type probeResult struct {
 
 // Error types of failed probes (error.type values).
 const (
-	errNoInternalIP    = "no_internal_ip"    // the Node has no InternalIP to probe
-	errTimeout         = "timeout"           // no answer within health_check.timeout
+	errNoInternalIP    = "no_internal_ip"     // the Node has no InternalIP to probe
+	errTimeout         = "timeout"            // no answer within health_check.timeout
 	errRefused         = "connection_refused" // nothing listens on the node port
-	errConnection      = "connection"        // any other dial or transport error
-	errInvalidResponse = "invalid_response"  // not kube-proxy's JSON, or another Service's
+	errConnection      = "connection"         // any other dial or transport error
+	errInvalidResponse = "invalid_response"   // not kube-proxy's JSON, or another Service's
 )
 
 // maxBody bounds what is read of an answer; kube-proxy's is ~120 bytes.
@@ -65,7 +65,7 @@ type prober struct {
 
 func newProber(cfg HealthCheckConfig) *prober {
 	tr := &http.Transport{
-		Proxy:             nil, // node addresses are never reached through a proxy
+		Proxy:             nil,  // node addresses are never reached through a proxy
 		DisableKeepAlives: true, // one request per node and interval: keep no idle sockets
 		DialContext:       (&net.Dialer{Timeout: cfg.Timeout}).DialContext,
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
@@ -31,6 +32,10 @@ var inputSignals = map[string]int{
 	"lbpath.bytes":       sigBytes,
 }
 
+// readyMetric is the cluster receiver's gauge: one point (value 1) per ready
+// endpoint of a Service per transport, every collection interval.
+const readyMetric = "lbpath.service.endpoint.ready"
+
 // Eviction reasons, reported as lbpath.reason on lbpath.lb.evictions.
 const (
 	evictServiceLimit = iota
@@ -39,10 +44,12 @@ const (
 	evictStaleService
 	evictStalePod
 	evictStaleStream
+	evictEndpointLimit
+	evictStaleEndpoints
 	numReasons
 )
 
-var reasonNames = [numReasons]string{"service_limit", "pod_limit", "stream_limit", "stale_service", "stale_pod", "stale_stream"}
+var reasonNames = [numReasons]string{"service_limit", "pod_limit", "stream_limit", "stale_service", "stale_pod", "stale_stream", "endpoint_limit", "stale_endpoints"}
 
 // Attribute keys shared with the agents' metrics, so computed series join
 // with the raw ones in PromQL without relabelling.
@@ -68,6 +75,25 @@ type pod struct {
 	lastSeen   pcommon.Timestamp
 	slots      []slot
 	hot        bool
+}
+
+// readySet is a Service's ready endpoints as reported by the
+// lbpath.service.endpoint.ready gauge; at is its newest point's timestamp.
+//
+// The receiver reports every ready endpoint of every Service at once, all
+// points with one timestamp, at least a second apart. So an endpoint is
+// current only if it was in the latest report (p.readyAt, over all
+// Services, within readySlack): one missing from it is no longer ready, and
+// a Service missing from it has no ready endpoint at all.
+type readySet struct {
+	key  svcKey
+	at   pcommon.Timestamp
+	pods map[string]*readyPod
+}
+
+type readyPod struct {
+	pod  pod // name, node and hot state; never has traffic slots
+	seen pcommon.Timestamp
 }
 
 type service struct {
@@ -107,6 +133,8 @@ type imbalance struct {
 	hasher    streams.Hasher
 	tracker   *streams.Tracker
 	services  map[svcKey]*service
+	ready     map[svcKey]*readySet
+	readyAt   pcommon.Timestamp // newest ready-endpoint report
 	now       pcommon.Timestamp // newest data-point timestamp seen
 	start     pcommon.Timestamp // first data-point timestamp: start of the self counters
 	lastSweep pcommon.Timestamp
@@ -132,6 +160,7 @@ func newImbalance(cfg *Config, logger *zap.Logger) *imbalance {
 		nBuckets: int64(cfg.Window / cfg.Bucket),
 		tracker:  streams.NewTracker(cfg.MaxStreams, pcommon.Timestamp(cfg.Window)),
 		services: make(map[svcKey]*service),
+		ready:    make(map[svcKey]*readySet),
 		nodeSums: make(map[string]*[numSignals]float64),
 	}
 }
@@ -147,7 +176,10 @@ func (p *imbalance) processMetrics(_ context.Context, md pmetric.Metrics) (pmetr
 		rm := rms.At(i)
 		res := rm.Resource().Attributes()
 		if v, ok := res.Get("service.name"); ok && v.Str() == selfService {
-			continue // our own output, if a pipeline feeds it back
+			// The collector's own: the cluster receiver's ready endpoints,
+			// and our output if a pipeline feeds it back (ignored).
+			p.observeReadyIn(rm, res)
+			continue
 		}
 		var resHash uint64
 		hashed := false
@@ -156,6 +188,10 @@ func (p *imbalance) processMetrics(_ context.Context, md pmetric.Metrics) (pmetr
 			ms := sms.At(j).Metrics()
 			for k := 0; k < ms.Len(); k++ {
 				m := ms.At(k)
+				if m.Name() == readyMetric && m.Type() == pmetric.MetricTypeGauge {
+					p.observeReadyPoints(m.Gauge().DataPoints(), res)
+					continue
+				}
 				sig, ok := inputSignals[m.Name()]
 				if !ok || m.Type() != pmetric.MetricTypeSum {
 					continue
@@ -175,6 +211,95 @@ func (p *imbalance) processMetrics(_ context.Context, md pmetric.Metrics) (pmetr
 		p.emit(md)
 	}
 	return md, nil
+}
+
+// observeReadyIn records the ready-endpoint gauge points of rm. They do not
+// trigger a recomputation: a Service's figures change with its traffic,
+// and the next agents' batch picks the endpoints up.
+func (p *imbalance) observeReadyIn(rm pmetric.ResourceMetrics, res pcommon.Map) {
+	sms := rm.ScopeMetrics()
+	for j := 0; j < sms.Len(); j++ {
+		ms := sms.At(j).Metrics()
+		for k := 0; k < ms.Len(); k++ {
+			m := ms.At(k)
+			if m.Name() == readyMetric && m.Type() == pmetric.MetricTypeGauge {
+				p.observeReadyPoints(m.Gauge().DataPoints(), res)
+			}
+		}
+	}
+}
+
+func (p *imbalance) observeReadyPoints(dps pmetric.NumberDataPointSlice, res pcommon.Map) {
+	for i := 0; i < dps.Len(); i++ {
+		p.observeReady(dps.At(i), res)
+	}
+}
+
+func (p *imbalance) observeReady(dp pmetric.NumberDataPoint, res pcommon.Map) {
+	attrs := dp.Attributes()
+	ts := dp.Timestamp()
+	v := dp.DoubleValue()
+	if dp.ValueType() == pmetric.NumberDataPointValueTypeInt {
+		v = float64(dp.IntValue())
+	}
+	if ts == 0 || v < 1 {
+		return // only ready endpoints are reported with 1
+	}
+	ns := streams.Attr(attrs, res, attrNamespace)
+	svcName := streams.Attr(attrs, res, attrService)
+	podName := streams.Attr(attrs, res, attrPod)
+	if ns == "" || svcName == "" || podName == "" {
+		return
+	}
+	rs := p.ready[svcKey{ns, svcName}]
+	if rs == nil {
+		if len(p.ready) >= p.cfg.MaxServices {
+			p.evicted[evictEndpointLimit] += uint64(streams.EvictOldest(p.ready, streams.EvictionBatch(p.cfg.MaxServices),
+				func(rs *readySet) pcommon.Timestamp { return rs.at }, nil))
+		}
+		rs = &readySet{key: svcKey{strings.Clone(ns), strings.Clone(svcName)}, pods: make(map[string]*readyPod)}
+		p.ready[rs.key] = rs
+	}
+	if ts > rs.at {
+		rs.at = ts
+	}
+	if ts > p.readyAt {
+		p.readyAt = ts
+	}
+	rp := rs.pods[podName]
+	if rp == nil {
+		if len(rs.pods) >= p.cfg.MaxPodsPerService {
+			p.evicted[evictEndpointLimit] += uint64(streams.EvictOldest(rs.pods, streams.EvictionBatch(p.cfg.MaxPodsPerService),
+				func(rp *readyPod) pcommon.Timestamp { return rp.seen }, nil))
+		}
+		rp = &readyPod{pod: pod{name: strings.Clone(podName)}}
+		rs.pods[rp.pod.name] = rp
+	}
+	if ts > rp.seen {
+		rp.seen = ts
+	}
+	if node := streams.Attr(attrs, res, attrNode); node != "" && node != rp.pod.node {
+		rp.pod.node = strings.Clone(node)
+	}
+}
+
+// readySlack is how far apart the points of one report may be.
+const readySlack = pcommon.Timestamp(time.Second)
+
+// readyFor returns s's ready endpoints, or nil when the gauge has not
+// reported the Service within stale_after (no receiver, or none for this
+// cluster): then only pods with traffic are known.
+func (p *imbalance) readyFor(s *service) *readySet {
+	rs := p.ready[s.key]
+	if rs == nil || p.now > p.readyAt+pcommon.Timestamp(p.cfg.StaleAfter) {
+		return nil
+	}
+	return rs
+}
+
+// current reports whether rp was in the latest report.
+func (p *imbalance) current(rp *readyPod) bool {
+	return rp.seen+readySlack >= p.readyAt
 }
 
 func (p *imbalance) observeSum(name string, sig int, sum pmetric.Sum, res pcommon.Map, resHash uint64) {
@@ -310,6 +435,18 @@ func (p *imbalance) sweep() {
 			p.evicted[evictStaleService]++
 		}
 	}
+	for k, rs := range p.ready {
+		if rs.at < cutoff {
+			delete(p.ready, k)
+			p.evicted[evictStaleEndpoints]++
+			continue
+		}
+		for name, rp := range rs.pods {
+			if !p.current(rp) {
+				delete(rs.pods, name) // no longer ready: not an eviction
+			}
+		}
+	}
 }
 
 // stats are one Service's figures over the window for one signal.
@@ -364,8 +501,33 @@ func (p *imbalance) windowSums(s *service) []podSum {
 	return sums
 }
 
+// addIdle appends s's current ready endpoints that have no traffic in the
+// window to sums, with zero traffic, and returns sums and how many it
+// added. A ready endpoint is part of the population the balancer chooses
+// from whether or not it got anything; pods with traffic that are not
+// (or no longer) listed as ready are already in sums and stay.
+func (p *imbalance) addIdle(s *service, sums []podSum, rs *readySet) ([]podSum, int) {
+	lo := p.epoch(p.now) - p.nBuckets
+	idle := 0
+	for name, rp := range rs.pods {
+		if !p.current(rp) {
+			continue
+		}
+		if pd, ok := s.pods[name]; ok && p.epoch(pd.lastSeen) > lo {
+			if pd.node == "" {
+				pd.node = rp.pod.node
+			}
+			continue
+		}
+		sums = append(sums, podSum{p: &rp.pod})
+		idle++
+	}
+	p.podSums = sums
+	return sums, idle
+}
+
 type output struct {
-	share, maxMean, cv, hot, nodeShare, pods, transitions, evictions pmetric.NumberDataPointSlice
+	share, maxMean, cv, hot, nodeShare, pods, idle, transitions, evictions pmetric.NumberDataPointSlice
 }
 
 func newGauge(ms pmetric.MetricSlice, name, unit, desc string) pmetric.NumberDataPointSlice {
@@ -401,7 +563,8 @@ func (p *imbalance) emit(md pmetric.Metrics) {
 		cv:          newGauge(ms, "lbpath.lb.cv", "1", "Coefficient of variation (stddev/mean) of per-pod traffic."),
 		hot:         newGauge(ms, "lbpath.lb.hot", "", "1 when the pod's connection share exceeds hot_factor times the fair share."),
 		nodeShare:   newGauge(ms, "lbpath.lb.node_share", "1", "Fraction of the Service's traffic served by pods on this node."),
-		pods:        newGauge(ms, "lbpath.lb.pods", "{pod}", "Pods of the Service that reported in the window."),
+		pods:        newGauge(ms, "lbpath.lb.pods", "{pod}", "Pods of the Service in the window: those with traffic and the ready endpoints without."),
+		idle:        newGauge(ms, "lbpath.lb.idle_pods", "{pod}", "Ready endpoints of the Service without traffic in the window; absent when lbpath.service.endpoint.ready does not report the Service."),
 		transitions: newCounter(ms, "lbpath.lb.hot_transitions", "{transition}", "Times a pod of the Service turned hot."),
 		evictions:   newCounter(ms, "lbpath.lb.evictions", "{entry}", "State entries dropped by the processor's bounds or staleness."),
 	}
@@ -433,10 +596,16 @@ func putSvc(m pcommon.Map, s *service) {
 
 func (p *imbalance) emitService(out *output, s *service, now pcommon.Timestamp) {
 	sums := p.windowSums(s)
-	n := len(sums)
-	if n == 0 {
+	if len(sums) == 0 {
 		return
 	}
+	traffic := len(sums)
+	rs := p.readyFor(s)
+	idle := 0
+	if rs != nil {
+		sums, idle = p.addIdle(s, sums, rs)
+	}
+	n := len(sums)
 	var st [numSignals]stats
 	for sig := range numSignals {
 		st[sig] = computeStats(sums, sig)
@@ -452,6 +621,10 @@ func (p *imbalance) emitService(out *output, s *service, now pcommon.Timestamp) 
 
 	a := point(out.pods, float64(n))
 	putSvc(a, s)
+	if rs != nil {
+		a = point(out.idle, float64(idle))
+		putSvc(a, s)
+	}
 	for sig := range numSignals {
 		if st[sig].total <= 0 {
 			continue // e.g. no HTTP on a TCP service: no share to speak of
@@ -529,7 +702,7 @@ func (p *imbalance) emitService(out *output, s *service, now pcommon.Timestamp) 
 	}
 	// Pods that left the window are no longer hot; reset so that their
 	// return counts as a new transition.
-	if len(s.pods) != n {
+	if len(s.pods) != traffic {
 		lo := p.epoch(now) - p.nBuckets
 		for _, pd := range s.pods {
 			if p.epoch(pd.lastSeen) <= lo {

@@ -349,6 +349,9 @@ func (a *Agent) Drops() []exporter.Drop {
 			exporter.Drop{Stage: "metadata", Reason: "request_unattributed", Count: s.Pipeline.RequestsUnattributed.Load()},
 			exporter.Drop{Stage: "metadata", Reason: "watch_error", Count: a.watcher.WatchErrors.Load()},
 			exporter.Drop{Stage: "metadata", Reason: "api_request_failed", Count: a.api.Failures.Load()},
+			// A Service annotation lbpath could not use: its setting is
+			// lost (the agent's applies), counted once per value.
+			exporter.Drop{Stage: "metadata", Reason: "bad_annotation", Count: a.watcher.BadAnnotations.Load()},
 		)
 	}
 	return d
@@ -596,6 +599,7 @@ func (a *Agent) logStats() {
 	}
 	if s.Export != nil {
 		a.log.Info("export stats", "node", a.cfg.Node, "connections", s.Export.Connections.Load(),
+			"spans_sampled_out", s.Export.SampledOut.Load(),
 			"queue_full", s.Export.QueueFull.Load(), "spans_failed", s.Export.SpansFailed.Load(),
 			"metric_exports_failed", s.Export.MetricsFailed.Load())
 	}

@@ -45,6 +45,8 @@ type Config struct {
 	Cluster string
 	// Node is k8s.node.name of the agent's resource.
 	Node string
+	// Sampling decides which connections become spans (sampling.go).
+	Sampling Sampling
 }
 
 // Validate checks the configuration and names the field at fault.
@@ -83,6 +85,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Insecure && (c.CAFile != "" || c.CertFile != "") {
 		return errors.New("otlp-insecure: cannot be combined with otlp-ca / otlp-cert / otlp-key (TLS material for a connection without TLS)")
+	}
+	if err := c.Sampling.validate(); err != nil {
+		return err
 	}
 	if err := c.validateEndpoint(); err != nil {
 		return err

@@ -37,8 +37,16 @@ type (
 // Stats counts what the exporter dropped; every drop is also exported as
 // the self-metric lbpath.agent.dropped.
 type Stats struct {
-	Connections   atomic.Uint64 // connections exported as spans and metrics
-	QueueFull     atomic.Uint64 // connections dropped: the span queue was full
+	// Connections counts connections handed to the pipelines: every one
+	// is in the metrics (the node's own excepted, see export), whatever
+	// happens to its spans.
+	Connections atomic.Uint64
+	// QueueFull counts connections whose spans were dropped because the
+	// span queue was full; their metrics were recorded.
+	QueueFull atomic.Uint64
+	// SampledOut counts connections whose spans the sampler left out
+	// (lbpath.agent.spans_sampled_out); their metrics were recorded.
+	SampledOut    atomic.Uint64
 	SpansFailed   atomic.Uint64 // spans the OTLP exporter gave up on after retries
 	MetricsFailed atomic.Uint64 // metric exports that failed after retries
 	// NodeStatsFailed counts collections in which the node's conntrack
@@ -60,9 +68,10 @@ type Exporter struct {
 	nodeStats atomic.Pointer[nodeStatsFunc]
 	nodeConns atomic.Pointer[nodeConnsFunc]
 
-	queue chan path.Path
-	wg    sync.WaitGroup
-	once  sync.Once
+	sampler *sampler
+	queue   chan queued
+	wg      sync.WaitGroup
+	once    sync.Once
 	// spans and metrics count what export delivered and what it did not,
 	// up to the shutdown deadline (shutdown.go).
 	spans   spanLedger
@@ -72,6 +81,14 @@ type Exporter struct {
 	abandon atomic.Bool
 	// pending counts connections queued and not yet made into spans.
 	pending atomic.Int64
+}
+
+// queued is a connection whose spans were kept, waiting to be made into
+// spans with its trace ID and threshold.
+type queued struct {
+	p   path.Path
+	tid trace.TraceID
+	th  *Threshold
 }
 
 // New builds the OTLP pipelines. selfStats, when non-nil, is read at every
@@ -92,7 +109,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []D
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Exporter{cfg: cfg, log: log, queue: make(chan path.Path, cfg.QueueSize)}
+	e := &Exporter{cfg: cfg, log: log, queue: make(chan queued, cfg.QueueSize), sampler: newSampler(cfg.Sampling)}
 	e.spans.failed = &e.Stats.SpansFailed
 	_, _ = rand.Read(e.salt[:]) // per-process salt: hashes cannot be joined across restarts
 
@@ -113,6 +130,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []D
 		e.tp = sdktrace.NewTracerProvider(
 			sdktrace.WithResource(res),
 			sdktrace.WithIDGenerator(idGenerator{}),
+			// The keep/drop decision is taken per connection before its
+			// spans start (Path); the SDK sampler only stamps it.
+			sdktrace.WithSampler(stampSampler{}),
 			// Blocking: the SDK never drops silently; the exporter's own
 			// bounded queue in front of it is where drops happen, counted.
 			sdktrace.WithBatcher(&countingSpans{SpanExporter: se, ledger: &e.spans},
@@ -131,7 +151,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []D
 			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics,
 				sdkmetric.WithInterval(cfg.MetricInterval))),
 		)
-		if err := e.inst.init(e.mp.Meter("github.com/lbpath/lbpath/exporter"), e, selfStats); err != nil {
+		meter := e.mp.Meter("github.com/lbpath/lbpath/exporter")
+		if err := e.inst.init(meter, e, selfStats); err != nil {
+			return nil, err
+		}
+		if err := initSamplingMetrics(meter, e); err != nil {
 			return nil, err
 		}
 	}
@@ -230,12 +254,30 @@ func (e *Exporter) metricExporter(ctx context.Context) (sdkmetric.Exporter, erro
 	return otlpmetricgrpc.New(ctx, opts...)
 }
 
-// Path queues a named connection for export; it never blocks. When the
-// queue is full the connection is dropped and counted.
+// Path exports a named connection; it never blocks. Its metrics are
+// recorded here, before and whatever the span path does: the instruments
+// aggregate in memory without I/O. Its spans are sampled (sampling.go),
+// then queued; when the queue is full they are dropped and counted.
 func (e *Exporter) Path(p *path.Path) {
+	e.Stats.Connections.Add(1)
+	// The node's own connections (exported only when the agent asks for
+	// their spans) stay out of the per-pod metrics: their peers are
+	// unbounded addresses, and they are counted by class instead.
+	if e.mp != nil && !p.Class.Node() {
+		e.inst.record(p)
+	}
+	if e.tracer == nil {
+		return
+	}
+	tid := ConnectionTraceID(&p.Conn)
+	th := e.sampler.decide(p, tid)
+	if th == nil {
+		e.Stats.SampledOut.Add(1)
+		return
+	}
 	e.pending.Add(1)
 	select {
-	case e.queue <- *p:
+	case e.queue <- queued{p: *p, tid: tid, th: th}:
 	default:
 		e.pending.Add(-1)
 		e.Stats.QueueFull.Add(1)
@@ -252,11 +294,11 @@ func (e *Exporter) Request(r *path.Request) {
 
 func (e *Exporter) run() {
 	defer e.wg.Done()
-	for p := range e.queue {
+	for q := range e.queue {
 		if e.abandon.Load() {
-			e.Stats.SpansFailed.Add(uint64(spanCount(&p)))
+			e.Stats.SpansFailed.Add(uint64(spanCount(&q.p)))
 		} else {
-			e.export(&p)
+			e.span(&q.p, q.tid, q.th)
 		}
 		e.pending.Add(-1)
 	}
@@ -307,19 +349,6 @@ func synTime(c *flow.Connection) time.Time {
 	return c.Start
 }
 
-func (e *Exporter) export(p *path.Path) {
-	e.Stats.Connections.Add(1)
-	// The node's own connections (exported only when the agent asks for
-	// their spans) stay out of the per-pod metrics: their peers are
-	// unbounded addresses, and they are counted by class instead.
-	if e.mp != nil && !p.Class.Node() {
-		e.inst.record(p)
-	}
-	if e.tracer != nil {
-		e.span(p)
-	}
-}
-
 // Hop children of a connection's span: what this node can vouch for.
 const (
 	hopLBNode   = 1 << iota // the load balancer or NodePort entered this node
@@ -346,14 +375,16 @@ func spanHops(p *path.Path) int {
 // spanCount is how many spans p becomes: the connection's and its hops'.
 func spanCount(p *path.Path) int { return 1 + bits.OnesCount(uint(spanHops(p))) }
 
-func (e *Exporter) span(p *path.Path) {
+// span makes p's spans: the connection's root and its hops, all carrying
+// th in their tracestate.
+func (e *Exporter) span(p *path.Path, tid trace.TraceID, th *Threshold) {
 	c := &p.Conn
 	hops := spanHops(p)
-	// Counted before the first span starts (AlwaysSample: every span is
-	// recorded and exported), so that a shutdown deadline that passes
-	// half-way through counts all of them (shutdown.go).
+	// Counted before the first span starts (every span that starts is
+	// recorded and exported: the sampling decision was taken in Path), so
+	// that a shutdown deadline that passes half-way through counts all of
+	// them (shutdown.go).
 	e.spans.start(1 + bits.OnesCount(uint(hops)))
-	tid := TraceID(c.WireKey(), synTime(c))
 	base := c.Node + "/" + string(c.Role)
 	kind := trace.SpanKindServer
 	switch c.Role {
@@ -366,7 +397,7 @@ func (e *Exporter) span(p *path.Path) {
 	if p.Service != nil {
 		name = "lbpath.connection " + p.Service.Key()
 	}
-	ctx := withIDs(context.Background(), tid, SpanID(tid, base))
+	ctx := withIDs(randomFlagContext(context.Background()), tid, SpanID(tid, base), th)
 	attrs := e.spanAttrs(p)
 	_, root := e.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithTimestamp(c.Start), trace.WithAttributes(attrs...))
 	for _, d := range p.Diagnoses {
@@ -377,7 +408,7 @@ func (e *Exporter) span(p *path.Path) {
 	}
 	rootCtx := trace.ContextWithSpan(context.Background(), root)
 	hop := func(hopName, from, to string) {
-		hctx := withIDs(rootCtx, tid, SpanID(tid, base+"/"+hopName))
+		hctx := withIDs(rootCtx, tid, SpanID(tid, base+"/"+hopName), th)
 		_, s := e.tracer.Start(hctx, hopName, trace.WithSpanKind(trace.SpanKindInternal), trace.WithTimestamp(c.Start),
 			trace.WithAttributes(attribute.String("lbpath.hop.from", from), attribute.String("lbpath.hop.to", to)))
 		s.End(trace.WithTimestamp(c.End))

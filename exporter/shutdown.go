@@ -112,9 +112,9 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 		// run is blocked handing spans to an SDK that cannot export:
 		// stop it taking more, and count what it will never reach.
 		e.abandon.Store(true)
-		for p := range e.queue {
+		for q := range e.queue {
 			queued++
-			queuedSpans += uint64(spanCount(&p))
+			queuedSpans += uint64(spanCount(&q.p))
 		}
 		e.Stats.SpansFailed.Add(queuedSpans)
 	}

@@ -84,11 +84,13 @@ type idsKey struct{}
 type ids struct {
 	trace trace.TraceID
 	span  trace.SpanID
+	th    *Threshold // the sampling threshold the span records
 }
 
-// withIDs makes the next span started with ctx use these IDs.
-func withIDs(ctx context.Context, t trace.TraceID, s trace.SpanID) context.Context {
-	return context.WithValue(ctx, idsKey{}, ids{t, s})
+// withIDs makes the next span started with ctx use these IDs and record
+// the threshold th in its tracestate.
+func withIDs(ctx context.Context, t trace.TraceID, s trace.SpanID, th *Threshold) context.Context {
+	return context.WithValue(ctx, idsKey{}, ids{t, s, th})
 }
 
 // idGenerator hands the SDK the derived IDs carried by the context; spans

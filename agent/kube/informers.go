@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/netip"
 	"runtime/debug"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -116,6 +118,12 @@ type Watcher struct {
 	// Fresh says whether the index is complete at a given time; the
 	// client's transport reports to it through APIStats.Fresh.
 	Fresh Freshness
+	// BadAnnotations counts Service annotation values lbpath could not
+	// use (lbpath.io/*), each counted and logged once per value.
+	BadAnnotations atomic.Uint64
+
+	annMu     sync.Mutex
+	annLogged map[string]string // Service key → the errors last logged
 }
 
 // NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices
@@ -177,6 +185,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 					w.Events.Add(1)
 					if s, ok := unwrap(o).(*corev1.Service); ok {
 						x.DeleteService(s.Namespace, s.Name, now())
+						w.annotationErrors(s.Namespace+"/"+s.Name, nil)
 					}
 				},
 			})
@@ -294,6 +303,14 @@ func strip(o any) (any, error) {
 		return n, nil
 	case *corev1.Service:
 		s := &corev1.Service{ObjectMeta: slimMeta(v.ObjectMeta)}
+		for _, k := range []string{AnnotationSpanSampling, AnnotationSlowThreshold} {
+			if a, ok := v.Annotations[k]; ok {
+				if s.Annotations == nil {
+					s.Annotations = map[string]string{}
+				}
+				s.Annotations[k] = a
+			}
+		}
 		s.Spec.Type = v.Spec.Type
 		s.Spec.ClusterIPs = v.Spec.ClusterIPs
 		s.Spec.ClusterIP = v.Spec.ClusterIP
@@ -441,13 +458,37 @@ func ServiceFrom(v *corev1.Service) *Service {
 			s.LBIngress = append(s.LBIngress, a)
 		}
 	}
+	s.AnnotationErrors = samplingAnnotations(s, v.Annotations)
 	return s
 }
 
 func (w *Watcher) onService(o any) {
 	if v, ok := o.(*corev1.Service); ok {
-		w.Index.SetService(ServiceFrom(v), time.Now())
+		s := ServiceFrom(v)
+		w.annotationErrors(s.Key(), s.AnnotationErrors)
+		w.Index.SetService(s, time.Now())
 	}
+}
+
+// annotationErrors logs and counts a Service's unusable annotations when
+// they change: resyncs and unrelated updates repeat them.
+func (w *Watcher) annotationErrors(key string, errs []string) {
+	msg := strings.Join(errs, "; ")
+	w.annMu.Lock()
+	defer w.annMu.Unlock()
+	if w.annLogged[key] == msg {
+		return
+	}
+	if msg == "" {
+		delete(w.annLogged, key)
+		return
+	}
+	if w.annLogged == nil {
+		w.annLogged = map[string]string{}
+	}
+	w.annLogged[key] = msg
+	w.BadAnnotations.Add(uint64(len(errs)))
+	w.log.Warn("Service annotation ignored: the agent's setting applies", "service", key, "err", msg)
 }
 
 func (w *Watcher) onSlice(o any) {

@@ -60,6 +60,14 @@ type Service struct {
 	// LBPendingSince is when the agent first saw this LoadBalancer Service
 	// without an ingress address (its creation time if it never had one).
 	LBPendingSince time.Time
+	// SpanSampling and SlowThreshold override the agent's span sampling
+	// for this Service's connections (annotations lbpath.io/span-sampling
+	// and lbpath.io/slow-threshold); nil when not set or not valid.
+	SpanSampling  *float64
+	SlowThreshold *time.Duration
+	// AnnotationErrors lists the annotations that did not parse (the
+	// agent's settings apply instead).
+	AnnotationErrors []string
 }
 
 // Key is namespace/name.

@@ -96,6 +96,9 @@ func (h *agentHealth) metrics() []health.Family {
 		fams = append(fams, health.Family{Name: "lbpath_agent_exported_total", Type: "counter",
 			Help:    "Connections handed to the OTLP pipelines",
 			Samples: []health.Sample{{Value: float64(st.Export.Connections.Load())}}})
+		fams = append(fams, health.Family{Name: "lbpath_agent_spans_sampled_out_total", Type: "counter",
+			Help:    "Connections whose spans the sampler left out (their metrics are recorded)",
+			Samples: []health.Sample{{Value: float64(st.Export.SampledOut.Load())}}})
 	}
 	progs := a.Programs()
 	samples := make([]health.Sample, 0, len(progs))

@@ -91,6 +91,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&ec.MetricInterval, "metric-interval", 10*time.Second, "how often metrics are pushed")
 	fs.IntVar(&ec.QueueSize, "export-queue", 8192, "connections waiting to be exported; beyond it they are dropped and counted")
 	fs.StringVar(&ec.ClientAddresses, "client-addresses", "keep", "client.address in exported data: keep, hash or drop")
+	ec.Sampling = exporter.Sampling{Enabled: true, Probability: exporter.DefaultSpanSampling, SlowThreshold: exporter.DefaultSlowThreshold}
+	fs.Func("span-sampling", "fraction of healthy connections exported as spans, decided from the trace ID so that every node keeps or drops the same connection (0 to 1, a decimal or a fraction; default 1/16); failed, diagnosed and slow connections are always exported; Service annotation lbpath.io/span-sampling overrides it",
+		func(v string) (err error) { ec.Sampling.Probability, err = kube.ParseSpanSampling(v); return err })
+	fs.Func("slow-threshold", "connections that last longer are always exported as spans (0: none for being slow; default 1s); Service annotation lbpath.io/slow-threshold overrides it",
+		func(v string) (err error) { ec.Sampling.SlowThreshold, err = kube.ParseSlowThreshold(v); return err })
 	spans := fs.String("spans", "cluster", "connections exported as spans: cluster (those involving a pod or a Service, and any lbpath could not classify) or all (also the node's own: node_local, apiserver, kubelet, external)")
 	fs.StringVar(&ec.Cluster, "cluster", os.Getenv("CLUSTER_NAME"), "k8s.cluster.name")
 	rb := fs.Uint("ring-buffer-bytes", 4<<20, "eBPF ring buffer size (power of two)")

@@ -27,3 +27,34 @@ func FuzzFlags(f *testing.F) {
 		}
 	})
 }
+
+// TestSamplingFlags: a probability outside [0, 1], a word, a negative or
+// unit-less threshold exit 2 naming the flag; valid values (decimal and
+// fraction) pass the flag stage (the run then stops at the bad --output).
+func TestSamplingFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--span-sampling", "1.5"}, "span-sampling"},
+		{[]string{"--span-sampling", "-0.1"}, "span-sampling"},
+		{[]string{"--span-sampling", "NaN"}, "span-sampling"},
+		{[]string{"--span-sampling", "half"}, "span-sampling"},
+		{[]string{"--span-sampling", "1/0"}, "span-sampling"},
+		{[]string{"--slow-threshold", "-1s"}, "slow-threshold"},
+		{[]string{"--slow-threshold", "5"}, "slow-threshold"},
+	} {
+		var out, errb bytes.Buffer
+		if code := run(tc.args, &out, &errb); code != 2 || !strings.Contains(errb.String(), tc.flag) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 naming %s", tc.args, code, errb.String(), tc.flag)
+		}
+	}
+	for _, args := range [][]string{{"--span-sampling", "1/16"}, {"--span-sampling", "0"}, {"--span-sampling", "1"},
+		{"--slow-threshold", "0"}, {"--slow-threshold", "250ms"}} {
+		var out, errb bytes.Buffer
+		code := run(append(args, "--output", "invalid-for-test"), &out, &errb)
+		if code != 2 || !strings.Contains(errb.String(), "output") {
+			t.Errorf("%v: exit %d, stderr %q; want the flag accepted (and the run stopped at --output)", args, code, errb.String())
+		}
+	}
+}

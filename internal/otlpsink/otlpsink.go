@@ -33,6 +33,9 @@ type Sink struct {
 	// Fail makes every export answer with an error (to test retries and
 	// drop counting).
 	fail bool
+	// hold, when set, makes trace exports wait until it is closed (a
+	// collector stalled on traces while metrics still flow).
+	hold chan struct{}
 	// discard keeps only counts (benchmarks measure the sender, not the sink).
 	discard        bool
 	spanCount      int
@@ -82,8 +85,35 @@ func StartOn(host string) (*Sink, error) {
 	return s, nil
 }
 
+// HoldTraces makes trace exports wait, unanswered, until the returned
+// release is called; metric exports are not held. An export whose client
+// gave up while held is not recorded (the client counts it as failed).
+func (s *Sink) HoldTraces() (release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := make(chan struct{})
+	s.hold = h
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.hold == h {
+				s.hold = nil
+			}
+			s.mu.Unlock()
+			close(h)
+		})
+	}
+}
+
 // Stop closes both servers.
 func (s *Sink) Stop() {
+	s.mu.Lock()
+	if s.hold != nil {
+		close(s.hold)
+		s.hold = nil
+	}
+	s.mu.Unlock()
 	s.grpc.Stop()
 	s.http.Close()
 }
@@ -109,7 +139,20 @@ func (s *Sink) Metrics() []pmetric.Metrics {
 	return append([]pmetric.Metrics(nil), s.metrics...)
 }
 
-func (s *Sink) addTraces(t ptrace.Traces) error {
+func (s *Sink) addTraces(ctx context.Context, t ptrace.Traces) error {
+	s.mu.Lock()
+	hold := s.hold
+	s.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.fail {
@@ -146,8 +189,8 @@ type traceSrv struct {
 	s *Sink
 }
 
-func (t *traceSrv) Export(_ context.Context, req ptraceotlp.ExportRequest) (ptraceotlp.ExportResponse, error) {
-	return ptraceotlp.NewExportResponse(), t.s.addTraces(req.Traces())
+func (t *traceSrv) Export(ctx context.Context, req ptraceotlp.ExportRequest) (ptraceotlp.ExportResponse, error) {
+	return ptraceotlp.NewExportResponse(), t.s.addTraces(ctx, req.Traces())
 }
 
 type metricSrv struct {
@@ -170,7 +213,7 @@ func (s *Sink) httpTraces(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if err := s.addTraces(req.Traces()); err != nil {
+	if err := s.addTraces(r.Context(), req.Traces()); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
@@ -203,6 +246,8 @@ func (s *Sink) httpMetrics(w http.ResponseWriter, r *http.Request) {
 type Span struct {
 	TraceID, SpanID, ParentID string
 	Name, Kind                string
+	TraceState                string // W3C tracestate, e.g. "ot=th:f"
+	Flags                     uint32 // OTLP span flags: W3C trace flags in the low byte
 	Resource, Attrs           map[string]any
 	Events                    []string
 }
@@ -224,6 +269,7 @@ func (s *Sink) Spans() []Span {
 					}
 					out = append(out, Span{TraceID: sp.TraceID().String(), SpanID: sp.SpanID().String(),
 						ParentID: sp.ParentSpanID().String(), Name: sp.Name(), Kind: sp.Kind().String(),
+						TraceState: sp.TraceState().AsRaw(), Flags: sp.Flags(),
 						Resource: res, Attrs: sp.Attributes().AsRaw(), Events: evs})
 				}
 			}
@@ -243,6 +289,16 @@ type Point struct {
 	Sum          float64
 	BucketCounts []uint64
 	Bounds       []float64
+	// Exponential histograms: Exponential is set, Scale, ZeroCount and
+	// the positive buckets (counts from index Offset) hold the buckets.
+	Exponential bool
+	Scale       int32
+	ZeroCount   uint64
+	Offset      int32
+	// Delta is the point's temporality (sums and histograms), StartNanos
+	// its start time.
+	Delta      bool
+	StartNanos uint64
 }
 
 // Points flattens every data point received, in arrival order.
@@ -260,7 +316,8 @@ func (s *Sink) Points() []Point {
 					case pmetric.MetricTypeSum:
 						dps := mt.Sum().DataPoints()
 						for d := 0; d < dps.Len(); d++ {
-							out = append(out, Point{Metric: mt.Name(), Resource: res, Attrs: dps.At(d).Attributes().AsRaw(), Value: numValue(dps.At(d))})
+							out = append(out, Point{Metric: mt.Name(), Resource: res, Attrs: dps.At(d).Attributes().AsRaw(), Value: numValue(dps.At(d)),
+								Delta: mt.Sum().AggregationTemporality() == pmetric.AggregationTemporalityDelta, StartNanos: uint64(dps.At(d).StartTimestamp())})
 						}
 					case pmetric.MetricTypeGauge:
 						dps := mt.Gauge().DataPoints()
@@ -272,7 +329,17 @@ func (s *Sink) Points() []Point {
 						for d := 0; d < dps.Len(); d++ {
 							dp := dps.At(d)
 							out = append(out, Point{Metric: mt.Name(), Resource: res, Attrs: dp.Attributes().AsRaw(),
-								Count: dp.Count(), Sum: dp.Sum(), BucketCounts: dp.BucketCounts().AsRaw(), Bounds: dp.ExplicitBounds().AsRaw()})
+								Count: dp.Count(), Sum: dp.Sum(), BucketCounts: dp.BucketCounts().AsRaw(), Bounds: dp.ExplicitBounds().AsRaw(),
+								Delta: mt.Histogram().AggregationTemporality() == pmetric.AggregationTemporalityDelta, StartNanos: uint64(dp.StartTimestamp())})
+						}
+					case pmetric.MetricTypeExponentialHistogram:
+						dps := mt.ExponentialHistogram().DataPoints()
+						for d := 0; d < dps.Len(); d++ {
+							dp := dps.At(d)
+							out = append(out, Point{Metric: mt.Name(), Resource: res, Attrs: dp.Attributes().AsRaw(),
+								Count: dp.Count(), Sum: dp.Sum(), Exponential: true, Scale: dp.Scale(), ZeroCount: dp.ZeroCount(),
+								Offset: dp.Positive().Offset(), BucketCounts: dp.Positive().BucketCounts().AsRaw(),
+								Delta: mt.ExponentialHistogram().AggregationTemporality() == pmetric.AggregationTemporalityDelta, StartNanos: uint64(dp.StartTimestamp())})
 						}
 					}
 				}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"go.opentelemetry.io/collector/otelcol/otelcoltest"
+	"go.opentelemetry.io/collector/pipeline"
 
 	"github.com/lbpath/lbpath/deploy/manifests"
 )
@@ -29,12 +31,14 @@ func TestChartConfigLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name         string
-		args         []string
-		traceExports string
+		name             string
+		args             []string
+		traceExports     string
+		metricsReceivers string
 	}{
-		{"default", nil, "nop"},
-		{"trace backend", []string{"--set", "collector.tracesEndpoint=tempo.tracing.svc:4317"}, "otlp_grpc"},
+		{"default", nil, "nop", "[otlp lbsignals]"},
+		{"trace backend", []string{"--set", "collector.tracesEndpoint=tempo.tracing.svc:4317"}, "otlp_grpc", "[otlp lbsignals]"},
+		{"no lbsignals", []string{"--set", "collector.lbsignals.enabled=false"}, "nop", "[otlp]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := manifests.Render(ctx, helm, manifests.Rendering{File: tc.name, Args: tc.args})
@@ -61,6 +65,13 @@ func TestChartConfigLoads(t *testing.T) {
 			}
 			if len(got["traces"]) != 1 || got["traces"][0] != tc.traceExports {
 				t.Errorf("traces pipeline exporters = %v, want [%s]", got["traces"], tc.traceExports)
+			}
+			var recv []string
+			for _, r := range cfg.Service.Pipelines[pipeline.NewID(pipeline.SignalMetrics)].Receivers {
+				recv = append(recv, r.String())
+			}
+			if fmt.Sprint(recv) != tc.metricsReceivers {
+				t.Errorf("metrics pipeline receivers = %v, want %s", recv, tc.metricsReceivers)
 			}
 			if len(got["metrics"]) != 1 || got["metrics"][0] != "prometheus" {
 				t.Errorf("metrics pipeline exporters = %v, want [prometheus]", got["metrics"])

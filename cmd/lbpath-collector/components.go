@@ -20,6 +20,7 @@ import (
 
 	"github.com/lbpath/lbpath/processor/deployregression"
 	"github.com/lbpath/lbpath/processor/lbimbalance"
+	"github.com/lbpath/lbpath/receiver/lbsignals"
 )
 
 // components lists the factories compiled into the distribution.
@@ -28,6 +29,7 @@ func components() (otelcol.Factories, error) {
 	f := otelcol.Factories{Telemetry: otelconftelemetry.NewFactory()}
 	if f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](
 		otlpreceiver.NewFactory(),
+		lbsignals.NewFactory(),
 	); err != nil {
 		return f, fmt.Errorf("receivers: %w", err)
 	}

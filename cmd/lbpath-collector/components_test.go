@@ -24,8 +24,10 @@ func TestComponentsHaveExpectedTypes(t *testing.T) {
 			t.Errorf("exporter %q missing", want)
 		}
 	}
-	if _, ok := f.Receivers[component.MustNewType("otlp")]; !ok {
-		t.Error("receiver otlp missing")
+	for _, want := range []string{"otlp", "lbsignals"} {
+		if _, ok := f.Receivers[component.MustNewType(want)]; !ok {
+			t.Errorf("receiver %q missing", want)
+		}
 	}
 }
 

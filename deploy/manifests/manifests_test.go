@@ -44,8 +44,34 @@ type decoded struct {
 	sa   []corev1.ServiceAccount
 	cr   []rbacv1.ClusterRole
 	crb  []rbacv1.ClusterRoleBinding
+	role []rbacv1.Role
+	rb   []rbacv1.RoleBinding
 	kind []string
 }
+
+// Names of the agent's and the collector's accounts and roles.
+const (
+	agentAccount     = "lbpath"
+	agentRole        = "lbpath-agent"
+	collectorAccount = "lbpath-collector"
+)
+
+func named[T any](t *testing.T, objs []T, name string, meta func(T) metav1.ObjectMeta) T {
+	t.Helper()
+	for _, o := range objs {
+		if meta(o).Name == name {
+			return o
+		}
+	}
+	t.Fatalf("no %T named %s", *new(T), name)
+	return *new(T)
+}
+
+func saMeta(o corev1.ServiceAccount) metav1.ObjectMeta      { return o.ObjectMeta }
+func crMeta(o rbacv1.ClusterRole) metav1.ObjectMeta         { return o.ObjectMeta }
+func crbMeta(o rbacv1.ClusterRoleBinding) metav1.ObjectMeta { return o.ObjectMeta }
+func roleMeta(o rbacv1.Role) metav1.ObjectMeta              { return o.ObjectMeta }
+func rbMeta(o rbacv1.RoleBinding) metav1.ObjectMeta         { return o.ObjectMeta }
 
 // strict decodes into the typed object, failing on any field the
 // Kubernetes type does not have (a typo such as readOnlyRootFileSystem, or a
@@ -87,6 +113,10 @@ func decodeMain(t *testing.T) decoded {
 			out.cr = append(out.cr, strict[rbacv1.ClusterRole](t, d))
 		case "rbac.authorization.k8s.io/v1/ClusterRoleBinding":
 			out.crb = append(out.crb, strict[rbacv1.ClusterRoleBinding](t, d))
+		case "rbac.authorization.k8s.io/v1/Role":
+			out.role = append(out.role, strict[rbacv1.Role](t, d))
+		case "rbac.authorization.k8s.io/v1/RoleBinding":
+			out.rb = append(out.rb, strict[rbacv1.RoleBinding](t, d))
 		default:
 			t.Errorf("unexpected object %s %s in lbpath.yaml", tm.APIVersion, tm.Kind)
 		}
@@ -96,10 +126,14 @@ func decodeMain(t *testing.T) decoded {
 
 func TestManifestsDecodeStrictly(t *testing.T) {
 	d := decodeMain(t)
-	if len(d.ds) != 1 || len(d.dep) != 1 || len(d.svc) != 1 || len(d.cm) != 1 || len(d.sa) != 1 || len(d.cr) != 1 || len(d.crb) != 1 {
+	// The agent's account and ClusterRole, and the collector's (lbsignals
+	// receiver) with its Lease Role.
+	if len(d.ds) != 1 || len(d.dep) != 1 || len(d.svc) != 1 || len(d.cm) != 1 || len(d.sa) != 2 || len(d.cr) != 2 || len(d.crb) != 2 ||
+		len(d.role) != 1 || len(d.rb) != 1 {
 		t.Fatalf("objects: %v", d.kind)
 	}
-	for _, o := range []metav1.ObjectMeta{d.ds[0].ObjectMeta, d.dep[0].ObjectMeta, d.svc[0].ObjectMeta, d.cm[0].ObjectMeta, d.sa[0].ObjectMeta} {
+	for _, o := range []metav1.ObjectMeta{d.ds[0].ObjectMeta, d.dep[0].ObjectMeta, d.svc[0].ObjectMeta, d.cm[0].ObjectMeta, d.sa[0].ObjectMeta,
+		d.sa[1].ObjectMeta, d.role[0].ObjectMeta, d.rb[0].ObjectMeta} {
 		if o.Namespace != Namespace {
 			t.Errorf("%s: namespace %q", o.Name, o.Namespace)
 		}
@@ -131,7 +165,8 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 			t.Errorf("collector Service lacks port %d", p)
 		}
 	}
-	if d.crb[0].Subjects[0].Name != d.sa[0].Name || d.ds[0].Spec.Template.Spec.ServiceAccountName != d.sa[0].Name {
+	sa := named(t, d.sa, agentAccount, saMeta)
+	if named(t, d.crb, agentRole, crbMeta).Subjects[0].Name != sa.Name || d.ds[0].Spec.Template.Spec.ServiceAccountName != sa.Name {
 		t.Error("ServiceAccount, binding and DaemonSet disagree on the account")
 	}
 }
@@ -212,7 +247,7 @@ func TestRBACIsReadOnly(t *testing.T) {
 	d := decodeMain(t)
 	want := map[string]bool{"/pods": true, "/services": true, "/nodes": true, "discovery.k8s.io/endpointslices": true, "apps/replicasets": true}
 	got := map[string]bool{}
-	for _, r := range d.cr[0].Rules {
+	for _, r := range named(t, d.cr, agentRole, crMeta).Rules {
 		verbs := slices.Clone(r.Verbs)
 		slices.Sort(verbs)
 		if !slices.Equal(verbs, []string{"get", "list", "watch"}) {
@@ -376,4 +411,65 @@ func TestAgentShutdownInsideGrace(t *testing.T) {
 	if budget <= 0 || budget > grace/2 {
 		t.Errorf("--shutdown-timeout %v with a grace period of %v: want more than 0 and at most half", budget, grace)
 	}
+}
+
+// TestCollectorRBAC: the collector's own account may read Services, Nodes
+// and EndpointSlices (the lbsignals receiver's informers) and hold one
+// Lease in its namespace, nothing more, and its pods run as that account
+// with a token.
+func TestCollectorRBAC(t *testing.T) {
+	d := decodeMain(t)
+	sa := named(t, d.sa, collectorAccount, saMeta)
+	spec := d.dep[0].Spec.Template.Spec
+	if spec.ServiceAccountName != sa.Name || spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken {
+		t.Errorf("collector pods: serviceAccountName %q automount %v, want %s with a token", spec.ServiceAccountName, spec.AutomountServiceAccountToken, sa.Name)
+	}
+	grants := func(rules []rbacv1.PolicyRule) map[string]string {
+		out := map[string]string{}
+		for _, r := range rules {
+			if len(r.ResourceNames) > 0 || len(r.NonResourceURLs) > 0 {
+				t.Errorf("rule %v: unexpected resourceNames/nonResourceURLs", r)
+			}
+			verbs := slices.Clone(r.Verbs)
+			slices.Sort(verbs)
+			for _, g := range r.APIGroups {
+				for _, res := range r.Resources {
+					out[g+"/"+res] = strings.Join(verbs, ",")
+				}
+			}
+		}
+		return out
+	}
+	cr := named(t, d.cr, collectorAccount, crMeta)
+	want := map[string]string{"/services": "get,list,watch", "/nodes": "get,list,watch", "discovery.k8s.io/endpointslices": "get,list,watch"}
+	if got := grants(cr.Rules); !mapsEqual(got, want) {
+		t.Errorf("collector ClusterRole grants %v, want %v", got, want)
+	}
+	role := d.role[0]
+	if got := grants(role.Rules); !mapsEqual(got, map[string]string{"coordination.k8s.io/leases": "create,get,update"}) {
+		t.Errorf("collector Role grants %v, want get/create/update on leases", got)
+	}
+	crb := named(t, d.crb, collectorAccount, crbMeta)
+	for _, b := range []struct {
+		what    string
+		ref     rbacv1.RoleRef
+		subject []rbacv1.Subject
+		refName string
+	}{{"ClusterRoleBinding", crb.RoleRef, crb.Subjects, cr.Name}, {"RoleBinding", d.rb[0].RoleRef, d.rb[0].Subjects, role.Name}} {
+		if b.ref.Name != b.refName || len(b.subject) != 1 || b.subject[0].Name != sa.Name || b.subject[0].Namespace != Namespace {
+			t.Errorf("%s %+v %+v does not bind %s to %s", b.what, b.ref, b.subject, b.refName, sa.Name)
+		}
+	}
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
 }

@@ -62,13 +62,13 @@ func git(ctx context.Context, dir string, args ...string) (string, error) {
 }
 
 // binaries returns the path of each image's binary, in opt.Images order:
-// Package images built by one `go build` into work, Binary images as given.
-// Every binary must be a static linux/amd64 executable, since the image has
-// no dynamic loader and no libc.
+// Package images built by one `go build` per module into work, Binary
+// images as given. Every binary must be a static linux/amd64 executable,
+// since the image has no dynamic loader and no libc.
 func binaries(ctx context.Context, opt Options, work string) ([]string, error) {
-	out := filepath.Join(work, "bin") + string(filepath.Separator)
 	paths := make([]string, len(opt.Images))
-	var pkgs []string
+	pkgs := map[string][]string{} // module dir → packages
+	var modules []string
 	byBase := map[string]string{}
 	for i, im := range opt.Images {
 		if im.Binary != "" {
@@ -76,17 +76,23 @@ func binaries(ctx context.Context, opt Options, work string) ([]string, error) {
 			continue
 		}
 		// go build -o dir/ names each binary after its package's
-		// last element.
-		base := path.Base(im.Package)
-		if other, ok := byBase[base]; ok && other != im.Package {
-			return nil, fmt.Errorf("images: packages %s and %s both build a binary named %s", other, im.Package, base)
+		// import path's last element, which for "." in a nested module
+		// is the module's last element.
+		base := path.Base(path.Join(im.Module, im.Package))
+		key := im.Module + ":" + im.Package
+		if other, ok := byBase[base]; ok && other != key {
+			return nil, fmt.Errorf("images: packages %s and %s both build a binary named %s", other, key, base)
 		}
-		byBase[base] = im.Package
-		pkgs = append(pkgs, im.Package)
-		paths[i] = out + base
+		byBase[base] = key
+		if _, ok := pkgs[im.Module]; !ok {
+			modules = append(modules, im.Module)
+		}
+		pkgs[im.Module] = append(pkgs[im.Module], im.Package)
+		paths[i] = filepath.Join(work, "bin", base)
 	}
-	if len(pkgs) > 0 {
-		if err := goBuild(ctx, opt, out, pkgs); err != nil {
+	out := filepath.Join(work, "bin") + string(filepath.Separator)
+	for _, m := range modules {
+		if err := goBuild(ctx, opt, filepath.Join(opt.Dir, m), out, pkgs[m]); err != nil {
 			return nil, err
 		}
 	}
@@ -98,20 +104,20 @@ func binaries(ctx context.Context, opt Options, work string) ([]string, error) {
 	return paths, nil
 }
 
-// goBuild builds pkgs reproducibly: no cgo, no absolute paths, no VCS stamp
-// (the image's revision label carries it), no symbol table or DWARF; the
-// version stamp (main.version, where a command has one; the linker ignores
-// it elsewhere) is the tag.
-func goBuild(ctx context.Context, opt Options, out string, pkgs []string) error {
+// goBuild builds pkgs of the module in dir reproducibly: no cgo, no
+// absolute paths, no VCS stamp (the image's revision label carries it), no
+// symbol table or DWARF; the version stamp (main.version, where a command
+// has one; the linker ignores it elsewhere) is the tag.
+func goBuild(ctx context.Context, opt Options, dir, out string, pkgs []string) error {
 	args := []string{"build", "-trimpath", "-buildvcs=false",
 		"-ldflags=-s -w -X main.version=" + opt.Tag, "-o", out}
 	cmd := exec.CommandContext(ctx, "go", append(args, pkgs...)...)
-	cmd.Dir = opt.Dir
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1", "GOFLAGS=")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("images: go build %s: %w\n%s", strings.Join(pkgs, " "), err, stderr.Bytes())
+		return fmt.Errorf("images: go build %s in %s: %w\n%s", strings.Join(pkgs, " "), dir, err, stderr.Bytes())
 	}
 	return nil
 }

@@ -24,9 +24,15 @@ type Image struct {
 	// Name is the short name, e.g. "lbpath-agent"; the ref is
 	// Registry/Name:Tag and the binary is /usr/local/bin/Name.
 	Name string
-	// Package is the main package of this module to build, e.g.
-	// "./cmd/lbpath-agent". Exactly one of Package and Binary is set.
+	// Package is the main package to build, e.g. "./cmd/lbpath-agent",
+	// relative to Module. Exactly one of Package and Binary is set.
 	Package string
+	// Module is the directory, relative to the lbpath module root, of
+	// the nested Go module (own go.mod) that Package is built in, e.g.
+	// "cmd/lbpath-gateway"; empty: the lbpath module itself. A nested
+	// module keeps dependency trees at other versions (the gateway's
+	// collector release) out of the product's go.mod.
+	Module string
 	// Binary is the path of an already-built static linux/amd64 binary
 	// (e.g. CoreDNS built in a tools module).
 	Binary string
@@ -103,6 +109,13 @@ var Product = []Image{
 		Name:        "lbpath-collector",
 		Package:     "./cmd/lbpath-collector",
 		Description: "lbpath collector: OpenTelemetry Collector distribution with lbpath's load-balance processors",
+		User:        nonRoot,
+	},
+	{
+		Name:        "lbpath-gateway",
+		Module:      "cmd/lbpath-gateway",
+		Package:     ".",
+		Description: "lbpath gateway: routes the agents' OTLP to lbpath-collector replicas by Kubernetes Service and trace ID",
 		User:        nonRoot,
 	},
 }
@@ -192,6 +205,9 @@ func validate(opt Options) error {
 		seen[im.Name] = true
 		if (im.Package == "") == (im.Binary == "") {
 			return fmt.Errorf("images: %s: set exactly one of Package and Binary", im.Name)
+		}
+		if im.Module != "" && (im.Binary != "" || filepath.IsAbs(im.Module) || strings.HasPrefix(filepath.Clean(im.Module), "..")) {
+			return fmt.Errorf("images: %s: Module %q: want a directory inside the lbpath module, with Package", im.Name, im.Module)
 		}
 		if _, err := name.NewTag(Ref(opt, im), name.StrictValidation); err != nil {
 			return fmt.Errorf("images: %s: ref %q: %w", im.Name, Ref(opt, im), err)

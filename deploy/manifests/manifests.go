@@ -18,14 +18,20 @@ import (
 
 // Renderings are the committed files and the helm template arguments each
 // is rendered with. Main is everything a cluster needs; Monitoring holds the
-// Prometheus Operator objects, which only apply where its CRDs exist.
+// Prometheus Operator objects, which only apply where its CRDs exist;
+// ScaleOutFile is Main with two collector tiers.
 var Renderings = []Rendering{
 	{File: "lbpath.yaml"},
 	{File: "lbpath-monitoring.yaml", Args: []string{
 		"--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true",
 		"--show-only", "templates/monitoring.yaml",
 	}},
+	{File: ScaleOutFile, Args: []string{"--set", "collector.scaleOut.enabled=true"}},
 }
+
+// ScaleOutFile is the main manifest in the chart's two-tier mode
+// (collector.scaleOut.enabled): gateway Deployment, aggregation StatefulSet.
+const ScaleOutFile = "lbpath-scaleout.yaml"
 
 // Rendering is one committed manifest file.
 type Rendering struct {

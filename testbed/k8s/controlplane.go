@@ -57,6 +57,8 @@ var RealNodeControllers = []string{
 	// service-account volumes need.
 	"root-ca-certificate-publisher-controller",
 	"daemonset-controller",
+	// The chart's scale-out aggregation tier is a StatefulSet.
+	"statefulset-controller",
 	// Finishes namespace deletion (helm uninstall --namespace, tests).
 	"namespace-controller",
 }

@@ -22,3 +22,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "lbpath.collectorName" -}}
 {{- include "lbpath.fullname" . }}-collector
 {{- end -}}
+
+{{- define "lbpath.gatewayName" -}}
+{{- include "lbpath.fullname" . }}-gateway
+{{- end -}}
+
+{{/* The Service the agents push OTLP to: the gateway in scale-out mode. */}}
+{{- define "lbpath.otlpService" -}}
+{{- if .Values.collector.scaleOut.enabled -}}
+{{- include "lbpath.gatewayName" . -}}
+{{- else -}}
+{{- include "lbpath.collectorName" . -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,275 @@
+package manifests
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// scaleOut is every object of the scale-out manifest, strictly decoded.
+type scaleOut struct {
+	decoded
+	sts  []appsv1.StatefulSet
+	role []rbacv1.Role
+	rb   []rbacv1.RoleBinding
+}
+
+func decodeScaleOut(t *testing.T) scaleOut {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(Dir(), ScaleOutFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out scaleOut
+	for _, d := range docs(t, raw) {
+		var tm metav1.TypeMeta
+		if err := yaml.Unmarshal(d, &tm); err != nil {
+			t.Fatal(err)
+		}
+		out.kind = append(out.kind, tm.Kind)
+		switch tm.APIVersion + "/" + tm.Kind {
+		case "apps/v1/DaemonSet":
+			out.ds = append(out.ds, strict[appsv1.DaemonSet](t, d))
+		case "apps/v1/Deployment":
+			out.dep = append(out.dep, strict[appsv1.Deployment](t, d))
+		case "apps/v1/StatefulSet":
+			out.sts = append(out.sts, strict[appsv1.StatefulSet](t, d))
+		case "v1/Service":
+			out.svc = append(out.svc, strict[corev1.Service](t, d))
+		case "v1/ConfigMap":
+			out.cm = append(out.cm, strict[corev1.ConfigMap](t, d))
+		case "v1/ServiceAccount":
+			out.sa = append(out.sa, strict[corev1.ServiceAccount](t, d))
+		case "rbac.authorization.k8s.io/v1/ClusterRole":
+			out.cr = append(out.cr, strict[rbacv1.ClusterRole](t, d))
+		case "rbac.authorization.k8s.io/v1/ClusterRoleBinding":
+			out.crb = append(out.crb, strict[rbacv1.ClusterRoleBinding](t, d))
+		case "rbac.authorization.k8s.io/v1/Role":
+			out.role = append(out.role, strict[rbacv1.Role](t, d))
+		case "rbac.authorization.k8s.io/v1/RoleBinding":
+			out.rb = append(out.rb, strict[rbacv1.RoleBinding](t, d))
+		default:
+			t.Errorf("unexpected object %s %s in %s", tm.APIVersion, tm.Kind, ScaleOutFile)
+		}
+	}
+	return out
+}
+
+func (s scaleOut) service(t *testing.T, name string) corev1.Service {
+	t.Helper()
+	for _, v := range s.svc {
+		if v.Name == name {
+			return v
+		}
+	}
+	t.Fatalf("no Service %s", name)
+	return corev1.Service{}
+}
+
+func (s scaleOut) configMap(t *testing.T, name string) corev1.ConfigMap {
+	t.Helper()
+	for _, v := range s.cm {
+		if v.Name == name {
+			return v
+		}
+	}
+	t.Fatalf("no ConfigMap %s", name)
+	return corev1.ConfigMap{}
+}
+
+// selects fails unless every selector label is on the pod template.
+func selects(t *testing.T, what string, sel, pod map[string]string) {
+	t.Helper()
+	if len(sel) == 0 {
+		t.Errorf("%s: empty selector", what)
+	}
+	for k, v := range sel {
+		if pod[k] != v {
+			t.Errorf("%s: selector %s=%s not on the pods", what, k, v)
+		}
+	}
+}
+
+// TestScaleOutObjects: the two tiers are wired to each other — agents to
+// the gateway Service, the gateway's selectors and the aggregation tier's
+// headless Service to their pods — and the aggregation pods are exactly the
+// single collector's, so both modes run the same processors and settings.
+func TestScaleOutObjects(t *testing.T) {
+	s := decodeScaleOut(t)
+	if len(s.ds) != 1 || len(s.dep) != 1 || len(s.sts) != 1 || len(s.svc) != 2 || len(s.role) != 1 || len(s.rb) != 1 {
+		t.Fatalf("objects: %v", s.kind)
+	}
+	gw, sts := s.dep[0], s.sts[0]
+	if gw.Name != "lbpath-gateway" || sts.Name != "lbpath-collector" {
+		t.Fatalf("gateway %s, aggregation tier %s", gw.Name, sts.Name)
+	}
+	if *sts.Spec.Replicas != 3 || sts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		t.Errorf("StatefulSet replicas %d policy %s, want 3 Parallel (the default scaleOut.replicas)", *sts.Spec.Replicas, sts.Spec.PodManagementPolicy)
+	}
+	selects(t, "gateway Deployment", gw.Spec.Selector.MatchLabels, gw.Spec.Template.Labels)
+	selects(t, "StatefulSet", sts.Spec.Selector.MatchLabels, sts.Spec.Template.Labels)
+
+	head := s.service(t, sts.Spec.ServiceName)
+	if head.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("Service %s (the StatefulSet's serviceName) clusterIP %q, want None: the resolver needs one address per replica", head.Name, head.Spec.ClusterIP)
+	}
+	selects(t, "headless Service", head.Spec.Selector, sts.Spec.Template.Labels)
+	selects(t, "gateway Service", s.service(t, "lbpath-gateway").Spec.Selector, gw.Spec.Template.Labels)
+	for _, k := range []string{"app.kubernetes.io/component"} {
+		if gw.Spec.Template.Labels[k] == sts.Spec.Template.Labels[k] {
+			t.Errorf("gateway and collector pods share %s=%s: each Service would select both tiers", k, gw.Spec.Template.Labels[k])
+		}
+	}
+
+	// The aggregation pods are the single collector's pods.
+	single := decodeMain(t).dep[0].Spec.Template
+	if !reflect.DeepEqual(sts.Spec.Template.Spec, single.Spec) {
+		t.Errorf("aggregation pod spec differs from the single collector's:\n%+v\n%+v", sts.Spec.Template.Spec, single.Spec)
+	}
+	if !reflect.DeepEqual(s.configMap(t, "lbpath-collector").Data, decodeMain(t).cm[0].Data) {
+		t.Error("aggregation tier's configuration differs from the single collector's")
+	}
+
+	// Agents push deltas to the gateway Service.
+	args := strings.Join(s.ds[0].Spec.Template.Spec.Containers[0].Args, " ")
+	for _, a := range []string{"--otlp-endpoint=lbpath-gateway.lbpath.svc:4317", "--metrics-temporality=delta"} {
+		if !strings.Contains(args, a) {
+			t.Errorf("agent args lack %s: %s", a, args)
+		}
+	}
+	if single := strings.Join(decodeMain(t).ds[0].Spec.Template.Spec.Containers[0].Args, " "); strings.Contains(single, "--metrics-temporality") {
+		t.Errorf("single-collector mode sets a temporality (must keep the agent's default): %s", single)
+	}
+	if !hasPort(s.service(t, "lbpath-gateway"), 4317) {
+		t.Error("gateway Service lacks port 4317")
+	}
+}
+
+func hasPort(s corev1.Service, p int32) bool {
+	return slices.ContainsFunc(s.Spec.Ports, func(sp corev1.ServicePort) bool { return sp.Port == p })
+}
+
+// gatewayConfig is the part of the gateway's collector configuration the
+// tests check.
+type gatewayConfig struct {
+	Extensions struct {
+		HealthCheck struct {
+			Endpoint string `json:"endpoint"`
+		} `json:"health_check"`
+	} `json:"extensions"`
+	Exporters map[string]struct {
+		RoutingKey        string   `json:"routing_key"`
+		RoutingAttributes []string `json:"routing_attributes"`
+		Resolver          struct {
+			K8s struct {
+				Service         string  `json:"service"`
+				Ports           []int32 `json:"ports"`
+				ReturnHostnames bool    `json:"return_hostnames"`
+			} `json:"k8s"`
+		} `json:"resolver"`
+	} `json:"exporters"`
+	Service struct {
+		Extensions []string `json:"extensions"`
+		Pipelines  map[string]struct {
+			Receivers  []string `json:"receivers"`
+			Processors []string `json:"processors"`
+			Exporters  []string `json:"exporters"`
+		} `json:"pipelines"`
+	} `json:"service"`
+}
+
+// TestGatewayRoutesByServiceAndTrace: metrics are keyed by the Service's
+// namespace and name (the attributes lbpath's agents put on every data
+// point), spans by trace ID; both resolve the headless Service's replicas by
+// their stable names on its OTLP port; the probes ask the health_check
+// extension's port.
+func TestGatewayRoutesByServiceAndTrace(t *testing.T) {
+	s := decodeScaleOut(t)
+	var cfg gatewayConfig
+	if err := yaml.Unmarshal([]byte(s.configMap(t, "lbpath-gateway").Data["config.yaml"]), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	head := s.service(t, s.sts[0].Spec.ServiceName)
+	for pipeline, want := range map[string]struct {
+		key   string
+		attrs []string
+	}{
+		"metrics": {"attributes", []string{"k8s.namespace.name", "k8s.service.name"}},
+		"traces":  {"traceID", nil},
+	} {
+		p, ok := cfg.Service.Pipelines[pipeline]
+		if !ok || len(p.Exporters) != 1 || !slices.Contains(p.Receivers, "otlp") {
+			t.Errorf("%s pipeline %+v: want otlp in, one exporter out", pipeline, p)
+			continue
+		}
+		e, ok := cfg.Exporters[p.Exporters[0]]
+		if !ok || !strings.HasPrefix(p.Exporters[0], "loadbalancing") {
+			t.Errorf("%s pipeline exports to %s, not a loadbalancing exporter", pipeline, p.Exporters[0])
+			continue
+		}
+		if e.RoutingKey != want.key || !slices.Equal(e.RoutingAttributes, want.attrs) {
+			t.Errorf("%s: routing_key %q attributes %v, want %q %v", pipeline, e.RoutingKey, e.RoutingAttributes, want.key, want.attrs)
+		}
+		k := e.Resolver.K8s
+		if k.Service != head.Name+"."+head.Namespace || len(k.Ports) != 1 || !hasPort(head, k.Ports[0]) || !k.ReturnHostnames {
+			t.Errorf("%s resolver %+v: want service %s.%s, a port of it, return_hostnames", pipeline, k, head.Name, head.Namespace)
+		}
+	}
+	c := s.dep[0].Spec.Template.Spec.Containers[0]
+	ep := cfg.Extensions.HealthCheck.Endpoint
+	port := ep[strings.LastIndex(ep, ":")+1:]
+	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil {
+			t.Errorf("gateway %s probe: none", name)
+			continue
+		}
+		var probePort string
+		for _, cp := range c.Ports {
+			if cp.Name == p.HTTPGet.Port.String() {
+				probePort = fmt.Sprint(cp.ContainerPort)
+			}
+		}
+		if probePort != port {
+			t.Errorf("gateway %s probe asks port %s (%s), health_check listens on %s", name, p.HTTPGet.Port.String(), probePort, port)
+		}
+	}
+	if !slices.Contains(cfg.Service.Extensions, "health_check") {
+		t.Error("health_check extension not enabled in service.extensions")
+	}
+}
+
+// TestGatewayRBAC: the gateway may only read EndpointSlices in its own
+// namespace (the k8s resolver's list and watch), under its own account.
+func TestGatewayRBAC(t *testing.T) {
+	s := decodeScaleOut(t)
+	role, rb, gw := s.role[0], s.rb[0], s.dep[0]
+	if role.Namespace != Namespace || len(role.Rules) != 1 {
+		t.Fatalf("Role %s/%s rules %v", role.Namespace, role.Name, role.Rules)
+	}
+	r := role.Rules[0]
+	verbs := slices.Sorted(slices.Values(r.Verbs))
+	if !slices.Equal(r.APIGroups, []string{"discovery.k8s.io"}) || !slices.Equal(r.Resources, []string{"endpointslices"}) ||
+		!slices.Equal(verbs, []string{"get", "list", "watch"}) {
+		t.Errorf("Role rule %+v: want get/list/watch on discovery.k8s.io endpointslices only", r)
+	}
+	if rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != role.Name || len(rb.Subjects) != 1 ||
+		rb.Subjects[0].Name != gw.Spec.Template.Spec.ServiceAccountName || rb.Subjects[0].Namespace != Namespace {
+		t.Errorf("RoleBinding %+v does not bind %s to the gateway's account %s", rb, role.Name, gw.Spec.Template.Spec.ServiceAccountName)
+	}
+	if a := gw.Spec.Template.Spec.AutomountServiceAccountToken; a != nil && !*a {
+		t.Error("gateway pods mount no service account token: the resolver cannot list EndpointSlices")
+	}
+	if !slices.ContainsFunc(s.sa, func(sa corev1.ServiceAccount) bool { return sa.Name == gw.Spec.Template.Spec.ServiceAccountName }) {
+		t.Errorf("no ServiceAccount %s", gw.Spec.Template.Spec.ServiceAccountName)
+	}
+}

@@ -11,12 +11,13 @@ import (
 	"github.com/lbpath/lbpath/internal/otlpsink"
 )
 
-// BenchmarkExport measures the agent's export path per connection: one
-// root span with a hop child and diagnosis events, six metric updates, and
-// the OTLP/gRPC encoding and send to a receiver on loopback (the receiver
-// decodes into pdata in the same process, so this over-counts the agent's
-// share). Reported per connection and as spans/s and metric updates/s.
-func BenchmarkExport(b *testing.B) {
+// benchExport measures the agent's export path per connection: metric
+// updates for the connection and one request, and, for the connections
+// the sampling keeps, one root span with a hop child and the OTLP/gRPC
+// encoding and send to a receiver on loopback (the receiver decodes into
+// pdata in the same process, so this over-counts the agent's share).
+// Reported per connection and as spans/s and metric updates/s.
+func benchExport(b *testing.B, noTraces bool, sampling Sampling) {
 	sink, err := otlpsink.Start()
 	if err != nil {
 		b.Fatal(err)
@@ -24,12 +25,15 @@ func BenchmarkExport(b *testing.B) {
 	defer sink.Stop()
 	sink.Discard()
 	ctx := context.Background()
-	e, err := New(ctx, Config{Endpoint: sink.GRPCAddr, Insecure: true, Node: "node1", MetricInterval: time.Hour, QueueSize: 1 << 16, NoTraces: benchNoTraces}, nil, nil)
+	e, err := New(ctx, Config{Endpoint: sink.GRPCAddr, Insecure: true, Node: "node1", MetricInterval: time.Hour,
+		QueueSize: 1 << 16, NoTraces: noTraces, Sampling: sampling}, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	_, server := twoViews()
-	paths := make([]path.Path, 1024)
+	// Distinct source ports: distinct trace IDs, so the sampler keeps its
+	// share of them (healthy connections: no rule keeps them all).
+	paths := make([]path.Path, 4096)
 	for i := range paths {
 		paths[i] = server
 		paths[i].Conn.PodSrc = netip.AddrPortFrom(server.Conn.PodSrc.Addr(), uint16(10000+i))
@@ -50,23 +54,31 @@ func BenchmarkExport(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.StopTimer()
-	spans := float64(b.N) * 2 // root + hop
+	kept := uint64(b.N) - e.Stats.SampledOut.Load()
+	if noTraces {
+		kept = 0
+	}
+	spans := float64(kept) * 2 // root + hop
 	b.ReportMetric(spans/b.Elapsed().Seconds(), "spans/s")
+	b.ReportMetric(float64(kept)/float64(b.N), "kept/conn")
 	b.ReportMetric(float64(b.N)*8/b.Elapsed().Seconds(), "metric-updates/s")
 	if q := e.Stats.QueueFull.Load(); q != 0 {
-		b.Fatalf("%d connections dropped at the queue", q)
+		b.Fatalf("%d connections' spans dropped at the queue", q)
 	}
 	e.Shutdown(ctx)
-	if got, _ := sink.Counts(); !benchNoTraces && got != 2*b.N {
-		b.Fatalf("receiver got %d spans, want %d", got, 2*b.N)
+	if got, _ := sink.Counts(); got != int(spans) {
+		b.Fatalf("receiver got %d spans, want %v", got, spans)
 	}
 }
 
-var benchNoTraces bool
+// BenchmarkExport exports every connection's spans (sampling off).
+func BenchmarkExport(b *testing.B) { benchExport(b, false, Sampling{}) }
+
+// BenchmarkExportSampled exports spans at the agent's default sampling
+// (1/16 of healthy connections).
+func BenchmarkExportSampled(b *testing.B) {
+	benchExport(b, false, Sampling{Enabled: true, Probability: DefaultSpanSampling, SlowThreshold: DefaultSlowThreshold})
+}
 
 // BenchmarkExportMetricsOnly is BenchmarkExport without spans.
-func BenchmarkExportMetricsOnly(b *testing.B) {
-	benchNoTraces = true
-	defer func() { benchNoTraces = false }()
-	BenchmarkExport(b)
-}
+func BenchmarkExportMetricsOnly(b *testing.B) { benchExport(b, true, Sampling{}) }

@@ -86,6 +86,13 @@ func LoadCatalog(root string) (*Catalog, error) {
 	if len(procDirs) == 0 {
 		return nil, fmt.Errorf("no processor/*/processor.go under %s", root)
 	}
+	// Collector receivers that emit lbpath metrics declare them the same
+	// way, in metrics.go (receiver/lbsignals).
+	recvFiles, err := filepath.Glob(filepath.Join(root, "receiver", "*", "metrics.go"))
+	if err != nil {
+		return nil, fmt.Errorf("list receivers: %w", err)
+	}
+	procDirs = append(procDirs, recvFiles...)
 	var all []otlpMetric
 	all = append(all, agent...)
 	for _, f := range procDirs {
@@ -159,9 +166,14 @@ func (c *Catalog) add(m otlpMetric) error {
 		c.Metrics[name] = &Metric{Name: name, OTLPName: m.name, Unit: m.unit, Kind: m.kind, Source: m.source, Labels: ls}
 	}
 	if m.kind == "histogram" {
+		// Classic form (explicit buckets): _bucket/_sum/_count. Native form
+		// (an exponential histogram through Prometheus' OTLP receiver): one
+		// series under the base name. Which one exists depends on the
+		// agent's --latency-histogram, so both are declared.
 		mk(base+"_bucket", "le")
 		mk(base + "_sum")
 		mk(base + "_count")
+		mk(base)
 		return nil
 	}
 	mk(base)

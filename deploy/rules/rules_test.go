@@ -52,7 +52,8 @@ func TestRulesFileIsValid(t *testing.T) {
 			alerts[r.Alert] = true
 		}
 	}
-	for _, a := range []string{"LbpathHotPod", "LbpathServiceImbalanced", "LbpathDeployRegression", "LbpathClientIPLost", "LbpathAgentDropping", "LbpathAgentExportFailing", "LbpathAgentSilent", "LbpathConntrackDropping", "LbpathConntrackNearlyFull"} {
+	for _, a := range []string{"LbpathHotPod", "LbpathServiceImbalanced", "LbpathDeployRegression", "LbpathClientIPLost", "LbpathAgentDropping", "LbpathAgentExportFailing", "LbpathAgentSilent", "LbpathConntrackDropping", "LbpathConntrackNearlyFull",
+		"LbpathLoadBalancerPending", "LbpathManyLoadBalancers", "LbpathLocalServiceNoHealthyNode", "LbpathLocalReadyPodsNotInLoadBalancer"} {
 		if !alerts[a] {
 			t.Errorf("alert %s missing", a)
 		}

@@ -92,7 +92,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&ec.QueueSize, "export-queue", 8192, "connections waiting to be exported; beyond it they are dropped and counted")
 	fs.StringVar(&ec.ClientAddresses, "client-addresses", "keep", "client.address in exported data: keep, hash or drop")
 	ec.Sampling = exporter.Sampling{Enabled: true, Probability: exporter.DefaultSpanSampling, SlowThreshold: exporter.DefaultSlowThreshold}
-	fs.Func("span-sampling", "fraction of healthy connections exported as spans, decided from the trace ID so that every node keeps or drops the same connection (0 to 1, a decimal or a fraction; default 1/16); failed, diagnosed and slow connections are always exported; Service annotation lbpath.io/span-sampling overrides it",
+	fs.Func("span-sampling", "fraction of healthy connections exported as spans, decided from the trace ID so that every node keeps or drops the same connection (0 to 1, a decimal or a fraction; default 1/32); failed, diagnosed and slow connections are always exported; Service annotation lbpath.io/span-sampling overrides it",
 		func(v string) (err error) { ec.Sampling.Probability, err = kube.ParseSpanSampling(v); return err })
 	fs.Func("slow-threshold", "connections that last longer are always exported as spans (0: none for being slow; default 1s); Service annotation lbpath.io/slow-threshold overrides it",
 		func(v string) (err error) { ec.Sampling.SlowThreshold, err = kube.ParseSlowThreshold(v); return err })

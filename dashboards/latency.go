@@ -6,9 +6,25 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 )
 
-// quantile is histogram_quantile(q, sum by (le, by) (rate(hist_bucket{…}))).
+// quantile reads the q-quantile of a latency histogram in either form
+// Prometheus may hold it: a native histogram (the agents' default,
+// --latency-histogram=exponential, which Prometheus' OTLP receiver stores
+// as one series named hist, with no _bucket) or classic _bucket series
+// (--latency-histogram=explicit). Only one form exists per series, so
+// `native or classic` answers for each label set from whichever is there;
+// during a switch-over both may exist for a while and the native answer
+// wins for the label sets both have.
 func quantile(q float64, hist, by string, matchers ...string) string {
-	return fmt.Sprintf("histogram_quantile(%g, sum by (le, %s) (%s))", q, by, rate(hist+"_bucket", matchers...))
+	return fmt.Sprintf("histogram_quantile(%g, sum by (%s) (%s)) or histogram_quantile(%g, sum by (le, %s) (%s))",
+		q, by, rate(hist, matchers...), q, by, rate(hist+"_bucket", matchers...))
+}
+
+// mean is the mean of a histogram's observations, from a native histogram
+// (histogram_sum / histogram_count) or the classic _sum and _count series.
+func mean(hist, by string, matchers ...string) string {
+	return fmt.Sprintf("(sum by (%s) (histogram_sum(%s)) / sum by (%s) (histogram_count(%s))) or (sum by (%s) (%s) / sum by (%s) (%s))",
+		by, rate(hist, matchers...), by, rate(hist, matchers...),
+		by, rate(hist+"_sum", matchers...), by, rate(hist+"_count", matchers...))
 }
 
 func podLatency() *dashboard.DashboardBuilder {
@@ -38,7 +54,7 @@ func podLatency() *dashboard.DashboardBuilder {
 			promQuery("A", fmt.Sprintf("sum by (%s) (%s)", byPod, rate(metricRetransmits, roleServer, mSvc)), "{{k8s_pod_name}}")).
 			DataLinks(traceLinks(lPod))).
 		WithPanel(ts("Mean connection lifetime per pod", "", "s", 8, 8,
-			promQuery("A", fmt.Sprintf("sum by (%s) (%s) / sum by (%s) (%s)", byPod, rate(metricConnDuration+"_sum", roleServer, mSvc), byPod, rate(metricConnDuration+"_count", roleServer, mSvc)), "{{k8s_pod_name}}"))).
+			promQuery("A", mean(metricConnDuration, byPod, roleServer, mSvc), "{{k8s_pod_name}}"))).
 		WithPanel(ts("Bytes/s per pod", "TCP payload by direction (to_server: requests, to_client: responses).", "Bps", 24, 8,
 			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_direction) (%s)", byPod, rate(metricBytes, roleServer, mSvc)), "{{k8s_pod_name}} {{lbpath_direction}}")))
 	return b

@@ -14,7 +14,8 @@ import (
 // Prometheus names of the series the dashboards read, as the collector's
 // Prometheus exporter (and Prometheus' OTLP receiver) translate lbpath's
 // OTLP names: counters get _total, unit s gets _seconds, unit 1 on a gauge
-// gets _ratio, histograms _bucket/_sum/_count. querycheck verifies each one
+// gets _ratio, histograms _bucket/_sum/_count (classic) or one native
+// histogram series under the base name (exponential). querycheck verifies each one
 // against the names it derives from exporter/ and processor/ sources.
 const (
 	metricConnections     = "lbpath_connections_total"

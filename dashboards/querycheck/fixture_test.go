@@ -27,7 +27,13 @@ const (
 	silentNode  = "node-c"
 )
 
-type fixture struct{ lines []string }
+// fixture is the series text for promqltest. With native set, latency
+// histograms are native histograms (what Prometheus' OTLP receiver makes of
+// the agents' default exponential histograms) instead of classic ones.
+type fixture struct {
+	lines  []string
+	native bool
+}
 
 func labelStr(ls map[string]string) string {
 	keys := make([]string, 0, len(ls))
@@ -80,8 +86,13 @@ func gauge(v float64, from, to int) string {
 }
 
 // histogram adds _bucket/_sum/_count series of a latency distribution with
-// the given median: a fraction le/(le+median) of observations is ≤ le.
+// the given median: a fraction le/(le+median) of observations is ≤ le. In a
+// native fixture it adds one native histogram series instead.
 func (f *fixture) histogram(name string, ls map[string]string, bounds []float64, perMin, median float64, from, to int) {
+	if f.native {
+		f.nativeHistogram(name, ls, perMin, median, from, to)
+		return
+	}
 	for _, le := range bounds {
 		frac := le / (le + median)
 		f.add(name+"_bucket", merge(ls, map[string]string{"le": fmt.Sprint(le)}), counter(math.Round(perMin*frac*100)/100, from, to))
@@ -89,6 +100,39 @@ func (f *fixture) histogram(name string, ls map[string]string, bounds []float64,
 	f.add(name+"_bucket", merge(ls, map[string]string{"le": "+Inf"}), counter(perMin, from, to))
 	f.add(name+"_count", ls, counter(perMin, from, to))
 	f.add(name+"_sum", ls, counter(perMin*median*1.3, from, to))
+}
+
+// nativeSchema is the fixture's native histogram schema: 8 buckets per
+// doubling, a resolution the agents' 160-bucket exponential histograms
+// reach on latencies spanning up to 2^20 (the SDK's scale 3; Prometheus
+// keeps it).
+const nativeSchema = 3
+
+// nativeHistogram adds one native histogram series of the same
+// distribution as histogram: buckets (2^(i/8), 2^((i+1)/8)] from median/2^10
+// to median·2^10, each growing by perMin·(F(upper)−F(lower)) a minute with
+// F(v) = v/(v+median); the rest of the mass (below and above) is left out,
+// as it is in the classic fixture beyond its bounds.
+func (f *fixture) nativeHistogram(name string, ls map[string]string, perMin, median float64, from, to int) {
+	per := math.Exp2(nativeSchema)
+	lo := int(math.Floor(math.Log2(median)*per)) - 10*int(per)
+	hi := lo + 20*int(per)
+	cdf := func(i int) float64 { v := math.Exp2(float64(i) / per); return v / (v + median) }
+	var buckets []string
+	var count float64
+	for i := lo; i < hi; i++ {
+		c := math.Round(perMin*(cdf(i+1)-cdf(i))*1000) / 1000
+		buckets = append(buckets, fmt.Sprint(c))
+		count += c
+	}
+	// Prometheus numbers a bucket by its upper bound (index i is
+	// (base^(i−1), base^i]), one more than OpenTelemetry does.
+	inc := fmt.Sprintf("{{schema:%d count:%g sum:%g offset:%d buckets:[%s]}}", nativeSchema, count, perMin*median*1.3, lo+1, strings.Join(buckets, " "))
+	var v string
+	if from > 0 {
+		v = fmt.Sprintf("_x%d ", from)
+	}
+	f.add(name, ls, v+fmt.Sprintf("{{schema:%d count:0 sum:0}}+%sx%d", nativeSchema, inc, to-from))
 }
 
 // The agent's bucket bounds (exporter/instruments.go).
@@ -126,8 +170,13 @@ func (c conn) labels() map[string]string {
 	}
 }
 
-func buildFixture() string {
-	f := &fixture{}
+func buildFixture() string { return buildFixtureWith(false) }
+
+// buildNativeFixture is the same cluster with native latency histograms.
+func buildNativeFixture() string { return buildFixtureWith(true) }
+
+func buildFixtureWith(native bool) string {
+	f := &fixture{native: native}
 	agent := map[string]string{"job": "lbpath-agent", "k8s_cluster_name": "prod", "otel_scope_name": "github.com/lbpath/lbpath/exporter"}
 	coll := map[string]string{"job": "lbpath-collector", "k8s_cluster_name": "prod"}
 

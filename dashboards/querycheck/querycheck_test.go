@@ -3,6 +3,7 @@ package querycheck
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -39,6 +40,7 @@ func TestCatalogDerivedFromSources(t *testing.T) {
 		"lbpath_connections_total":               {"lbpath_role", "lbpath_entry_node", "k8s_pod_name", "lbpath_pod_template_hash"},
 		"lbpath_bytes_total":                     {"lbpath_direction"},
 		"lbpath_request_duration_seconds_bucket": {"le", "k8s_deployment_name"},
+		"lbpath_request_duration_seconds":        {"k8s_deployment_name"}, // native histogram
 		"lbpath_agent_dropped_total":             {"lbpath_stage", "lbpath_reason"},
 		"lbpath_lb_share_ratio":                  {"lbpath_signal", "k8s_pod_name"},
 		"lbpath_deploy_latency_p90_seconds":      {"lbpath_revision"},
@@ -59,7 +61,7 @@ func TestCatalogDerivedFromSources(t *testing.T) {
 	if _, ok := c.Metrics["lbpath_lb_share"]; ok {
 		t.Error("lbpath.lb.share has unit 1: its Prometheus name must carry _ratio")
 	}
-	if c.Metrics["lbpath_rtt_seconds_sum"].Labels["le"] {
+	if c.Metrics["lbpath_rtt_seconds_sum"].Labels["le"] || c.Metrics["lbpath_rtt_seconds"].Labels["le"] {
 		t.Error("le belongs to _bucket only")
 	}
 	for _, g := range []string{"k8s_cluster_name", "k8s_node_name", "job"} {
@@ -176,9 +178,22 @@ var expectedEmpty = map[string]string{
 // synthetic cluster and requires a non-empty answer, then checks that the
 // panels and alerts that must single out the hot pod, the regressed
 // Deployment and the silent agent do so.
+//
+// It runs twice: with classic latency histograms (agents with
+// --latency-histogram=explicit) and with native ones (the default
+// exponential histograms through Prometheus' OTLP receiver).
 func TestEveryQueryEvaluates(t *testing.T) {
-	st := promqltest.LoadedStorage(t, buildFixture())
-	ng := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
+	t.Run("classic histograms", func(t *testing.T) { everyQueryEvaluates(t, buildFixture(), promqltest.DefaultMaxSamplesPerQuery) })
+	// A native histogram weighs its bucket count in the engine's sample
+	// limit: the fixture's 160-bucket histograms over a one-hour range query
+	// need more than the test engine's default (10,000), far less than a
+	// Prometheus server's (--query.max-samples, 50,000,000).
+	t.Run("native histograms", func(t *testing.T) { everyQueryEvaluates(t, buildNativeFixture(), 1_000_000) })
+}
+
+func everyQueryEvaluates(t *testing.T, fixture string, maxSamples int) {
+	st := promqltest.LoadedStorage(t, fixture)
+	ng := promqltest.NewTestEngine(t, false, 0, maxSamples)
 	qs, err := All()
 	if err != nil {
 		t.Fatal(err)
@@ -310,5 +325,49 @@ func TestExpand(t *testing.T) {
 	}
 	if _, err := Expand(`rate(x[$unknown])`, nil); err == nil {
 		t.Error("unknown variable accepted")
+	}
+}
+
+// TestLatencyQuantileOnBothHistogramForms checks a value, not just a
+// label, on both forms: the Deploys board's per-revision p90 of checkout's
+// new revision, whose latency follows F(v) = v/(v+0.1 s), i.e. p90 = 0.9 s.
+// The native answer is within one schema-3 bucket (a factor 2^(1/8)); the
+// classic one within its 0.75–1 s bucket.
+func TestLatencyQuantileOnBothHistogramForms(t *testing.T) {
+	qs, err := All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q Query
+	for _, c := range qs {
+		if c.Group == "lbpath / Deploys" && c.Name == "p90 at the pods by revision" {
+			q = c
+		}
+	}
+	if q.Expr == "" {
+		t.Fatal("no per-revision p90 query on the Deploys board")
+	}
+	q.Instant = true
+	for _, tc := range []struct {
+		name     string
+		fixture  string
+		lo, hi   float64
+		maxSampl int
+	}{
+		{"classic", buildFixture(), 0.75, 1, promqltest.DefaultMaxSamplesPerQuery},
+		{"native", buildNativeFixture(), 0.9 / math.Exp2(1.0/8), 0.9 * math.Exp2(1.0/8), 1_000_000},
+	} {
+		st := promqltest.LoadedStorage(t, tc.fixture)
+		ng := promqltest.NewTestEngine(t, false, 0, tc.maxSampl)
+		var got float64
+		n := 0
+		for _, s := range evaluate(t, ng, st, q).(promql.Vector) {
+			if s.Metric.Get("lbpath_pod_template_hash") == "8e9f" {
+				got, n = s.F, n+1
+			}
+		}
+		if n != 1 || !(got >= tc.lo && got <= tc.hi) {
+			t.Errorf("%s: p90 of checkout 8e9f = %v (%d series), want in [%.3f, %.3f]", tc.name, got, n, tc.lo, tc.hi)
+		}
 	}
 }

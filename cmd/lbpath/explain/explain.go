@@ -327,7 +327,7 @@ func (r *Report) latency(ctx context.Context, q *querier, sel, w string) error {
 		q   string
 		dst *float64
 	}{{"0.5", &r.P50}, {"0.9", &r.P90}, {"0.99", &r.P99}} {
-		if *p.dst, err = q.scalar(ctx, fmt.Sprintf(`histogram_quantile(%s, sum by (le) (rate(%s{%s}[%s])))`, p.q, mReqBucket, sel, w)); err != nil {
+		if *p.dst, err = q.scalar(ctx, latencyQuantile(p.q, "", sel, w)); err != nil {
 			return err
 		}
 	}

@@ -39,18 +39,25 @@ type source struct {
 // fleet feeds Prometheus the way a cluster does: one resource per agent
 // (service.name lbpath-agent, k8s.node.name the agent's node) and one for
 // the lbpath-collector's processors, all with the OTel SDK over OTLP/HTTP.
+//
+// With exponential set, lbpath.request.duration is a base-2 exponential
+// histogram as the agents make it by default (exporter/views.go: at most 160
+// buckets, max scale 20), which Prometheus' OTLP receiver stores as a
+// native histogram; otherwise explicit buckets as with
+// --latency-histogram=explicit.
 type fleet struct {
-	t       *testing.T
-	exp     sdkmetric.Exporter
-	sources map[string]*source
+	t           *testing.T
+	exp         sdkmetric.Exporter
+	sources     map[string]*source
+	exponential bool
 }
 
-func newFleet(t *testing.T, url string) *fleet {
+func newFleet(t *testing.T, url string, exponential bool) *fleet {
 	exp, err := otlpmetrichttp.New(context.Background(), otlpmetrichttp.WithEndpointURL(url))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fleet{t: t, exp: exp, sources: map[string]*source{}}
+	return &fleet{t: t, exp: exp, sources: map[string]*source{}, exponential: exponential}
 }
 
 func (f *fleet) source(service, node string) *source {
@@ -63,7 +70,12 @@ func (f *fleet) source(service, node string) *source {
 		attrs = append(attrs, attribute.String("k8s.node.name", node))
 	}
 	s := &source{reader: sdkmetric.NewManualReader(), dep: map[string]metric.Float64Gauge{}}
-	s.mp = sdkmetric.NewMeterProvider(sdkmetric.WithResource(resource.NewSchemaless(attrs...)), sdkmetric.WithReader(s.reader))
+	opts := []sdkmetric.Option{sdkmetric.WithResource(resource.NewSchemaless(attrs...)), sdkmetric.WithReader(s.reader)}
+	if f.exponential {
+		opts = append(opts, sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: "lbpath.request.duration"},
+			sdkmetric.Stream{Aggregation: sdkmetric.AggregationBase2ExponentialHistogram{MaxSize: 160, MaxScale: 20}})))
+	}
+	s.mp = sdkmetric.NewMeterProvider(opts...)
 	m := s.mp.Meter("lbpath-test")
 	must := func(err error) {
 		if err != nil {
@@ -292,9 +304,17 @@ func startPrometheus(t *testing.T) *prometheus.Server {
 	return s
 }
 
+// TestAgainstPrometheus runs the scenarios with the agents' default
+// exponential latency histograms (native histograms in Prometheus) and with
+// explicit buckets (classic _bucket series).
 func TestAgainstPrometheus(t *testing.T) {
+	t.Run("exponential", func(t *testing.T) { againstPrometheus(t, true) })
+	t.Run("explicit", func(t *testing.T) { againstPrometheus(t, false) })
+}
+
+func againstPrometheus(t *testing.T, exponential bool) {
 	s := startPrometheus(t)
-	f := newFleet(t, s.OTLPMetricsURL())
+	f := newFleet(t, s.OTLPMetricsURL(), exponential)
 	scenarios(f)
 	ctx := context.Background()
 	now := time.Now()
@@ -340,6 +360,12 @@ func TestAgainstPrometheus(t *testing.T) {
 		}
 		if !(r.P90 > 0.075 && r.P90 <= 0.1) {
 			t.Errorf("p90 %v, want within the 75–100 ms bucket the requests fell in", r.P90)
+		}
+		// The late requests all took 90 ms: a native histogram's bucket
+		// around it is about 2 % wide at the scale the SDK picks for two
+		// values (10 and 90 ms) in 160 buckets.
+		if exponential && math.Abs(r.P90/0.09-1) > 0.03 {
+			t.Errorf("p90 %v from the native histogram, want 90 ms within 3 %%", r.P90)
 		}
 	})
 

@@ -275,21 +275,22 @@ func TestNamesInCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 	uses := map[string][]string{
-		mConnections:   {lNamespace, lService, lPod, lNode, lDeployment, lRole, lOutcome, lEntry, lEntryNode, lSNAT, lCross, lCluster},
-		mRequests:      {lNamespace, lService, lPod, lNode, lDeployment},
-		mBytes:         {lNamespace, lService, lPod, lNode, lRole},
-		mReqBucket:     {lNamespace, lService, "le"},
-		mShare:         {lNamespace, lService, lPod, lNode, lSignal},
-		mHot:           {lNamespace, lService, lPod, lNode},
-		mPods:          {lNamespace, lService},
-		mNodeShare:     {lNamespace, lService, lNode, lSignal},
-		mDeployP50:     {lNamespace, lDeployment, lRevision, lHash},
-		mDeployP90:     {lNamespace, lDeployment, lRevision, lHash},
-		mDeployP99:     {lNamespace, lDeployment, lRevision, lHash},
-		mRegression:    {lNamespace, lDeployment},
-		mPValue:        {lNamespace, lDeployment},
-		mTimeSince:     {lNamespace, lDeployment},
-		mDeploySamples: {lNamespace, lDeployment, lRevision},
+		mConnections:             {lNamespace, lService, lPod, lNode, lDeployment, lRole, lOutcome, lEntry, lEntryNode, lSNAT, lCross, lCluster},
+		mRequests:                {lNamespace, lService, lPod, lNode, lDeployment},
+		mBytes:                   {lNamespace, lService, lPod, lNode, lRole},
+		mReqDuration:             {lNamespace, lService},
+		mReqDuration + "_bucket": {lNamespace, lService, "le"},
+		mShare:                   {lNamespace, lService, lPod, lNode, lSignal},
+		mHot:                     {lNamespace, lService, lPod, lNode},
+		mPods:                    {lNamespace, lService},
+		mNodeShare:               {lNamespace, lService, lNode, lSignal},
+		mDeployP50:               {lNamespace, lDeployment, lRevision, lHash},
+		mDeployP90:               {lNamespace, lDeployment, lRevision, lHash},
+		mDeployP99:               {lNamespace, lDeployment, lRevision, lHash},
+		mRegression:              {lNamespace, lDeployment},
+		mPValue:                  {lNamespace, lDeployment},
+		mTimeSince:               {lNamespace, lDeployment},
+		mDeploySamples:           {lNamespace, lDeployment, lRevision},
 	}
 	for name, labels := range uses {
 		m := cat.Metrics[name]

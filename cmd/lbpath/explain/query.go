@@ -24,7 +24,7 @@ const (
 	mConnections   = "lbpath_connections_total"
 	mRequests      = "lbpath_requests_total"
 	mBytes         = "lbpath_bytes_total"
-	mReqBucket     = "lbpath_request_duration_seconds_bucket"
+	mReqDuration   = "lbpath_request_duration_seconds" // native histogram (exponential); classic: + _bucket
 	mShare         = "lbpath_lb_share_ratio"
 	mHot           = "lbpath_lb_hot"
 	mPods          = "lbpath_lb_pods"
@@ -119,6 +119,24 @@ func matchers(kv ...string) string {
 		parts = append(parts, name+op+strconv.Quote(kv[i+1]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// latencyQuantile is the q-quantile of the agents' request latency matched
+// by sel over w, grouped by the labels in by (none: one value), from either
+// form Prometheus may hold: a native histogram (the agents' default
+// exponential histograms through Prometheus' OTLP receiver: one series, no
+// _bucket) or classic _bucket series (--latency-histogram=explicit). A
+// series exists in one form only, so `native or classic` answers from
+// whichever is there; with agents of both kinds behind one Service the
+// native answer wins for the label sets both have.
+func latencyQuantile(q, by, sel, w string) string {
+	native := fmt.Sprintf(`histogram_quantile(%s, sum(rate(%s{%s}[%s])))`, q, mReqDuration, sel, w)
+	classic := fmt.Sprintf(`histogram_quantile(%s, sum by (le) (rate(%s_bucket{%s}[%s])))`, q, mReqDuration, sel, w)
+	if by != "" {
+		native = fmt.Sprintf(`histogram_quantile(%s, sum by (%s) (rate(%s{%s}[%s])))`, q, by, mReqDuration, sel, w)
+		classic = fmt.Sprintf(`histogram_quantile(%s, sum by (%s, le) (rate(%s_bucket{%s}[%s])))`, q, by, mReqDuration, sel, w)
+	}
+	return native + " or " + classic
 }
 
 // promDuration renders d in PromQL duration syntax (whole seconds).

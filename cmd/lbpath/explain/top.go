@@ -81,7 +81,7 @@ func TopRows(ctx context.Context, promURL string, now time.Time, opts *Options) 
 		set  func(*TopRow, float64)
 	}{
 		{fmt.Sprintf(`sum by (%s) (rate(%s{%s}[%s]))`, svc, mRequests, sel, w), func(r *TopRow, f float64) { r.ReqRate = f }},
-		{fmt.Sprintf(`histogram_quantile(0.9, sum by (%s, le) (rate(%s{%s}[%s])))`, svc, mReqBucket, sel, w), func(r *TopRow, f float64) { r.P90 = f }},
+		{latencyQuantile("0.9", svc, sel, w), func(r *TopRow, f float64) { r.P90 = f }},
 	} {
 		v, err := q.vector(ctx, g.expr)
 		if err != nil {

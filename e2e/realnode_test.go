@@ -101,7 +101,7 @@ func (r *realNode) helmRun(args ...string) {
 
 // chartArgs are the only values the test sets: image pull policy (the
 // images were imported into containerd, there is no registry), the test's
-// trace backend, and the shared-kernel scope. The image names are the
+// trace backend, the shared-kernel scope and span sampling off. The image names are the
 // chart's defaults, which are what `make images` produces.
 func (r *realNode) chartArgs() []string {
 	return []string{
@@ -113,6 +113,10 @@ func (r *realNode) chartArgs() []string {
 		// the other node's sockets too; on kind/k3d clusters the same
 		// holds and this value is the documented remedy.
 		"--set", "agent.sharedKernel=true",
+		// The steps look for every connection's span: no span sampling
+		// (the agent's default keeps 1/32 of healthy connections;
+		// TestSpanSamplingAgreesAcrossNodes covers sampling).
+		"--set", "agent.extraArgs[0]=--span-sampling=1",
 	}
 }
 

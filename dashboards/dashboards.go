@@ -34,6 +34,7 @@ func Boards() []Board {
 		{"lbpath-deploys", deploys()},
 		{"lbpath-client-ip", clientIP()},
 		{"lbpath-health", health()},
+		{"lbpath-lb-signals", lbSignals()},
 	}
 }
 

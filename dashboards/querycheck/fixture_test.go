@@ -338,5 +338,6 @@ func buildFixtureWith(native bool) string {
 	// clientIP.required); the committed file lists no Service.
 	f.add("lbpath:client_ip_required", map[string]string{"k8s_cluster_name": "prod", "k8s_namespace_name": "shop", "k8s_service_name": "web"}, gauge(1, 0, 60))
 
+	addLBSignals(f, coll) // lbsignals_fixture_test.go
 	return "load 1m\n" + strings.Join(f.lines, "\n") + "\n"
 }

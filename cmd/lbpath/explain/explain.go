@@ -90,7 +90,8 @@ const (
 	KindNoData           Kind = "no_data"
 )
 
-var kindOrder = map[Kind]int{KindDeployRegression: 0, KindHotPod: 1, KindFailures: 2, KindClientIPLost: 3, KindNodeSkew: 4, KindNoData: 5}
+var kindOrder = map[Kind]int{KindNoHealthyNode: 0, KindLBPending: 1, KindDeployRegression: 2, KindHotPod: 3, KindHealthCheckFails: 4,
+	KindFailures: 5, KindClientIPLost: 6, KindNodeSkew: 7, KindNoData: 8}
 
 // Finding is one diagnosis with the line an SRE reads.
 type Finding struct {
@@ -191,6 +192,10 @@ type Report struct {
 
 	Findings []Finding
 
+	// Signals is the collector's lbsignals receiver's view (lbsignals.go);
+	// nil without it.
+	Signals *LBSignals
+
 	barWidth int
 }
 
@@ -272,13 +277,17 @@ func Inspect(ctx context.Context, promURL, service string, now time.Time, opts *
 	if err := r.deploys(ctx, q, sel, w, o.Cluster); err != nil {
 		return nil, err
 	}
-	if r.Served == 0 && r.EntryConns == 0 && len(r.Pods) == 0 && len(r.Failures) == 0 && len(r.Deploys) == 0 {
+	if err := r.lbSignals(ctx, q, sel, w); err != nil {
+		return nil, err
+	}
+	if r.Served == 0 && r.EntryConns == 0 && len(r.Pods) == 0 && len(r.Failures) == 0 && len(r.Deploys) == 0 && r.Signals == nil {
 		r.Findings = []Finding{{Kind: KindNoData, Message: fmt.Sprintf(
 			"NO DATA: Prometheus has no lbpath series for %s in the last %s: check the name, the agents' OTLP export and the collector pipeline",
 			r.Service(), w)}}
 		return r, fmt.Errorf("%s at %s: %w", r.Service(), promURL, ErrNoData)
 	}
 	r.diagnose()
+	r.signalFindings()
 	return r, nil
 }
 

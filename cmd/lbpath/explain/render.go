@@ -230,6 +230,8 @@ func (r *Report) Render(out io.Writer) error {
 		}
 	}
 
+	r.renderSignals(&b) // lbsignals.go
+
 	for _, d := range r.Deploys {
 		fmt.Fprintf(&b, "\nDEPLOY %s  latest rollout %s (from %s), %s ago\n", d.Deployment, orDash(d.After.Hash), orDash(d.Before.Hash), ago(d.Since))
 		fmt.Fprintf(&b, "  %-8s  %9s  %9s  %7s\n", "", "before", "after", "change")

@@ -93,12 +93,7 @@ func (h *agentHealth) metrics() []health.Family {
 		Help:    "Connection records the agent produced (every role), before naming and export",
 		Samples: []health.Sample{{Value: float64(st.Flow.Emitted.Load())}}})
 	if st.Export != nil {
-		fams = append(fams, health.Family{Name: "lbpath_agent_exported_total", Type: "counter",
-			Help:    "Connections handed to the OTLP pipelines",
-			Samples: []health.Sample{{Value: float64(st.Export.Connections.Load())}}})
-		fams = append(fams, health.Family{Name: "lbpath_agent_spans_sampled_out_total", Type: "counter",
-			Help:    "Connections whose spans the sampler left out (their metrics are recorded)",
-			Samples: []health.Sample{{Value: float64(st.Export.SampledOut.Load())}}})
+		fams = append(fams, exportFamilies(st.Export)...)
 	}
 	progs := a.Programs()
 	samples := make([]health.Sample, 0, len(progs))
@@ -108,6 +103,19 @@ func (h *agentHealth) metrics() []health.Family {
 	fams = append(fams, health.Family{Name: "lbpath_agent_program_attached", Type: "gauge",
 		Help: "1 for each eBPF program attached (optional ones that failed to load are absent)", Samples: samples})
 	return fams
+}
+
+// exportFamilies renders the exporter's own counters that are not losses
+// (those are in lbpath_agent_dropped_total).
+func exportFamilies(st *exporter.Stats) []health.Family {
+	return []health.Family{
+		{Name: "lbpath_agent_exported_total", Type: "counter",
+			Help:    "Connections handed to the OTLP pipelines",
+			Samples: []health.Sample{{Value: float64(st.Connections.Load())}}},
+		{Name: "lbpath_agent_spans_sampled_out_total", Type: "counter",
+			Help:    "Connections whose spans the sampler left out (their metrics are recorded)",
+			Samples: []health.Sample{{Value: float64(st.SampledOut.Load())}}},
+	}
 }
 
 // nodeConnectionsFamily renders lbpath.agent.node_connections: the node's

@@ -120,3 +120,22 @@ lbpath_agent_dropped_total{lbpath_stage="ringbuf",lbpath_reason="on_state"} 3
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 }
+
+// TestExportFamilies: the exporter's counters appear under the Prometheus
+// names of their OTLP self-metrics (lbpath.agent.exported,
+// lbpath.agent.spans_sampled_out) with the exporter's values.
+func TestExportFamilies(t *testing.T) {
+	var st exporter.Stats
+	st.Connections.Add(40)
+	st.SampledOut.Add(37)
+	var b bytes.Buffer
+	if err := health.WriteText(&b, exportFamilies(&st)); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"lbpath_agent_exported_total 40\n", "lbpath_agent_spans_sampled_out_total 37\n",
+		"# TYPE lbpath_agent_spans_sampled_out_total counter\n"} {
+		if !strings.Contains(b.String(), line) {
+			t.Errorf("no %q in\n%s", line, b.String())
+		}
+	}
+}

@@ -173,8 +173,9 @@ func TestKeepAlways(t *testing.T) {
 // TestSampledSpansOverOTLP: two nodes' exporters at probability 1/4 over
 // real OTLP: connections whose trace ID passes the threshold arrive from
 // both nodes with ot=th:c and the W3C random flag, the others from
-// neither; a refused connection arrives with th:0; metrics count every
-// connection; lbpath.agent.spans_sampled_out counts the rest.
+// neither; those of a Service annotated 1/2 follow th:8; a refused
+// connection arrives with th:0; metrics count every connection;
+// lbpath.agent.spans_sampled_out counts the rest.
 func TestSampledSpansOverOTLP(t *testing.T) {
 	sink, err := otlpsink.Start()
 	if err != nil {
@@ -191,16 +192,24 @@ func TestSampledSpansOverOTLP(t *testing.T) {
 		return e
 	}
 	eEntry, eServer := mk("node2"), mk("node1")
-	th := ThresholdFor(0.25)
+	th, thHalf := ThresholdFor(0.25), ThresholdFor(0.5)
+	half := 0.5 // every other connection's Service is annotated lbpath.io/span-sampling: "0.5"
+	svcHalf := &kube.Service{Namespace: "default", Name: "web", SpanSampling: &half}
 	const n = 200
-	want := map[string]bool{} // trace ID → kept
+	want := map[string]bool{}     // trace ID → kept
+	wantTS := map[string]string{} // trace ID → tracestate
 	for i := range n {
 		entry, server := twoViews()
 		src := netip.AddrPortFrom(snat.Addr(), uint16(20000+i))
 		entry.Conn.PodSrc, server.Conn.PodSrc, server.Conn.Client = src, src, src
+		applied := th
+		if i%2 == 1 {
+			entry.Service, server.Service, applied = svcHalf, svcHalf, thHalf
+		}
 		eEntry.Path(&entry)
 		eServer.Path(&server)
-		want[ConnectionTraceID(&server.Conn).String()] = th.Keep(ConnectionTraceID(&server.Conn))
+		id := ConnectionTraceID(&server.Conn).String()
+		want[id], wantTS[id] = applied.Keep(ConnectionTraceID(&server.Conn)), "ot=th:"+applied.TH()
 	}
 	refused := path.Path{Conn: flow.Connection{Node: "node1", Role: flow.RoleReject, Outcome: flow.OutcomeRefused, Start: t0, End: t0,
 		Client: client, Target: lb, PodSrc: client, PodDst: lb}, Service: svc, Entry: kube.EntryLoadBalancer, EntryNode: "node1"}
@@ -232,12 +241,12 @@ func TestSampledSpansOverOTLP(t *testing.T) {
 		if s.Flags&0x3 != 0x3 {
 			t.Errorf("span %s flags %#x: want sampled and random", s.Name, s.Flags)
 		}
-		wantTS := "ot=th:c"
+		ts := wantTS[s.TraceID]
 		if s.TraceID == refusedID {
-			wantTS = "ot=th:0"
+			ts = "ot=th:0"
 		}
-		if s.TraceState != wantTS {
-			t.Errorf("span %s of %s: tracestate %q, want %q", s.Name, s.TraceID, s.TraceState, wantTS)
+		if s.TraceState != ts {
+			t.Errorf("span %s of %s: tracestate %q, want %q", s.Name, s.TraceID, s.TraceState, ts)
 		}
 		if s.ParentID == "" {
 			if got[s.TraceID] == nil {

@@ -29,7 +29,7 @@ func health() *dashboard.DashboardBuilder {
 			instantQuery("A", fmt.Sprintf("sum(%s) / sum(%s)", rate(metricDropped, `lbpath_stage="metadata"`, `lbpath_reason="unattributed"`, mCluster), rate(metricExported, mCluster)), ""))).
 		WithPanel(ts("Dropped by stage and reason", "Ring buffer per eBPF program, kernel connection table, decode, conntrack overflow, flow tables, metadata, export.", "none", 24, 9,
 			promQuery("A", fmt.Sprintf("sum by (lbpath_stage, lbpath_reason) (%s) > 0", rate(metricDropped, mCluster)), "{{lbpath_stage}}/{{lbpath_reason}}"))).
-		WithPanel(ts("Export failures per agent", "Spans or metric exports that failed, and connections dropped because the export queue was full.", "none", 12, 8,
+		WithPanel(ts("Export failures per agent", "Spans or metric exports that failed, and connections whose spans were dropped because the span queue was full (their metrics are recorded).", "none", 12, 8,
 			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_reason) (%s)", byNode, rate(metricDropped, `lbpath_stage="export"`, mCluster)), "{{k8s_node_name}} {{lbpath_reason}}"))).
 		WithPanel(ts("Unattributed per agent", "Connections or requests the agent could not name (pod unknown to its informers in time); watch errors.", "none", 12, 8,
 			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_reason) (%s)", byNode, rate(metricDropped, `lbpath_stage="metadata"`, mCluster)), "{{k8s_node_name}} {{lbpath_reason}}"))).

@@ -45,6 +45,17 @@ type Config struct {
 	Cluster string
 	// Node is k8s.node.name of the agent's resource.
 	Node string
+	// Temporality is cumulative (default) or delta; LatencyHistogram is
+	// exponential (default) or explicit (views.go).
+	Temporality, LatencyHistogram string
+	// MaxSeries bounds the attribute sets of each per-pod metric (default
+	// DefaultMaxSeries); SeriesExpiry is how long a set may go without a
+	// measurement before it counts as stale (default DefaultSeriesExpiry;
+	// series.go).
+	MaxSeries    int
+	SeriesExpiry time.Duration
+	// now is the series clock (tests; nil: time.Now).
+	now func() time.Time
 	// Sampling decides which connections become spans (sampling.go).
 	Sampling Sampling
 }
@@ -87,6 +98,9 @@ func (c *Config) Validate() error {
 		return errors.New("otlp-insecure: cannot be combined with otlp-ca / otlp-cert / otlp-key (TLS material for a connection without TLS)")
 	}
 	if err := c.Sampling.validate(); err != nil {
+		return err
+	}
+	if err := c.validateMetrics(); err != nil {
 		return err
 	}
 	if err := c.validateEndpoint(); err != nil {

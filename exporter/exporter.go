@@ -146,11 +146,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, selfStats func() []D
 			return nil, err
 		}
 		e.metrics = &countingMetrics{Exporter: me, failed: &e.Stats.MetricsFailed}
-		e.mp = sdkmetric.NewMeterProvider(
-			sdkmetric.WithResource(res),
-			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics,
-				sdkmetric.WithInterval(cfg.MetricInterval))),
-		)
+		// Temporality, histogram views and the per-pod series: views.go, series.go.
+		if e.mp, err = e.meterProvider(res); err != nil {
+			return nil, err
+		}
 		meter := e.mp.Meter("github.com/lbpath/lbpath/exporter")
 		if err := e.inst.init(meter, e, selfStats); err != nil {
 			return nil, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -45,38 +44,10 @@ type setKey struct {
 	request   bool
 }
 
-// setCache memoizes attribute sets: building one sorts and copies every
-// attribute, and one connection records eight measurements.
-type setCache struct {
-	mu sync.Mutex
-	m  map[setKey]*[3]attribute.Set // all, to_server, to_client
-}
-
-const setCacheMax = 1 << 16
-
-func (c *setCache) get(k setKey, build func() [3]attribute.Set) *[3]attribute.Set {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if v, ok := c.m[k]; ok {
-		return v
-	}
-	if c.m == nil || len(c.m) >= setCacheMax {
-		c.m = make(map[setKey]*[3]attribute.Set)
-	}
-	v := build()
-	c.m[k] = &v
-	return &v
-}
-
+// instruments are the exporter's metrics: the per-pod ones in series'
+// current generation (series.go), the self-metrics registered once.
 type instruments struct {
-	sets            setCache
-	connections     metric.Int64Counter
-	requests        metric.Int64Counter
-	bytes           metric.Int64Counter
-	requestDuration metric.Float64Histogram
-	connDuration    metric.Float64Histogram
-	rtt             metric.Float64Histogram
-	retransmits     metric.Int64Counter
+	series *series
 }
 
 // Instrument names, declared once: docs/TELEMETRY.md and the dashboards'
@@ -95,9 +66,13 @@ const (
 	MetricConntrackEntries   = "lbpath.node.conntrack.entries"
 	MetricConntrackMax       = "lbpath.node.conntrack.max"
 	MetricConntrackDrops     = "lbpath.node.conntrack.drops"
+	MetricSeries             = "lbpath.agent.series"
+	MetricSeriesOverflow     = "lbpath.agent.series_overflow"
+	MetricSeriesResets       = "lbpath.agent.series_resets"
 )
 
-func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) error {
+// init creates the per-pod instruments of a generation.
+func (g *generation) init(m metric.Meter) error {
 	var err error
 	must := func(e2 error) {
 		if err == nil && e2 != nil {
@@ -105,31 +80,38 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 		}
 	}
 	var e2 error
-	in.connections, e2 = m.Int64Counter(MetricConnections, metric.WithUnit("{connection}"),
+	g.connections, e2 = m.Int64Counter(MetricConnections, metric.WithUnit("{connection}"),
 		metric.WithDescription("TCP connections seen, by pod, Service, entry, role and outcome"))
 	must(e2)
-	in.requests, e2 = m.Int64Counter(MetricRequests, metric.WithUnit("{request}"),
+	g.requests, e2 = m.Int64Counter(MetricRequests, metric.WithUnit("{request}"),
 		metric.WithDescription("Request/response turns answered by a pod (HTTP/1.x requests)"))
 	must(e2)
-	in.bytes, e2 = m.Int64Counter(MetricBytes, metric.WithUnit("By"),
+	g.bytes, e2 = m.Int64Counter(MetricBytes, metric.WithUnit("By"),
 		metric.WithDescription("TCP payload bytes by direction"))
 	must(e2)
-	in.requestDuration, e2 = m.Float64Histogram(MetricRequestDuration, metric.WithUnit("s"),
+	// The bucket boundaries apply with --latency-histogram=explicit; the
+	// default's views (views.go) make these exponential histograms.
+	g.requestDuration, e2 = m.Float64Histogram(MetricRequestDuration, metric.WithUnit("s"),
 		metric.WithDescription("Request latency at the pod: first request byte read to first response byte written"),
 		metric.WithExplicitBucketBoundaries(requestBuckets...))
 	must(e2)
-	in.connDuration, e2 = m.Float64Histogram(MetricConnectionDuration, metric.WithUnit("s"),
+	g.connDuration, e2 = m.Float64Histogram(MetricConnectionDuration, metric.WithUnit("s"),
 		metric.WithDescription("Connection lifetime"), metric.WithExplicitBucketBoundaries(connectionBuckets...))
 	must(e2)
-	in.rtt, e2 = m.Float64Histogram(MetricRTT, metric.WithUnit("s"),
+	g.rtt, e2 = m.Float64Histogram(MetricRTT, metric.WithUnit("s"),
 		metric.WithDescription("Smoothed TCP round-trip time at connection close"), metric.WithExplicitBucketBoundaries(rttBuckets...))
 	must(e2)
-	in.retransmits, e2 = m.Int64Counter(MetricRetransmits, metric.WithUnit("{segment}"),
+	g.retransmits, e2 = m.Int64Counter(MetricRetransmits, metric.WithUnit("{segment}"),
 		metric.WithDescription("TCP segments retransmitted"))
 	must(e2)
 	if err != nil {
 		return fmt.Errorf("create instruments: %w", err)
 	}
+	return nil
+}
+
+// init registers the self-metrics on the exporting provider's meter m.
+func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) error {
 	dropped, err := m.Int64ObservableCounter(MetricDropped, metric.WithUnit("{item}"),
 		metric.WithDescription("Everything the agent lost, by stage and reason"))
 	if err != nil {
@@ -144,6 +126,9 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 		return err
 	}
 	if err := initNodeConnections(m, e); err != nil {
+		return err
+	}
+	if err := initSeries(m, e); err != nil {
 		return err
 	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -242,7 +227,8 @@ func initNodeConnections(m metric.Meter, e *Exporter) error {
 
 // record adds one connection to the metrics. Labels are bounded by design:
 // no client address or port, only Kubernetes names, node names and a few
-// enumerations (docs/TELEMETRY.md lists them).
+// enumerations (docs/TELEMETRY.md lists them); their combinations are
+// bounded by --max-series-per-metric (series.go).
 func (in *instruments) record(p *path.Path) {
 	c := &p.Conn
 	k := setKey{pod: p.Pod, svc: p.Service, role: c.Role, outcome: c.Outcome, entry: p.Entry,
@@ -250,52 +236,89 @@ func (in *instruments) record(p *path.Path) {
 	if p.Pod == nil {
 		k.podNode = p.PodNode
 	}
-	sets := in.sets.get(k, func() [3]attribute.Set {
-		attrs := podAttrs(p.Pod, p.Service)
-		if p.Pod == nil && p.PodNode != "" {
-			attrs = append(attrs, attribute.String("k8s.node.name", p.PodNode))
-		}
-		attrs = append(attrs,
-			attribute.String("lbpath.role", string(c.Role)),
-			attribute.String("lbpath.outcome", string(c.Outcome)),
-			attribute.Bool("lbpath.snat", p.SNAT),
-			attribute.Bool("lbpath.cross_node", p.CrossNode),
-		)
-		if p.Entry != "" {
-			attrs = append(attrs, attribute.String("lbpath.entry", string(p.Entry)))
-		}
-		if p.EntryNode != "" {
-			attrs = append(attrs, attribute.String("lbpath.entry_node", p.EntryNode))
-		}
-		return [3]attribute.Set{
-			attribute.NewSet(attrs...),
-			attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_server"))...),
-			attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_client"))...),
-		}
-	})
+	s := in.series
+	s.gate.RLock()
+	defer s.gate.RUnlock()
+	sets := s.admit(famConn, k, func() [3]attribute.Set { return connSets(p) })
+	full := c.Role != flow.RoleForward && c.Role != flow.RoleReject
+	if sets == nil {
+		sets = &overflowSets
+		s.countConnOverflow(full, c.SRTTMicros > 0)
+	}
+	g := s.gen
 	ctx := context.Background()
 	all := metric.WithAttributeSet(sets[0])
-	in.connections.Add(ctx, 1, all)
-	if c.Role != flow.RoleForward && c.Role != flow.RoleReject {
-		in.connDuration.Record(ctx, c.Duration().Seconds(), all)
+	g.connections.Add(ctx, 1, all)
+	if full {
+		g.connDuration.Record(ctx, c.Duration().Seconds(), all)
 		if c.SRTTMicros > 0 {
-			in.rtt.Record(ctx, float64(c.SRTTMicros)/1e6, all)
+			g.rtt.Record(ctx, float64(c.SRTTMicros)/1e6, all)
 		}
 		// Recorded even when zero: "no retransmits" is an answer, an
 		// absent series is not.
-		in.retransmits.Add(ctx, int64(c.Retransmits), all)
-		in.bytes.Add(ctx, int64(c.BytesToServer), metric.WithAttributeSet(sets[1]))
-		in.bytes.Add(ctx, int64(c.BytesToClient), metric.WithAttributeSet(sets[2]))
+		g.retransmits.Add(ctx, int64(c.Retransmits), all)
+		g.bytes.Add(ctx, int64(c.BytesToServer), metric.WithAttributeSet(sets[1]))
+		g.bytes.Add(ctx, int64(c.BytesToClient), metric.WithAttributeSet(sets[2]))
+	}
+}
+
+// countConnOverflow counts one connection's measurements that went to the
+// overflow series, metric by metric, exactly as record makes them.
+func (s *series) countConnOverflow(full, rtt bool) {
+	s.overflow[mConnections].Add(1)
+	if !full {
+		return
+	}
+	s.overflow[mConnDuration].Add(1)
+	if rtt {
+		s.overflow[mRTT].Add(1)
+	}
+	s.overflow[mRetransmits].Add(1)
+	s.overflow[mBytes].Add(2)
+}
+
+// connSets builds the attribute sets of a connection's metrics: all, and
+// the two byte directions.
+func connSets(p *path.Path) [3]attribute.Set {
+	c := &p.Conn
+	attrs := podAttrs(p.Pod, p.Service)
+	if p.Pod == nil && p.PodNode != "" {
+		attrs = append(attrs, attribute.String("k8s.node.name", p.PodNode))
+	}
+	attrs = append(attrs,
+		attribute.String("lbpath.role", string(c.Role)),
+		attribute.String("lbpath.outcome", string(c.Outcome)),
+		attribute.Bool("lbpath.snat", p.SNAT),
+		attribute.Bool("lbpath.cross_node", p.CrossNode),
+	)
+	if p.Entry != "" {
+		attrs = append(attrs, attribute.String("lbpath.entry", string(p.Entry)))
+	}
+	if p.EntryNode != "" {
+		attrs = append(attrs, attribute.String("lbpath.entry_node", p.EntryNode))
+	}
+	return [3]attribute.Set{
+		attribute.NewSet(attrs...),
+		attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_server"))...),
+		attribute.NewSet(append(slices.Clip(attrs), attribute.String("lbpath.direction", "to_client"))...),
 	}
 }
 
 // recordRequest adds one request to the metrics.
 func (in *instruments) recordRequest(r *path.Request) {
-	sets := in.sets.get(setKey{pod: r.Pod, svc: r.Service, request: true}, func() [3]attribute.Set {
+	s := in.series
+	s.gate.RLock()
+	defer s.gate.RUnlock()
+	sets := s.admit(famReq, setKey{pod: r.Pod, svc: r.Service, request: true}, func() [3]attribute.Set {
 		return [3]attribute.Set{attribute.NewSet(podAttrs(r.Pod, r.Service)...)}
 	})
+	if sets == nil {
+		sets = &overflowSets
+		s.overflow[mRequests].Add(1)
+		s.overflow[mRequestDuration].Add(1)
+	}
 	ctx := context.Background()
 	set := metric.WithAttributeSet(sets[0])
-	in.requests.Add(ctx, 1, set)
-	in.requestDuration.Record(ctx, r.Req.Latency.Seconds(), set)
+	s.gen.requests.Add(ctx, 1, set)
+	s.gen.requestDuration.Record(ctx, r.Req.Latency.Seconds(), set)
 }

@@ -91,6 +91,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&ec.MetricInterval, "metric-interval", 10*time.Second, "how often metrics are pushed")
 	fs.IntVar(&ec.QueueSize, "export-queue", 8192, "connections waiting to be exported; beyond it they are dropped and counted")
 	fs.StringVar(&ec.ClientAddresses, "client-addresses", "keep", "client.address in exported data: keep, hash or drop")
+	fs.StringVar(&ec.Temporality, "metrics-temporality", exporter.TemporalityCumulative, "cumulative or delta: delta sends each interval's increments and forgets a series after an interval without measurements (scale-out collectors; Prometheus needs --enable-feature=otlp-deltatocumulative)")
+	fs.StringVar(&ec.LatencyHistogram, "latency-histogram", exporter.HistogramExponential, "exponential (base-2, 160 buckets: Prometheus native histograms) or explicit (fixed buckets, for a scraped Prometheus exporter) for lbpath.request.duration, lbpath.connection.duration and lbpath.rtt")
+	fs.IntVar(&ec.MaxSeries, "max-series-per-metric", exporter.DefaultMaxSeries, "attribute sets each per-pod metric holds; measurements beyond go to its otel.metric.overflow series and are counted in lbpath.agent.series_overflow")
+	fs.DurationVar(&ec.SeriesExpiry, "series-expiry", 0, "cumulative: a series with no measurement this long is stale; when stale series outnumber live ones, every per-pod series restarts with a new start time (default 5m, at least twice --metric-interval)")
 	ec.Sampling = exporter.Sampling{Enabled: true, Probability: exporter.DefaultSpanSampling, SlowThreshold: exporter.DefaultSlowThreshold}
 	fs.Func("span-sampling", "fraction of healthy connections exported as spans, decided from the trace ID so that every node keeps or drops the same connection (0 to 1, a decimal or a fraction; default 1/32); failed, diagnosed and slow connections are always exported; Service annotation lbpath.io/span-sampling overrides it",
 		func(v string) (err error) { ec.Sampling.Probability, err = kube.ParseSpanSampling(v); return err })
@@ -131,6 +135,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.NodeSpans = *spans == "all"
+	// Empty and 0 are the exporter library's defaults; on the command line
+	// they are mistakes (0 series would fold everything into overflow).
+	if ec.Temporality == "" {
+		fmt.Fprintf(stderr, "lbpath-agent: metrics-temporality: \"\" is not cumulative or delta\n")
+		return 2
+	}
+	if ec.LatencyHistogram == "" {
+		fmt.Fprintf(stderr, "lbpath-agent: latency-histogram: \"\" is not exponential or explicit\n")
+		return 2
+	}
+	if ec.MaxSeries < 1 {
+		fmt.Fprintf(stderr, "lbpath-agent: max-series-per-metric: %d must be at least 1\n", ec.MaxSeries)
+		return 2
+	}
 	h, err := exporter.ParseHeaders(*headers)
 	if err != nil {
 		fmt.Fprintf(stderr, "lbpath-agent: %v\n", err)

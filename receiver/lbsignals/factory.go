@@ -7,6 +7,7 @@ import (
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/receiver/receiverhelper"
 )
 
 // Type is the receiver's configuration type, "lbsignals".
@@ -26,5 +27,13 @@ func createMetrics(_ context.Context, set receiver.Settings, cfg component.Confi
 	if !ok {
 		return nil, fmt.Errorf("lbsignals: unexpected config type %T", cfg)
 	}
-	return newReceiver(c, next, set.Logger), nil
+	// The collector's own receiver telemetry (accepted/refused points)
+	// counts what the pipeline refused, e.g. under memory_limiter.
+	obs, err := receiverhelper.NewObsReport(receiverhelper.ObsReportSettings{ReceiverID: set.ID, Transport: "k8sapi", ReceiverCreateSettings: set})
+	if err != nil {
+		return nil, fmt.Errorf("lbsignals: %w", err)
+	}
+	r := newReceiver(c, next, set.Logger)
+	r.obs = obs
+	return r, nil
 }

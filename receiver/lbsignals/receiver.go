@@ -13,6 +13,7 @@ import (
 
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/receiver/receiverhelper"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,7 +36,8 @@ type signalsReceiver struct {
 	cfg    *Config
 	next   consumer.Metrics
 	log    *zap.Logger
-	client kubernetes.Interface // set by tests; else built from cfg in Start
+	client kubernetes.Interface      // set by tests; else built from cfg in Start
+	obs    *receiverhelper.ObsReport // nil in tests that build the receiver directly
 	now    func() time.Time
 
 	cancel context.CancelFunc
@@ -255,7 +257,14 @@ func (r *signalsReceiver) collect(ctx context.Context, pr *prober, errs *probeEr
 		return err
 	}
 	errs.add(s.ProbeResults)
-	return r.next.ConsumeMetrics(ctx, toMetrics(s, errs, r.cfg.ClusterName, r.now()))
+	md := toMetrics(s, errs, r.cfg.ClusterName, r.now())
+	if r.obs == nil {
+		return r.next.ConsumeMetrics(ctx, md)
+	}
+	ctx = r.obs.StartMetricsOp(ctx)
+	err = r.next.ConsumeMetrics(ctx, md)
+	r.obs.EndMetricsOp(ctx, "k8sapi", md.DataPointCount(), err)
+	return err
 }
 
 func (r *signalsReceiver) snapshot(ctx context.Context, pr *prober) (snapshot, error) {

@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/consumer/consumertest"
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/collector/receiver/receivertest"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -139,8 +141,15 @@ func startReceiver(t *testing.T, cfg *Config, name string) (*signalsReceiver, *c
 		t.Fatal(err)
 	}
 	sink := new(consumertest.MetricsSink)
-	r := newReceiver(cfg, sink, zap.NewNop().Named(name))
-	if err := r.Start(context.Background(), nil); err != nil {
+	// Through the factory, as the collector builds it.
+	set := receivertest.NewNopSettings(Type)
+	set.Logger = zap.NewNop().Named(name)
+	rcv, err := NewFactory().CreateMetrics(context.Background(), set, cfg, sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rcv.(*signalsReceiver)
+	if err := r.Start(context.Background(), componenttest.NewNopHost()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.Shutdown(context.Background()) })

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/receiver/receivertest"
 	"go.uber.org/zap"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -361,14 +362,31 @@ func TestReceiverAgainstAPIServer(t *testing.T) {
 	})
 }
 
-// TestLeaderElection: two receivers on one Lease, only the leader emits;
-// when it shuts down (releasing the Lease) the other takes over.
+// TestLeaderElection: a receiver waits out the Lease of a leader that
+// crashed (never emits before it expires); two receivers on one Lease,
+// only the leader emits; when it shuts down (releasing the Lease) the
+// other takes over at once.
 func TestLeaderElection(t *testing.T) {
 	cp := startAPIServer(t)
 	cfg := testConfig(cp.Kubeconfig)
 	cfg.HealthCheck.Enabled = false
+	// A leader that crashed a moment ago leaves only its Lease, renewed
+	// just now: nobody may emit before it expires.
+	dur := int32(cfg.LeaderElection.LeaseDuration / time.Second)
+	holder, renewed := "crashed-replica", metav1.NewMicroTime(time.Now())
+	if _, err := cp.Client.CoordinationV1().Leases("default").Create(context.Background(), &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: cfg.LeaderElection.LeaseName},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &dur, AcquireTime: &renewed, RenewTime: &renewed},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	r1, s1 := startReceiver(t, cfg, "r1")
-	waitFor(t, s1, "r1 leads", 30*time.Second, func([]string, map[string]float64) bool { return true })
+	waitFor(t, s1, "r1 takes over from the crashed leader", 30*time.Second, func([]string, map[string]float64) bool { return true })
+	if took := time.Since(renewed.Time); took < cfg.LeaderElection.LeaseDuration {
+		t.Fatalf("r1 emitted %v after the crashed leader's last renewal, before its lease (%v) expired", took, cfg.LeaderElection.LeaseDuration)
+	} else {
+		t.Logf("takeover after a crash: %v after the last renewal (lease %v)", took.Round(time.Millisecond), cfg.LeaderElection.LeaseDuration)
+	}
 	r2, s2 := startReceiver(t, cfg, "r2")
 	// Several renewals of r1's lease: r2 must stay silent throughout.
 	time.Sleep(2 * cfg.LeaderElection.LeaseDuration)

@@ -124,6 +124,12 @@ type Options struct {
 	// 2s) under job "scrape", e.g. a collector's Prometheus exporter.
 	ScrapeTargets  []string
 	ScrapeInterval time.Duration
+	// ScrapeNativeHistograms sets scrape_native_histograms on that job:
+	// Prometheus then negotiates the protobuf format and stores a
+	// collector's exponential histograms as native histograms. Without it
+	// (Prometheus' default) the text format carries an exponential
+	// histogram as a classic one with only the +Inf bucket.
+	ScrapeNativeHistograms bool
 	// OutOfOrderTimeWindow lets pushes carry samples older than the newest
 	// of their series (replays, backfills); 0 keeps Prometheus' default.
 	OutOfOrderTimeWindow time.Duration
@@ -178,6 +184,9 @@ func (o Options) config() string {
 	}
 	if len(o.ScrapeTargets) > 0 {
 		fmt.Fprintf(&b, "scrape_configs:\n  - job_name: scrape\n    static_configs:\n      - targets: %s\n", yamlList(o.ScrapeTargets))
+		if o.ScrapeNativeHistograms {
+			b.WriteString("    scrape_native_histograms: true\n")
+		}
 	}
 	return b.String()
 }

@@ -1,6 +1,8 @@
 package lbsignals
 
 import (
+	"cmp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -76,10 +78,10 @@ func loadBalancers(svcs []*corev1.Service, pendingSince map[string]time.Time, no
 // endpoints are not ready. Endpoints that are not Pods (a selector-less
 // Service's manual slices) have no pod to name and are left out, as are
 // slices without the kubernetes.io/service-name label.
-func readyEndpoints(slices []*discoveryv1.EndpointSlice) []readyEndpoint {
+func readyEndpoints(eps []*discoveryv1.EndpointSlice) []readyEndpoint {
 	seen := map[readyEndpoint]bool{}
 	var out []readyEndpoint
-	for _, sl := range slices {
+	for _, sl := range eps {
 		svc := sl.Labels[discoveryv1.LabelServiceName]
 		if svc == "" {
 			continue
@@ -105,12 +107,11 @@ func readyEndpoints(slices []*discoveryv1.EndpointSlice) []readyEndpoint {
 			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].key() < out[j].key() })
+	slices.SortFunc(out, func(a, b readyEndpoint) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Service, b.Service),
+			cmp.Compare(a.Pod, b.Pod), cmp.Compare(a.Transport, b.Transport))
+	})
 	return out
-}
-
-func (r readyEndpoint) key() string {
-	return r.Namespace + "/" + r.Service + "/" + r.Pod + "/" + r.Transport
 }
 
 // sliceTransports are the distinct transports (network.transport) of a

@@ -29,11 +29,12 @@ var (
 	rttBuckets        = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1}
 )
 
-// setKey identifies a metric attribute set; kube objects are immutable
-// once indexed, so their pointers identify their names.
+// setKey identifies a metric attribute set by the names it is made of: a
+// pod updated in the API server (a new kube.Pod) keeps its series, and the
+// table holds no pointer to a deleted pod's object.
 type setKey struct {
-	pod       *kube.Pod
-	svc       *kube.Service
+	pod       podKey
+	svc       svcKey
 	podNode   string
 	role      flow.Role
 	outcome   flow.Outcome
@@ -42,6 +43,28 @@ type setKey struct {
 	snat      bool
 	cross     bool
 	request   bool
+}
+
+type podKey struct {
+	known                                     bool
+	ns, name, node, deploy, replicaSet, tHash string
+}
+
+type svcKey struct {
+	known    bool
+	ns, name string
+}
+
+func keyOf(pod *kube.Pod, svc *kube.Service) (podKey, svcKey) {
+	var pk podKey
+	var sk svcKey
+	if pod != nil {
+		pk = podKey{true, pod.Namespace, pod.Name, pod.Node, pod.Deployment, pod.ReplicaSet, pod.TemplateHash}
+	}
+	if svc != nil {
+		sk = svcKey{true, svc.Namespace, svc.Name}
+	}
+	return pk, sk
 }
 
 // instruments are the exporter's metrics: the per-pod ones in series'
@@ -231,8 +254,8 @@ func initNodeConnections(m metric.Meter, e *Exporter) error {
 // bounded by --max-series-per-metric (series.go).
 func (in *instruments) record(p *path.Path) {
 	c := &p.Conn
-	k := setKey{pod: p.Pod, svc: p.Service, role: c.Role, outcome: c.Outcome, entry: p.Entry,
-		entryNode: p.EntryNode, snat: p.SNAT, cross: p.CrossNode}
+	k := setKey{role: c.Role, outcome: c.Outcome, entry: p.Entry, entryNode: p.EntryNode, snat: p.SNAT, cross: p.CrossNode}
+	k.pod, k.svc = keyOf(p.Pod, p.Service)
 	if p.Pod == nil {
 		k.podNode = p.PodNode
 	}
@@ -309,7 +332,9 @@ func (in *instruments) recordRequest(r *path.Request) {
 	s := in.series
 	s.gate.RLock()
 	defer s.gate.RUnlock()
-	sets := s.admit(famReq, setKey{pod: r.Pod, svc: r.Service, request: true}, func() [3]attribute.Set {
+	k := setKey{request: true}
+	k.pod, k.svc = keyOf(r.Pod, r.Service)
+	sets := s.admit(famReq, k, func() [3]attribute.Set {
 		return [3]attribute.Set{attribute.NewSet(podAttrs(r.Pod, r.Service)...)}
 	})
 	if sets == nil {

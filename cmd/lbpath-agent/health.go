@@ -85,6 +85,7 @@ func (h *agentHealth) metrics() []health.Family {
 	drops := a.Drops()
 	if exp := a.Exporter(); exp != nil {
 		drops = append(exp.Drops(), drops...)
+		fams = append(fams, seriesFamilies(exp)...)
 	}
 	fams = append(fams, dropFamily(drops))
 	st := a.Stats()

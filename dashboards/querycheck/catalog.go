@@ -287,12 +287,29 @@ func parseDocs(path string) (*docsTelemetry, error) {
 	return d, nil
 }
 
-// parseAgent reads the exported Metric* name constants and the instrument
-// each is created with (kind from the constructor, unit from WithUnit).
+// parseAgent reads the exported Metric* name constants of path and the
+// instrument each is created with (kind from the constructor, unit from
+// WithUnit) anywhere in the package's non-test files: self-metrics may be
+// created next to the state they observe (exporter/series.go).
 func parseAgent(path string, docs *docsTelemetry) ([]otlpMetric, error) {
 	f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", path, err)
+	}
+	files, names := []*ast.File{f}, []string{path}
+	others, err := filepath.Glob(filepath.Join(filepath.Dir(path), "*.go"))
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", filepath.Dir(path), err)
+	}
+	for _, o := range others {
+		if o == path || strings.HasSuffix(o, "_test.go") {
+			continue
+		}
+		of, err := parser.ParseFile(token.NewFileSet(), o, nil, 0)
+		if err != nil {
+			return nil, fmt.Errorf("parse %s: %w", o, err)
+		}
+		files, names = append(files, of), append(names, o)
 	}
 	consts := map[string]string{}
 	for _, decl := range f.Decls {
@@ -317,7 +334,8 @@ func parseAgent(path string, docs *docsTelemetry) ([]otlpMetric, error) {
 	}
 	var out []otlpMetric
 	found := map[string]bool{}
-	ast.Inspect(f, func(n ast.Node) bool {
+	source := path
+	inspect := func(n ast.Node) bool {
 		call, ok := n.(*ast.CallExpr)
 		if !ok || len(call.Args) == 0 {
 			return true
@@ -338,7 +356,7 @@ func parseAgent(path string, docs *docsTelemetry) ([]otlpMetric, error) {
 		if kind == "" {
 			return true
 		}
-		m := otlpMetric{name: name, kind: kind, source: path, labels: docs.attrs[name]}
+		m := otlpMetric{name: name, kind: kind, source: source, labels: docs.attrs[name]}
 		for _, a := range call.Args[1:] {
 			if c, ok := a.(*ast.CallExpr); ok {
 				if s, ok := c.Fun.(*ast.SelectorExpr); ok && s.Sel.Name == "WithUnit" && len(c.Args) == 1 {
@@ -346,10 +364,16 @@ func parseAgent(path string, docs *docsTelemetry) ([]otlpMetric, error) {
 				}
 			}
 		}
+		if !found[id.Name] { // one constructor call per name suffices
+			out = append(out, m)
+		}
 		found[id.Name] = true
-		out = append(out, m)
 		return true
-	})
+	}
+	for i, f := range files {
+		source = names[i]
+		ast.Inspect(f, inspect)
+	}
 	for c := range consts {
 		if !found[c] {
 			return nil, fmt.Errorf("%s: constant %s is not passed to any instrument constructor", path, c)

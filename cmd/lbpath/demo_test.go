@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math"
 	"os/exec"
 	"strings"
 	"testing"
@@ -106,5 +107,22 @@ func TestKubeDemo(t *testing.T) {
 	}
 	if !strings.Contains(rep.hotPod, hot) || !r.Has(explain.KindHotPod, strings.TrimPrefix(rep.hotPod, "default/")) {
 		t.Errorf("explain's hot pod is not the one the table shows (%s):\n%s", rep.hotPod, out.String())
+	}
+	// Issue 13's precise latency: the new version answers 25 ms later, and
+	// with the agents' exponential histograms the deploy verdict's p50
+	// after − before reads that within 5 % (explicit buckets read p50 38 ms).
+	var dep *explain.Deploy
+	for i := range r.Deploys {
+		if r.Deploys[i].Deployment == "web" {
+			dep = &r.Deploys[i]
+		}
+	}
+	if dep == nil {
+		t.Fatalf("no deploy verdict for web:\n%s", out.String())
+	}
+	slowdown := dep.After.P50 - dep.Before.P50
+	t.Logf("deploy verdict p50 %.2f ms → %.2f ms: slowdown %.2f ms", dep.Before.P50*1e3, dep.After.P50*1e3, slowdown*1e3)
+	if !(math.Abs(slowdown/0.025-1) <= 0.05) {
+		t.Errorf("the 25 ms slowdown reads %.2f ms in the deploy verdict, want within 5 %%:\n%s", slowdown*1e3, out.String())
 	}
 }

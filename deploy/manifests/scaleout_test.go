@@ -240,8 +240,8 @@ type gatewayConfig struct {
 
 // TestGatewayRoutesByServiceAndTrace: metrics are keyed by the Service's
 // namespace and name (the attributes lbpath's agents put on every data
-// point), spans by trace ID; both resolve the headless Service's replicas by
-// their stable names on its OTLP port; the probes ask the health_check
+// point), spans by trace ID; both resolve the headless Service's replicas'
+// pod IPs on its OTLP port; the probes ask the health_check
 // extension's port.
 func TestGatewayRoutesByServiceAndTrace(t *testing.T) {
 	s := decodeScaleOut(t)
@@ -271,8 +271,8 @@ func TestGatewayRoutesByServiceAndTrace(t *testing.T) {
 			t.Errorf("%s: routing_key %q attributes %v, want %q %v", pipeline, e.RoutingKey, e.RoutingAttributes, want.key, want.attrs)
 		}
 		k := e.Resolver.K8s
-		if k.Service != head.Name+"."+head.Namespace || len(k.Ports) != 1 || !hasPort(head, k.Ports[0]) || !k.ReturnHostnames {
-			t.Errorf("%s resolver %+v: want service %s.%s, a port of it, return_hostnames", pipeline, k, head.Name, head.Namespace)
+		if k.Service != head.Name+"."+head.Namespace || len(k.Ports) != 1 || !hasPort(head, k.Ports[0]) || k.ReturnHostnames {
+			t.Errorf("%s resolver %+v: want service %s.%s, a port of it, pod IPs (no DNS on the data path)", pipeline, k, head.Name, head.Namespace)
 		}
 	}
 	c := s.dep[0].Spec.Template.Spec.Containers[0]

@@ -78,6 +78,7 @@ type Index struct {
 	nodeByIP   map[netip.Addr]timeline[*Node]
 	svcByAddr  map[netip.AddrPort]timeline[*Service] // ClusterIP:port, LB IP:port
 	svcByNP    map[uint16]timeline[*Service]         // NodePort, on every node address
+	svcByHC    map[uint16]timeline[*Service]         // healthCheckNodePort, on every node address
 	epByAddr   map[netip.AddrPort]timeline[*svcEndpoint]
 	pods       map[string]*Pod // namespace/name → current
 	nodes      map[string]*Node
@@ -109,7 +110,7 @@ func NewIndex(cfg IndexConfig) *Index {
 	return &Index{cfg: cfg,
 		podByIP: map[netip.Addr]timeline[*Pod]{}, hostPort: map[netip.AddrPort]timeline[*Pod]{},
 		nodeByIP: map[netip.Addr]timeline[*Node]{}, svcByAddr: map[netip.AddrPort]timeline[*Service]{},
-		svcByNP: map[uint16]timeline[*Service]{}, epByAddr: map[netip.AddrPort]timeline[*svcEndpoint]{},
+		svcByNP: map[uint16]timeline[*Service]{}, svcByHC: map[uint16]timeline[*Service]{}, epByAddr: map[netip.AddrPort]timeline[*svcEndpoint]{},
 		pods: map[string]*Pod{}, nodes: map[string]*Node{}, svcs: map[string]*Service{},
 		slices: map[string][]*svcEndpoint{}, svcSlices: map[string]map[string]bool{}, sliceSvc: map[string]string{}, rsToDeploy: map[string]string{},
 	}
@@ -300,6 +301,9 @@ func (x *Index) SetService(s *Service, now time.Time) {
 	for _, np := range nps {
 		openSpan(x.svcByNP, np, s, now, sameSvc, x.cfg, &x.Stats)
 	}
+	if s.HealthCheckNodePort != 0 {
+		openSpan(x.svcByHC, s.HealthCheckNodePort, s, now, sameSvc, x.cfg, &x.Stats)
+	}
 }
 
 // closeService ends the spans of addresses the Service no longer has; the
@@ -311,6 +315,9 @@ func (x *Index) closeService(old *Service, now time.Time) {
 	}
 	for _, np := range nps {
 		closeSpan(x.svcByNP, np, old, now, sameSvc, x.cfg, &x.Stats)
+	}
+	if old.HealthCheckNodePort != 0 {
+		closeSpan(x.svcByHC, old.HealthCheckNodePort, old, now, sameSvc, x.cfg, &x.Stats)
 	}
 }
 
@@ -475,6 +482,16 @@ func (x *Index) ServiceAt(ap netip.AddrPort, t time.Time) (*Service, Entry, bool
 	return nil, "", false
 }
 
+// HealthCheckAt names the Service whose healthCheckNodePort was port at t
+// (on every node address kube-proxy answers there for it).
+func (x *Index) HealthCheckAt(port uint16, t time.Time) (*Service, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	s, ok := x.svcByHC[port].at(t, x.cfg.Slack)
+	x.miss(ok)
+	return s, ok
+}
+
 // EndpointAt returns the Service endpoint ap (pod IP:target port) was at t,
 // with its readiness as the EndpointSlice said.
 func (x *Index) EndpointAt(ap netip.AddrPort, t time.Time) (service string, ep Endpoint, ok bool) {
@@ -531,5 +548,5 @@ func (x *Index) Sizes() (pods, services, nodes, keys int) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return len(x.pods), len(x.svcs), len(x.nodes),
-		len(x.podByIP) + len(x.hostPort) + len(x.nodeByIP) + len(x.svcByAddr) + len(x.svcByNP) + len(x.epByAddr)
+		len(x.podByIP) + len(x.hostPort) + len(x.nodeByIP) + len(x.svcByAddr) + len(x.svcByNP) + len(x.svcByHC) + len(x.epByAddr)
 }

@@ -317,6 +317,7 @@ func strip(o any) (any, error) {
 		s.Spec.Ports = v.Spec.Ports
 		s.Spec.ExternalIPs = v.Spec.ExternalIPs
 		s.Spec.ExternalTrafficPolicy = v.Spec.ExternalTrafficPolicy
+		s.Spec.HealthCheckNodePort = v.Spec.HealthCheckNodePort
 		s.Status.LoadBalancer = v.Status.LoadBalancer
 		return s, nil
 	case *discoveryv1.EndpointSlice:
@@ -447,6 +448,9 @@ func ServiceFrom(v *corev1.Service) *Service {
 			sp.TargetPort = uint16(p.TargetPort.IntVal)
 		}
 		s.Ports = append(s.Ports, sp)
+	}
+	if hc := v.Spec.HealthCheckNodePort; hc > 0 && hc < 65536 {
+		s.HealthCheckNodePort = uint16(hc)
 	}
 	for _, in := range v.Status.LoadBalancer.Ingress {
 		if a := parseIP(in.IP); a.IsValid() {

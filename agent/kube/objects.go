@@ -56,7 +56,11 @@ type Service struct {
 	LBIngress []netip.Addr
 	// ExternalTrafficPolicy is Cluster or Local.
 	ExternalTrafficPolicy string
-	Created               time.Time
+	// HealthCheckNodePort is spec.healthCheckNodePort: under Local policy
+	// a LoadBalancer's health checker probes it on every node, where
+	// kube-proxy answers; 0 when the Service has none.
+	HealthCheckNodePort uint16
+	Created             time.Time
 	// LBPendingSince is when the agent first saw this LoadBalancer Service
 	// without an ingress address (its creation time if it never had one).
 	LBPendingSince time.Time

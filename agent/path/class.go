@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
 )
 
 // Class says whether a connection is the cluster's (it involves a pod or a
@@ -14,7 +15,7 @@ import (
 // (docs/TELEMETRY.md).
 type Class string
 
-// Classes. The four node classes are counted in lbpath.agent.node_connections
+// Classes. The node classes are counted in lbpath.agent.node_connections
 // and are no incident: they touch no pod and no Service, so there is
 // nothing to name.
 const (
@@ -35,6 +36,15 @@ const (
 	// ClassExternal: any other connection that touches no pod and no
 	// Service: egress, sshd, node-to-node traffic other than the kubelet.
 	ClassExternal Class = "external"
+	// ClassLBHealthCheck: a load balancer's health probe of a Service
+	// with externalTrafficPolicy Local: a client that is no pod and not
+	// this node connected to this node's own address at the Service's
+	// healthCheckNodePort, where kube-proxy answers (Path.HealthCheck names
+	// the Service). A node class, not cluster: it is the node's
+	// kube-proxy answering for the node, no pod is involved and the
+	// Service's traffic is not; counted per Service in
+	// lbpath.loadbalancer.health_probes.
+	ClassLBHealthCheck Class = "lb_health_check"
 	// ClassUnknown: lbpath cannot tell. An end could be a pod's address
 	// that the Kubernetes metadata does not name (API server unreachable,
 	// informers not synced or behind; counted as metadata/unattributed),
@@ -44,7 +54,7 @@ const (
 
 // NodeClasses are the classes of the node's own traffic, in the order
 // they are reported.
-var NodeClasses = [...]Class{ClassNodeLocal, ClassAPIServer, ClassKubelet, ClassExternal}
+var NodeClasses = [...]Class{ClassNodeLocal, ClassAPIServer, ClassKubelet, ClassExternal, ClassLBHealthCheck}
 
 // Node reports whether c is one of the node's own classes.
 func (c Class) Node() bool { return c.nodeIndex() >= 0 }
@@ -248,7 +258,31 @@ func (n *Namer) classify(p *Path, late bool) (Class, bool) {
 	if c.Target != c.PodDst && !(late && n.current(t)) {
 		return ClassUnknown, false
 	}
+	if s := n.healthCheckOf(c, server, client); s != nil {
+		p.HealthCheck = s
+		return ClassLBHealthCheck, true
+	}
 	return nodeClass(c, server, client), true
+}
+
+// healthCheckOf names the Service whose load balancer probed this node
+// with c, or nil. A probe is a connection, not translated, to this node's
+// own address (not loopback: a load balancer reaches the node over its
+// network) at a port that was a Service's healthCheckNodePort when it
+// started, from a client that is neither a pod nor this node: the
+// lbsignals receiver probes from the collector's pod and an admin's curl
+// on the node is node_local, so neither counts as the load balancer's.
+// Rejected SYNs count too (outcome refused): the load balancer's probe
+// arrived and nothing listened, as when kube-proxy is down.
+func (n *Namer) healthCheckOf(c *flow.Connection, server, client end) *kube.Service {
+	if server != endOwn || client.local() || client == endPod || c.Target != c.PodDst {
+		return nil
+	}
+	s, ok := n.idx.HealthCheckAt(c.PodDst.Port(), c.Start)
+	if !ok {
+		return nil
+	}
+	return s
 }
 
 func nodeClass(c *flow.Connection, server, client end) Class {

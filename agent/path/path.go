@@ -74,6 +74,10 @@ type Path struct {
 	// Class says whether the connection is the cluster's or the node's
 	// own, and which kind (see Class).
 	Class Class
+	// HealthCheck is the Service whose healthCheckNodePort the connection
+	// probed (Class lb_health_check only). Not Service: the probe is not
+	// the Service's traffic and must stay out of its metrics.
+	HealthCheck *kube.Service
 }
 
 // Config tunes the diagnoses.

@@ -123,10 +123,10 @@ func TestPipelineRequests(t *testing.T) {
 
 func TestClassCounts(t *testing.T) {
 	var cc ClassCounts
-	for _, c := range []Class{ClassExternal, ClassExternal, ClassKubelet, ClassCluster, ClassUnknown} {
+	for _, c := range []Class{ClassExternal, ClassExternal, ClassKubelet, ClassCluster, ClassUnknown, ClassLBHealthCheck} {
 		cc.Add(c)
 	}
-	want := []ClassCount{{ClassNodeLocal, 0}, {ClassAPIServer, 0}, {ClassKubelet, 1}, {ClassExternal, 2}}
+	want := []ClassCount{{ClassNodeLocal, 0}, {ClassAPIServer, 0}, {ClassKubelet, 1}, {ClassExternal, 2}, {ClassLBHealthCheck, 1}}
 	got := cc.Snapshot()
 	if len(got) != len(want) {
 		t.Fatalf("%v", got)

@@ -21,9 +21,12 @@ type Record struct {
 	NotReady    bool        `json:"endpoint_not_ready,omitempty"`
 	Terminating bool        `json:"endpoint_terminating,omitempty"`
 	Diagnoses   []Diagnosis `json:"diagnoses,omitempty"`
-	// Class is cluster, node_local, apiserver, kubelet, external or
-	// unknown (see Class); always present.
+	// Class is cluster, node_local, apiserver, kubelet, external,
+	// lb_health_check or unknown (see Class); always present.
 	Class Class `json:"class"`
+	// HealthCheckService is namespace/name of the Service whose
+	// healthCheckNodePort a lb_health_check connection probed.
+	HealthCheckService string `json:"health_check_service,omitempty"`
 }
 
 // Record returns the JSON form of p.
@@ -34,6 +37,9 @@ func (p *Path) Record() Record {
 	r.SNAT = p.SNAT
 	if p.Service != nil {
 		r.Service = p.Service.Key()
+	}
+	if p.HealthCheck != nil {
+		r.HealthCheckService = p.HealthCheck.Key()
 	}
 	if p.Pod != nil {
 		r.Pod = p.Pod.Namespace + "/" + p.Pod.Name

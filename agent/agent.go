@@ -63,7 +63,7 @@ type Config struct {
 	// Export, when set, sends spans and metrics over OTLP.
 	Export *exporter.Config
 	// NodeSpans exports spans for the node's own connections too
-	// (path.Class node_local, apiserver, kubelet, external); by default
+	// (path.Class node_local, apiserver, kubelet, external, lb_health_check); by default
 	// only connections that involve a pod or a Service, or that could not
 	// be classified, become spans. Node connections are never in the
 	// per-pod metrics: they are counted by class.
@@ -173,6 +173,8 @@ type Agent struct {
 	localFailing bool
 	// classes counts the node's own connections by class.
 	classes path.ClassCounts
+	// probes counts the load-balancer health probes per Service.
+	probes path.ProbeCounts
 }
 
 // localInterval is how often the node's own addresses are re-read. A
@@ -267,6 +269,9 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		}
 		exp.SetNodeStats(a.ct.Table)
 		exp.SetNodeConnections(a.classes.Snapshot)
+		if a.watcher != nil {
+			exp.SetHealthProbes(a.HealthProbes)
+		}
 		a.exp = exp
 	}
 	return a, nil
@@ -304,6 +309,7 @@ func (a *Agent) emitPath(p *path.Path) {
 	node := p.Class.Node()
 	if node {
 		a.classes.Add(p.Class)
+		a.probes.Add(p)
 	}
 	if a.exp != nil && (!node || a.cfg.NodeSpans) {
 		a.exp.Path(p)
@@ -320,6 +326,17 @@ func (a *Agent) emitRequest(r *path.Request) {
 	if a.out.Request != nil {
 		a.out.Request(r)
 	}
+}
+
+// HealthProbes is the load-balancer health probes that arrived at this
+// node per Service and outcome, for every Service that has a
+// healthCheckNodePort now (nil without the API server: no probe can be
+// told then).
+func (a *Agent) HealthProbes() []path.ProbeCount {
+	if a.watcher == nil {
+		return nil
+	}
+	return a.probes.Snapshot(a.watcher.Index.Services())
 }
 
 // Drops lists every loss counter of the agent's stages for the

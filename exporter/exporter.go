@@ -67,6 +67,8 @@ type Exporter struct {
 
 	nodeStats atomic.Pointer[nodeStatsFunc]
 	nodeConns atomic.Pointer[nodeConnsFunc]
+	// healthProbes reads the load-balancer probes (lbprobes.go).
+	healthProbes atomic.Pointer[healthProbesFunc]
 
 	sampler *sampler
 	queue   chan queued

@@ -151,6 +151,9 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 	if err := initNodeConnections(m, e); err != nil {
 		return err
 	}
+	if err := initHealthProbes(m, e); err != nil {
+		return err
+	}
 	if err := initSeries(m, e); err != nil {
 		return err
 	}
@@ -228,7 +231,7 @@ func (in *instruments) initNode(m metric.Meter, e *Exporter) error {
 // in lbpath.agent.dropped, and not in the per-pod metrics.
 func initNodeConnections(m metric.Meter, e *Exporter) error {
 	conns, err := m.Int64ObservableCounter(MetricNodeConnections, metric.WithUnit("{connection}"),
-		metric.WithDescription("The node's own connections, which involve no pod and no Service, by class (node_local, apiserver, kubelet, external)"))
+		metric.WithDescription("The node's own connections, which involve no pod and no Service, by class (node_local, apiserver, kubelet, external, lb_health_check)"))
 	if err != nil {
 		return fmt.Errorf("create %s: %w", MetricNodeConnections, err)
 	}

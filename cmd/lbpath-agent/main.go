@@ -100,7 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		func(v string) (err error) { ec.Sampling.Probability, err = kube.ParseSpanSampling(v); return err })
 	fs.Func("slow-threshold", "connections that last longer are always exported as spans (0: none for being slow; default 1s); Service annotation lbpath.io/slow-threshold overrides it",
 		func(v string) (err error) { ec.Sampling.SlowThreshold, err = kube.ParseSlowThreshold(v); return err })
-	spans := fs.String("spans", "cluster", "connections exported as spans: cluster (those involving a pod or a Service, and any lbpath could not classify) or all (also the node's own: node_local, apiserver, kubelet, external)")
+	spans := fs.String("spans", "cluster", "connections exported as spans: cluster (those involving a pod or a Service, and any lbpath could not classify) or all (also the node's own: node_local, apiserver, kubelet, external, lb_health_check)")
 	fs.StringVar(&ec.Cluster, "cluster", os.Getenv("CLUSTER_NAME"), "k8s.cluster.name")
 	rb := fs.Uint("ring-buffer-bytes", 4<<20, "eBPF ring buffer size (power of two)")
 	maxConns := fs.Uint("max-connections", 65536, "kernel table of open connections")

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"testing"
@@ -24,7 +25,8 @@ import (
 // function predicts from each connection's trace ID (computed here from
 // the agents' own records); every refused connection (a Service without
 // endpoints) is kept whatever its trace ID says, with th:0. The agents'
-// spans_sampled_out counters equal the predicted drops.
+// spans_sampled_out counters equal the predicted drops, and the metrics
+// count every connection.
 func TestSpanSamplingAgreesAcrossNodes(t *testing.T) {
 	needCluster(t)
 	ctx := context.Background()
@@ -190,6 +192,38 @@ func TestSpanSamplingAgreesAcrossNodes(t *testing.T) {
 	for node, n := range predictedOut {
 		if sampledOut[node] != n {
 			t.Errorf("%s: spans_sampled_out %d, want %d", node, sampledOut[node], n)
+		}
+	}
+	// Metrics count every connection, sampled out or not: per node, the
+	// last cumulative lbpath.connections of each series sums to the
+	// node's records.
+	recsPerNode := map[string]float64{}
+	for _, r := range recs {
+		recsPerNode[r.Node]++
+	}
+	conns := map[string]float64{}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		last := map[string]otlpsink.Point{}
+		for _, pt := range sink.Points() {
+			if pt.Metric == exporter.MetricConnections {
+				last[fmt.Sprint(pt.Resource["k8s.node.name"], pt.Attrs)] = pt
+			}
+		}
+		conns = map[string]float64{}
+		for _, pt := range last {
+			if pt.Delta {
+				t.Fatalf("delta temporality: the sum below assumes cumulative points")
+			}
+			conns[pt.Resource["k8s.node.name"].(string)] += pt.Value
+		}
+		if fmt.Sprint(conns) == fmt.Sprint(recsPerNode) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for node, n := range recsPerNode {
+		if conns[node] != n {
+			t.Errorf("%s: %s counts %v connections, the node recorded %v", node, exporter.MetricConnections, conns[node], n)
 		}
 	}
 	t.Logf("%d healthy connections (%d cross-node, %d of them kept on both nodes), %d refused (%d kept only by the rule); %d root spans; sampled out %v",

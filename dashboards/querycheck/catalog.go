@@ -287,8 +287,8 @@ func parseDocs(path string) (*docsTelemetry, error) {
 	return d, nil
 }
 
-// parseAgent reads the exported Metric* name constants of path and the
-// instrument each is created with (kind from the constructor, unit from
+// parseAgent reads the exported Metric* name constants of path's package
+// and the instrument each is created with (kind from the constructor, unit from
 // WithUnit) anywhere in the package's non-test files: self-metrics may be
 // created next to the state they observe (exporter/series.go).
 func parseAgent(path string, docs *docsTelemetry) ([]otlpMetric, error) {
@@ -311,20 +311,24 @@ func parseAgent(path string, docs *docsTelemetry) ([]otlpMetric, error) {
 		}
 		files, names = append(files, of), append(names, o)
 	}
+	// The names may be declared next to their instrument too
+	// (exporter/sampling.go, lbprobes.go), so every file's constants count.
 	consts := map[string]string{}
-	for _, decl := range f.Decls {
-		g, ok := decl.(*ast.GenDecl)
-		if !ok || g.Tok != token.CONST {
-			continue
-		}
-		for _, s := range g.Specs {
-			vs := s.(*ast.ValueSpec)
-			for i, id := range vs.Names {
-				if !strings.HasPrefix(id.Name, "Metric") || !id.IsExported() || i >= len(vs.Values) {
-					continue
-				}
-				if v, ok := stringLit(vs.Values[i]); ok {
-					consts[id.Name] = v
+	for _, f := range files {
+		for _, decl := range f.Decls {
+			g, ok := decl.(*ast.GenDecl)
+			if !ok || g.Tok != token.CONST {
+				continue
+			}
+			for _, s := range g.Specs {
+				vs := s.(*ast.ValueSpec)
+				for i, id := range vs.Names {
+					if !strings.HasPrefix(id.Name, "Metric") || !id.IsExported() || i >= len(vs.Values) {
+						continue
+					}
+					if v, ok := stringLit(vs.Values[i]); ok {
+						consts[id.Name] = v
+					}
 				}
 			}
 		}

@@ -467,3 +467,26 @@ func TestCumulativeOverflowExpires(t *testing.T) {
 		t.Errorf("overflow count %d, want 1 (counted once, kept across the reset)", got)
 	}
 }
+
+// TestLargeCollectionDelivered: one collection of 1,200 pods' series
+// (≈16,800 points, ≈6.7 MB: over gRPC's 4 MiB message limit in one request) is
+// split into requests the receiver accepts: every series arrives, no
+// export fails.
+func TestLargeCollectionDelivered(t *testing.T) {
+	sink := startSink(t)
+	e := seriesExporter(t, sink, nil)
+	const pods = 1200
+	for i := range pods {
+		churnPod(e, i)
+	}
+	pts := collect(t, e, sink)
+	if f := e.Stats.MetricsFailed.Load(); f != 0 {
+		t.Fatalf("%d metric exports failed", f)
+	}
+	if n := len(byMetric(pts, MetricConnections)); n != 3*pods {
+		t.Errorf("%d connection series received, want %d", n, 3*pods)
+	}
+	if n := len(byMetric(pts, MetricRequestDuration)); n != pods {
+		t.Errorf("%d request duration series received, want %d", n, pods)
+	}
+}

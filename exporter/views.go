@@ -26,7 +26,7 @@ const (
 // series spanning 1–100 ms (6.6 doublings) fits 160 buckets at scale 4
 // (16 buckets per doubling, base 2^(1/16)): a quantile read at a bucket's
 // midpoint is off by at most (base-1)/(base+1) = 2.2 %. A narrower series
-// (e.g. 20–45 ms) gets scale 6, 0.54 %. 80 buckets would give scale 3 at
+// (e.g. 20–45 ms) gets scale 7, 0.27 %. 80 buckets would give scale 3 at
 // 1–100 ms (4.3 %), too close to the 5 % the deploy verdict must hold;
 // 320 buckets would halve the error (1.1 %) for twice the memory. A full
 // series costs 160 × 8 bytes of counts (the SDK grows the array as the

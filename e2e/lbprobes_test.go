@@ -136,11 +136,11 @@ func TestLBHealthProbes(t *testing.T) {
 			t.Errorf("probe record outside node1's server side: %+v", r)
 		}
 	}
-	if got := probeCounts(set.Agents[0].HealthProbes()); got != "default/web-lb ok=5" {
-		t.Errorf("node1 agent counts %q, want default/web-lb ok=5", got)
+	if got, want := probeCounts(set.Agents[0].HealthProbes()), "default/web-lb ok=5, default/web-lb refused=0"; got != want {
+		t.Errorf("node1 agent counts %q, want %q", got, want)
 	}
-	if got := probeCounts(set.Agents[1].HealthProbes()); got != "default/web-lb ok=0" {
-		t.Errorf("node2 agent counts %q, want default/web-lb ok=0", got)
+	if got, want := probeCounts(set.Agents[1].HealthProbes()), "default/web-lb ok=0, default/web-lb refused=0"; got != want {
+		t.Errorf("node2 agent counts %q, want %q", got, want)
 	}
 
 	stopped = true
@@ -164,6 +164,7 @@ func TestLBHealthProbes(t *testing.T) {
 	}
 	wantOTLP := map[string]float64{
 		node1.Name + " default/web-lb ok": n, node2.Name + " default/web-lb ok": 0,
+		node1.Name + " default/web-lb refused": 0, node2.Name + " default/web-lb refused": 0,
 		node1.Name + " node_connections": n, node2.Name + " node_connections": 0,
 	}
 	if fmt.Sprint(last) != fmt.Sprint(wantOTLP) {

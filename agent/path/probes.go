@@ -16,6 +16,10 @@ type ProbeCount struct {
 	Count              uint64
 }
 
+// alwaysReported are the outcomes reported from 0: the probe was
+// answered, or nothing listened (kube-proxy down on the node).
+var alwaysReported = [...]flow.Outcome{flow.OutcomeOK, flow.OutcomeRefused}
+
 type probeKey struct {
 	namespace, service string
 	outcome            flow.Outcome
@@ -44,9 +48,11 @@ func (pc *ProbeCounts) Add(p *Path) {
 }
 
 // Snapshot returns the counts of the Services in current that have a
-// healthCheckNodePort, sorted: outcome ok is always there, 0 when no probe
-// arrived (so that "the agent saw the Service and no probe came" differs
-// from "no agent reported"), other outcomes once seen. Counts of Services
+// healthCheckNodePort, sorted. Outcomes ok and refused are always there,
+// from 0: "the agent saw the Service and no probe came" then differs from
+// "no agent reported", and a first refused probe is a counter going from
+// 0 to 1 (a series that appears at 1 has no increase in Prometheus);
+// other outcomes once seen. Counts of Services
 // no longer in current, or that lost their port, are forgotten: their
 // series end (a Service recreated under the same name starts from 0, a
 // counter reset).
@@ -60,14 +66,15 @@ func (pc *ProbeCounts) Snapshot(current []*kube.Service) []ProbeCount {
 			continue
 		}
 		keep[[2]string{s.Namespace, s.Name}] = true
-		k := probeKey{s.Namespace, s.Name, flow.OutcomeOK}
-		out = append(out, ProbeCount{Namespace: s.Namespace, Service: s.Name, Outcome: flow.OutcomeOK, Count: pc.n[k]})
+		for _, o := range alwaysReported {
+			out = append(out, ProbeCount{Namespace: s.Namespace, Service: s.Name, Outcome: o, Count: pc.n[probeKey{s.Namespace, s.Name, o}]})
+		}
 	}
 	for k, c := range pc.n {
 		switch {
 		case !keep[[2]string{k.namespace, k.service}]:
 			delete(pc.n, k)
-		case k.outcome != flow.OutcomeOK:
+		case k.outcome != flow.OutcomeOK && k.outcome != flow.OutcomeRefused:
 			out = append(out, ProbeCount{Namespace: k.namespace, Service: k.service, Outcome: k.outcome, Count: c})
 		}
 	}

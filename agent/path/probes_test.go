@@ -93,9 +93,9 @@ func TestLBHealthCheckClass(t *testing.T) {
 	}
 }
 
-// ProbeCounts: per Service and outcome, ok always reported for every
-// Service with a healthCheckNodePort (0 when none came), Services that
-// lost the port or are gone forgotten.
+// ProbeCounts: per Service and outcome, ok and refused always reported
+// for every Service with a healthCheckNodePort (0 when none came), other
+// outcomes once seen, Services that lost the port or are gone forgotten.
 func TestProbeCounts(t *testing.T) {
 	edge := &kube.Service{Namespace: "shop", Name: "edge", HealthCheckNodePort: hcPort}
 	api := &kube.Service{Namespace: "shop", Name: "api", HealthCheckNodePort: hcPort + 1}
@@ -109,11 +109,14 @@ func TestProbeCounts(t *testing.T) {
 	add(edge, flow.OutcomeOK, ClassLBHealthCheck, 5)
 	add(edge, flow.OutcomeRefused, ClassLBHealthCheck, 2)
 	add(edge, flow.OutcomeOK, ClassExternal, 3) // not a probe
+	add(edge, flow.OutcomeReset, ClassLBHealthCheck, 1)
 	got := pc.Snapshot([]*kube.Service{web, edge, api})
 	want := []ProbeCount{
 		{"shop", "api", flow.OutcomeOK, 0},
+		{"shop", "api", flow.OutcomeRefused, 0},
 		{"shop", "edge", flow.OutcomeOK, 5},
 		{"shop", "edge", flow.OutcomeRefused, 2},
+		{"shop", "edge", flow.OutcomeReset, 1},
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("snapshot %+v, want %+v", got, want)
@@ -122,10 +125,10 @@ func TestProbeCounts(t *testing.T) {
 	// gets one again.
 	edgeCluster := *edge
 	edgeCluster.HealthCheckNodePort = 0
-	if got := pc.Snapshot([]*kube.Service{&edgeCluster, api}); !slices.Equal(got, want[:1]) {
-		t.Errorf("after edge lost its port: %+v, want %+v", got, want[:1])
+	if got := pc.Snapshot([]*kube.Service{&edgeCluster, api}); !slices.Equal(got, want[:2]) {
+		t.Errorf("after edge lost its port: %+v, want %+v", got, want[:2])
 	}
-	if got := pc.Snapshot([]*kube.Service{edge}); !slices.Equal(got, []ProbeCount{{"shop", "edge", flow.OutcomeOK, 0}}) {
+	if got := pc.Snapshot([]*kube.Service{edge}); !slices.Equal(got, []ProbeCount{{"shop", "edge", flow.OutcomeOK, 0}, {"shop", "edge", flow.OutcomeRefused, 0}}) {
 		t.Errorf("edge back: %+v, want a fresh 0", got)
 	}
 }

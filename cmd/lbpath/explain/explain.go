@@ -90,7 +90,7 @@ const (
 	KindNoData           Kind = "no_data"
 )
 
-var kindOrder = map[Kind]int{KindNoHealthyNode: 0, KindLBPending: 1, KindDeployRegression: 2, KindHotPod: 3, KindHealthCheckFails: 4,
+var kindOrder = map[Kind]int{KindNoHealthyNode: 0, KindLBProbesStopped: 0, KindLBProbesOnlyFailing: 0, KindLBPending: 1, KindDeployRegression: 2, KindHotPod: 3, KindHealthCheckFails: 4,
 	KindFailures: 5, KindClientIPLost: 6, KindNodeSkew: 7, KindNoData: 8}
 
 // Finding is one diagnosis with the line an SRE reads.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -20,6 +21,9 @@ const (
 	mHCLocal       = "lbpath_service_health_check_local_endpoints"
 	mHCErrors      = "lbpath_service_health_check_errors_total"
 	lErrorType     = "error_type"
+	// The agents' count of load-balancer probes that reached their node
+	// (exporter/lbprobes.go): the other side of the health check.
+	mLBProbes = "lbpath_loadbalancer_health_probes_total"
 )
 
 // Finding kinds from the LB signals (ordered in kindOrder).
@@ -27,6 +31,12 @@ const (
 	KindLBPending        Kind = "loadbalancer_pending"
 	KindNoHealthyNode    Kind = "no_healthy_node"
 	KindHealthCheckFails Kind = "health_check_fails"
+	// KindLBProbesStopped: the load balancer's probes reached nodes
+	// before, and none in the window.
+	KindLBProbesStopped Kind = "lb_probes_stopped"
+	// KindLBProbesOnlyFailing: probes arrive, but only at nodes failing
+	// the health check, while a node passes it unprobed.
+	KindLBProbesOnlyFailing Kind = "lb_probes_only_failing"
 )
 
 // NodeHealthCheck is one node's answer on the Service's healthCheckNodePort
@@ -44,6 +54,14 @@ type NodeHealthCheck struct {
 	// ReadyPods is the Service's ready endpoints on the node from the
 	// EndpointSlices; NaN when the receiver reported none for the Service.
 	ReadyPods float64
+	// Probes is how many load-balancer health probes reached the node in
+	// the window, ProbesRefused how many of them found nothing listening,
+	// ProbesEver how many since the node's agent started counting; NaN
+	// when no agent reported the Service on the node.
+	Probes, ProbesRefused, ProbesEver float64
+	// Unchecked: the receiver said nothing about the node (the row is the
+	// agent's probe count alone); not used for the health-check findings.
+	Unchecked bool
 }
 
 // LBSignals is what the lbsignals receiver reports about the Service.
@@ -112,6 +130,9 @@ func (r *Report) lbSignals(ctx context.Context, q *querier, sel, w string) error
 			rd.apply(get(label(x.Metric, lNode)), float64(x.Value), label(x.Metric, lErrorType))
 		}
 	}
+	if err := readProbes(ctx, q, sel, w, nodes, get); err != nil {
+		return err
+	}
 	for _, h := range nodes {
 		s.HealthChecks = append(s.HealthChecks, *h)
 	}
@@ -133,8 +154,12 @@ func (r *Report) signalFindings() {
 			"LOADBALANCER PENDING for %s: no external IP or hostname yet; `kubectl describe service` shows the cloud controller's events (quota, permissions, loadBalancerClass)",
 			ago(s.PendingFor))})
 	}
-	var answered, healthy int
+	var checked, answered, healthy int
 	for _, h := range s.HealthChecks {
+		if h.Unchecked {
+			continue
+		}
+		checked++
 		if h.Status != 0 {
 			answered++
 		}
@@ -143,16 +168,17 @@ func (r *Report) signalFindings() {
 		}
 	}
 	switch {
-	case len(s.HealthChecks) > 0 && healthy == 0:
+	case checked > 0 && healthy == 0:
 		why := "every node answers 503: kube-proxy sees no ready local endpoint anywhere"
-		if answered < len(s.HealthChecks) {
-			why = fmt.Sprintf("%d of %d nodes answer nothing usable, the rest 503", len(s.HealthChecks)-answered, len(s.HealthChecks))
+		if answered < checked {
+			why = fmt.Sprintf("%d of %d nodes answer nothing usable, the rest 503", checked-answered, checked)
 		}
 		r.Findings = append(r.Findings, Finding{Kind: KindNoHealthyNode, Message: fmt.Sprintf(
 			"NO NODE PASSES THE LB HEALTH CHECK (externalTrafficPolicy Local): %s, so the load balancer has no backend", why)})
 	default:
+		r.probeFindings()
 		for _, h := range s.HealthChecks {
-			if h.Status != 200 && h.ReadyPods > 0 {
+			if !h.Unchecked && h.Status != 200 && h.ReadyPods > 0 {
 				r.Findings = append(r.Findings, Finding{Kind: KindHealthCheckFails, Subject: h.Node, Message: fmt.Sprintf(
 					"HEALTH CHECK FAILS ON %s (%s) with %s ready pod%s on the node: the load balancer skips it and those pods get no external traffic; check kube-proxy there",
 					h.Node, h.answer(), count(h.ReadyPods), plural(int(h.ReadyPods)))})
@@ -165,6 +191,8 @@ func (r *Report) signalFindings() {
 // answer is the node's health-check answer as a cell.
 func (h NodeHealthCheck) answer() string {
 	switch {
+	case h.Unchecked:
+		return "–"
 	case h.Status != 0:
 		return fmt.Sprint(h.Status)
 	case h.Error != "":
@@ -194,9 +222,24 @@ func (r *Report) renderSignals(b *bytes.Buffer) {
 	for _, h := range s.HealthChecks {
 		nw, aw = width(nw, h.Node), width(aw, h.answer())
 	}
-	fmt.Fprintf(b, "  %-*s  %-*s  %15s  %10s\n", nw, "node", aw, "answer", "local endpoints", "ready pods")
+	probes := false
 	for _, h := range s.HealthChecks {
-		fmt.Fprintf(b, "  %-*s  %-*s  %15s  %10s\n", nw, h.Node, aw, h.answer(), count(h.LocalEndpoints), count(h.ReadyPods))
+		probes = probes || !math.IsNaN(h.Probes)
+	}
+	if !probes {
+		fmt.Fprintf(b, "  %-*s  %-*s  %15s  %10s\n", nw, "node", aw, "answer", "local endpoints", "ready pods")
+		for _, h := range s.HealthChecks {
+			fmt.Fprintf(b, "  %-*s  %-*s  %15s  %10s\n", nw, h.Node, aw, h.answer(), count(h.LocalEndpoints), count(h.ReadyPods))
+		}
+		return
+	}
+	// The agents' side: the load balancer's probes that reached each node.
+	fmt.Fprintf(b, "  %-*s  %-*s  %15s  %10s  %s\n", nw, "node", aw, "answer", "local endpoints", "ready pods", "LB probes arriving")
+	for _, h := range s.HealthChecks {
+		fmt.Fprintf(b, "  %-*s  %-*s  %15s  %10s  %s\n", nw, h.Node, aw, h.answer(), count(h.LocalEndpoints), count(h.ReadyPods), h.probes(r.Window))
+	}
+	if s.noProbesEver() {
+		fmt.Fprintln(b, "  no load-balancer probe has reached any node since the agents started: this load balancer does not probe the healthCheckNodePort (MetalLB, kube-vip) or its probes are dropped before the nodes (a cloud load balancer then marks every node down)")
 	}
 }
 
@@ -208,4 +251,120 @@ var signalNames = map[string][]string{
 	mHCStatus:      {lNamespace, lService, lNode},
 	mHCLocal:       {lNamespace, lService, lNode},
 	mHCErrors:      {lNamespace, lService, lNode, lErrorType},
+	mLBProbes:      {lNamespace, lService, lNode, lOutcome},
+}
+
+// readProbes adds the agents' probe counts to the nodes' rows; a node
+// only the agents know gets a row marked Unchecked.
+func readProbes(ctx context.Context, q *querier, sel, w string, nodes map[string]*NodeHealthCheck, get func(string) *NodeHealthCheck) error {
+	for _, h := range nodes {
+		h.Probes, h.ProbesRefused, h.ProbesEver = math.NaN(), math.NaN(), math.NaN()
+	}
+	row := func(n string) *NodeHealthCheck {
+		_, known := nodes[n]
+		h := get(n)
+		if !known {
+			h.Unchecked = true
+		} else if !math.IsNaN(h.Probes) {
+			return h
+		}
+		h.Probes, h.ProbesRefused, h.ProbesEver = 0, 0, 0
+		return h
+	}
+	inWindow, err := q.vector(ctx, fmt.Sprintf(`sum by (%s, %s) (increase(%s{%s}[%s]))`, lNode, lOutcome, mLBProbes, sel, w))
+	if err != nil {
+		return err
+	}
+	ever, err := q.vector(ctx, fmt.Sprintf(`sum by (%s) (%s{%s})`, lNode, mLBProbes, sel))
+	if err != nil {
+		return err
+	}
+	for _, x := range inWindow {
+		h := row(label(x.Metric, lNode))
+		h.Probes += float64(x.Value)
+		if label(x.Metric, lOutcome) == "refused" {
+			h.ProbesRefused += float64(x.Value)
+		}
+	}
+	for _, x := range ever {
+		row(label(x.Metric, lNode)).ProbesEver = float64(x.Value)
+	}
+	return nil
+}
+
+// probeFindings: whether the load balancer's probes arrive, from the
+// agents' counts, when some node passes the check. Two incidents: probes
+// reached nodes before and none in the window (the load balancer, or a
+// firewall before the nodes, stopped them: a cloud load balancer then
+// marks every node down); probes arrive only at nodes failing the check
+// while a passing node gets none (its backend pool lacks the nodes with
+// local endpoints). Probes that never arrived are no finding: load
+// balancers such as MetalLB do not probe the port at all (renderSignals
+// says so). Nodes whose agent did not report are no evidence.
+func (r *Report) probeFindings() {
+	s := r.Signals
+	var reported, probed, ever int
+	var inWindow float64
+	var failingProbed, passingUnprobed []string
+	for _, h := range s.HealthChecks {
+		if math.IsNaN(h.Probes) {
+			continue
+		}
+		reported++
+		inWindow += h.Probes
+		if h.ProbesEver > 0 {
+			ever++
+		}
+		switch {
+		case h.Probes > 0:
+			probed++
+			if !h.Unchecked && h.Status != 200 {
+				failingProbed = append(failingProbed, h.Node)
+			}
+		case !h.Unchecked && h.Status == 200:
+			passingUnprobed = append(passingUnprobed, h.Node)
+		}
+	}
+	switch {
+	case reported == 0 || s.PendingFor > 0:
+	case inWindow == 0 && ever > 0:
+		r.Findings = append(r.Findings, Finding{Kind: KindLBProbesStopped, Message: fmt.Sprintf(
+			"LB PROBES STOPPED: no load-balancer health probe reached any of %d node%s in the last %s, though %d node%s got probes before: the load balancer no longer probes the healthCheckNodePort (deleted or changed out of band) or a firewall before the nodes drops the probes; a cloud load balancer then marks every node down",
+			reported, plural(reported), promDuration(r.Window), ever, plural(ever))})
+	case probed > 0 && len(failingProbed) == probed && len(passingUnprobed) > 0:
+		r.Findings = append(r.Findings, Finding{Kind: KindLBProbesOnlyFailing, Message: fmt.Sprintf(
+			"LB PROBES ONLY REACH NODES FAILING THE HEALTH CHECK: probed %s; passing %s got none: the load balancer's backend pool lacks the nodes with local endpoints (node added after the load balancer, excluded by label, stale pool), so external traffic has no healthy backend",
+			strings.Join(failingProbed, ", "), strings.Join(passingUnprobed, ", "))})
+	}
+}
+
+// noProbesEver reports whether agents reported the Service and no probe
+// ever reached a node.
+func (s *LBSignals) noProbesEver() bool {
+	reported := false
+	for _, h := range s.HealthChecks {
+		if math.IsNaN(h.Probes) {
+			continue
+		}
+		reported = true
+		if h.ProbesEver > 0 {
+			return false
+		}
+	}
+	return reported
+}
+
+// probes is the node's probe rate in the window as a cell.
+func (h NodeHealthCheck) probes(window time.Duration) string {
+	if math.IsNaN(h.Probes) {
+		return "–"
+	}
+	if window <= 0 {
+		window = DefaultWindow
+	}
+	c := fmt.Sprintf("%.1f/min", h.Probes/window.Minutes())
+	if h.ProbesRefused > 0 {
+		c += fmt.Sprintf(" (%s refused)", count(h.ProbesRefused))
+	}
+	return c
 }

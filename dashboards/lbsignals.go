@@ -19,6 +19,9 @@ const (
 	metricHCHealthy       = "lbpath_service_health_check_healthy"
 	metricHCLocal         = "lbpath_service_health_check_local_endpoints"
 	metricHCErrors        = "lbpath_service_health_check_errors_total"
+	// From the agents, not the receiver: the load balancer's probes that
+	// reached each node (class lb_health_check; exporter/lbprobes.go).
+	metricLBProbes = "lbpath_loadbalancer_health_probes_total"
 	manyLoadBalancersHint = 25 // LbpathManyLoadBalancers' threshold (deploy/rules)
 )
 
@@ -29,7 +32,7 @@ var (
 
 func lbSignals() *dashboard.DashboardBuilder {
 	b := newBoard("lbpath-lb-signals", "lbpath / LB signals",
-		"The cluster's load balancers as Kubernetes and kube-proxy see them, from one leader-elected collector: LoadBalancer Services and the pending ones, ready endpoints, and under externalTrafficPolicy Local which nodes pass the load balancer's health check.",
+		"The cluster's load balancers as Kubernetes and kube-proxy see them, from one leader-elected collector: LoadBalancer Services and the pending ones, ready endpoints, and under externalTrafficPolicy Local which nodes pass the load balancer's health check — and, from the agents, whether its probes arrive.",
 		scopeService)
 	b = b.WithRow(row("LoadBalancer Services")).
 		WithPanel(statPanel("LoadBalancer Services", fmt.Sprintf("Services of type LoadBalancer: usually one cloud load balancer each. Orange from %d (LbpathManyLoadBalancers).", manyLoadBalancersHint+1), "none", 4, 5,
@@ -55,7 +58,12 @@ func lbSignals() *dashboard.DashboardBuilder {
 			instantQuery("A", fmt.Sprintf("count by (%s) (%s%s) and on (%s) (max by (%s) (%s%s) == 0)",
 				bySvcNode, metricEndpointReady, sel(mSvc), bySvcNode, bySvcNode, metricHCHealthy, sel(mSvc)), ""))).
 		WithPanel(ts("Probe errors", "Health-check probes from the collector that got no usable answer, by error.type (timeout, connection_refused, connection, invalid_response, no_internal_ip). Never counted as healthy or unhealthy.", "reqps", 12, 8,
-			promQuery("A", fmt.Sprintf("sum by (%s, error_type) (%s)", bySvcNode, rate(metricHCErrors, mSvc)), "{{k8s_namespace_name}}/{{k8s_service_name}} {{k8s_node_name}} {{error_type}}")))
+			promQuery("A", fmt.Sprintf("sum by (%s, error_type) (%s)", bySvcNode, rate(metricHCErrors, mSvc)), "{{k8s_namespace_name}}/{{k8s_service_name}} {{k8s_node_name}} {{error_type}}"))).
+		WithPanel(ts("Load-balancer probes arriving per node", "The other side of the health check, from each node's agent: connections to the Service's healthCheckNodePort from outside the node and not from a pod (the load balancer's health checker), by outcome (refused: nothing listened, kube-proxy down). A healthy cloud load balancer probes every node of its pool, passing or not; none anywhere means it does not probe the port (MetalLB) or its probes are dropped before the nodes.", "cps", 12, 8,
+			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_outcome) (%s)", bySvcNode, rate(metricLBProbes, mSvc)), "{{k8s_namespace_name}}/{{k8s_service_name}} {{k8s_node_name}} {{lbpath_outcome}}"))).
+		WithPanel(tablePanel("Passing nodes the load balancer does not probe", "Nodes answering 200 that got no load-balancer probe in the time range while other nodes of the Service did: the load balancer's backend pool lacks them (node added after the load balancer, excluded by label, stale pool), so their pods get no external traffic.", 12, 8,
+			instantQuery("A", fmt.Sprintf("(max by (%[1]s) (%[3]s%[4]s) == 1) and on (%[1]s) (sum by (%[1]s) (%[5]s) == 0) and on (%[2]s) (sum by (%[2]s) (%[5]s) > 0)",
+				bySvcNode, bySvc, metricHCHealthy, sel(mSvc), increaseRange(metricLBProbes, mSvc)), "")))
 	b = b.WithRow(row("Ready endpoints")).
 		WithPanel(ts("Ready pods per Service", "Ready endpoints (pods) from the EndpointSlices, traffic or not: what lbimbalance compares each pod's share against.", "none", 12, 8,
 			promQuery("A", fmt.Sprintf("count by (%s) (max by (%s, %s) (%s%s))", bySvc, bySvc, lPod, metricEndpointReady, sel(mSvc)), "{{k8s_namespace_name}}/{{k8s_service_name}}"))).

@@ -39,6 +39,24 @@ func addLBSignals(f *fixture, coll map[string]string) {
 		f.add("lbpath_service_health_check_healthy", nl, gauge(hc.health, 0, 60))
 	}
 	f.add("lbpath_service_health_check_errors_total", svc("api", map[string]string{"k8s_node_name": silentNode, "error_type": "timeout"}), counter(2, 0, 60))
+	addLBProbes(f)
+}
+
+// addLBProbes adds the agents' load-balancer probe counts (resource
+// service.name=lbpath-agent; the probed node on the point): api's load
+// balancer probes node-b (503) only, node-a (200, its pod's node) gets
+// none — a stale backend pool; gone's probes reach both nodes. ok and
+// refused are reported from 0 for every Service with the port.
+func addLBProbes(f *fixture) {
+	agent := map[string]string{"job": "lbpath-agent", "k8s_cluster_name": "prod", "otel_scope_name": "github.com/lbpath/lbpath/exporter"}
+	for _, p := range []struct {
+		svc, node string
+		perMin    float64
+	}{{"api", "node-a", 0}, {"api", "node-b", 6}, {"gone", "node-a", 6}, {"gone", "node-b", 6}} {
+		ls := merge(agent, map[string]string{"k8s_namespace_name": "shop", "k8s_service_name": p.svc, "k8s_node_name": p.node})
+		f.add("lbpath_loadbalancer_health_probes_total", merge(ls, map[string]string{"lbpath_outcome": "ok"}), counter(p.perMin, 0, 60))
+		f.add("lbpath_loadbalancer_health_probes_total", merge(ls, map[string]string{"lbpath_outcome": "refused"}), counter(0, 0, 60))
+	}
 }
 
 // TestLBSignalQueriesSingleOut: the LB-signal alerts and panels name
@@ -64,6 +82,7 @@ func TestLBSignalQueriesSingleOut(t *testing.T) {
 		{"lbpath-lb-signals/LbpathLocalReadyPodsNotInLoadBalancer/", []string{"k8s_service_name=api,k8s_node_name=node-b"}},
 		{"lbpath / LB signals/Pending LoadBalancers/A", []string{"k8s_service_name=legacy"}},
 		{"lbpath / LB signals/Ready pods on nodes failing the health check/A", []string{"k8s_service_name=api,k8s_node_name=node-b"}},
+		{"lbpath / LB signals/Passing nodes the load balancer does not probe/A", []string{"k8s_service_name=api,k8s_node_name=node-a"}},
 	} {
 		s, ok := got[c.key]
 		if !ok {

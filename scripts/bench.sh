@@ -18,6 +18,9 @@ mkdir -p bench
   go test -run '^$' -bench "$pattern" -skip IndexMemory -benchtime 20000x -benchmem ./agent/... ./exporter/
   go test -run '^$' -bench "IndexMemory.*$pattern|$pattern.*IndexMemory" -benchtime 3x ./agent/kube/
   go test -run '^$' -bench "$pattern" -benchtime 3s -benchmem ./processor/...
+  # The collector's lbsignals receiver: one collection of a large cluster
+  # (tens of ms each), so a few seconds.
+  go test -run '^$' -bench "$pattern" -benchtime 3s -benchmem ./receiver/...
   # Real kernel: cost per program over 2000 fresh connections, then the
   # whole-agent benchmarks once each at full scale.
   export LBPATH_REQUIRE_E2E=1 LBPATH_BENCH_FULL=1

@@ -30,8 +30,9 @@ func serviceBalance() *dashboard.DashboardBuilder {
 			promQuery("A", metricLBMaxMean+sel(mSignal, mSvc), "{{k8s_namespace_name}}/{{k8s_service_name}}"))).
 		WithPanel(ts("Coefficient of variation", "Standard deviation / mean of per-pod $signal: 0 is even; above ~0.5 a few pods carry most of the load.", "none", 8, 8,
 			promQuery("A", metricLBCV+sel(mSignal, mSvc), "{{k8s_namespace_name}}/{{k8s_service_name}}"))).
-		WithPanel(ts("Pods reporting", "Pods of the Service that served traffic in the window.", "none", 8, 8,
-			promQuery("A", metricLBPods+sel(mSvc), "{{k8s_namespace_name}}/{{k8s_service_name}}"))).
+		WithPanel(ts("Pods and idle pods", "Pods of the Service in the window: those that served traffic plus its ready endpoints that got none (idle). Idle pods come from the lbsignals receiver's ready endpoints; without it the series is absent and only pods with traffic count.", "none", 8, 8,
+			promQuery("A", metricLBPods+sel(mSvc), "pods {{k8s_namespace_name}}/{{k8s_service_name}}"),
+			promQuery("B", metricLBIdlePods+sel(mSvc), "idle {{k8s_namespace_name}}/{{k8s_service_name}}"))).
 		WithPanel(tablePanel("Hot pods", "Pods whose connection share exceeds hot_factor × the fair share now, with that share. Links open their connection traces.", 12, 8,
 			instantQuery("A", hotPodsExpr, "")).DataLinks(traceLinks(lPod))).
 		WithPanel(tablePanel("Pods turning hot", "How many times a pod of the Service turned hot over the time range.", 12, 8,

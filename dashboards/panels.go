@@ -39,6 +39,7 @@ const (
 	metricLBHot         = "lbpath_lb_hot"
 	metricLBNodeShare   = "lbpath_lb_node_share_ratio"
 	metricLBPods        = "lbpath_lb_pods"
+	metricLBIdlePods    = "lbpath_lb_idle_pods"
 	metricLBTransitions = "lbpath_lb_hot_transitions_total"
 	metricLBEvictions   = "lbpath_lb_evictions_total"
 

@@ -304,6 +304,8 @@ func buildFixtureWith(native bool) string {
 		f.add("lbpath_lb_cv_ratio", merge(co, sl), gauge(0, 0, 60))
 		f.add("lbpath_lb_node_share_ratio", merge(co, sl, map[string]string{"k8s_node_name": "node-b"}), gauge(1, 30, 60))
 	}
+	// shop/web's ready endpoints (lbsignals receiver) all have traffic.
+	f.add("lbpath_lb_idle_pods", web, gauge(0, 0, 60))
 	f.add("lbpath_lb_hot", merge(web, map[string]string{"k8s_pod_name": hotPod, "k8s_node_name": "node-a"}), gauge(1, 0, 60))
 	f.add("lbpath_lb_hot", merge(web, map[string]string{"k8s_pod_name": "web-7d9f-a2", "k8s_node_name": "node-b"}), gauge(0, 0, 60))
 	f.add("lbpath_lb_hot", merge(web, map[string]string{"k8s_pod_name": "web-7d9f-b3", "k8s_node_name": "node-b"}), gauge(0, 0, 60))

@@ -132,3 +132,27 @@ func TestProbeCounts(t *testing.T) {
 		t.Errorf("edge back: %+v, want a fresh 0", got)
 	}
 }
+
+// BenchmarkNameProbe: naming a load-balancer probe (late, as the external
+// checker's connections are decided) next to an external connection,
+// which now also looks its port up among the health-check ports.
+func BenchmarkNameProbe(b *testing.B) {
+	n, _ := lbNamer(&testing.T{})
+	for _, bc := range []struct {
+		name string
+		c    flow.Connection
+	}{
+		{"probe", conn(flow.RoleServer, netip.MustParseAddrPort("35.191.0.7:41000"), ap(node1, hcPort))},
+		{"external", conn(flow.RoleServer, netip.MustParseAddrPort("35.191.0.7:41000"), ap(node1, 22))},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c := bc.c
+			b.ReportAllocs()
+			for b.Loop() {
+				if p, _ := n.NameLate(&c); p.Class == ClassUnknown {
+					b.Fatal("unknown")
+				}
+			}
+		})
+	}
+}

@@ -11,17 +11,17 @@ import (
 // replica's exporter serves its last values until they expire, so every
 // query aggregates with max/min by Service and node, never by instance.
 const (
-	metricLBServices      = "lbpath_loadbalancer_services"
-	metricLBPending       = "lbpath_loadbalancer_pending"
-	metricLBPendingAge    = "lbpath_loadbalancer_pending_age_seconds"
-	metricEndpointReady   = "lbpath_service_endpoint_ready"
-	metricHCStatus        = "lbpath_service_health_check_status"
-	metricHCHealthy       = "lbpath_service_health_check_healthy"
-	metricHCLocal         = "lbpath_service_health_check_local_endpoints"
-	metricHCErrors        = "lbpath_service_health_check_errors_total"
+	metricLBServices    = "lbpath_loadbalancer_services"
+	metricLBPending     = "lbpath_loadbalancer_pending"
+	metricLBPendingAge  = "lbpath_loadbalancer_pending_age_seconds"
+	metricEndpointReady = "lbpath_service_endpoint_ready"
+	metricHCStatus      = "lbpath_service_health_check_status"
+	metricHCHealthy     = "lbpath_service_health_check_healthy"
+	metricHCLocal       = "lbpath_service_health_check_local_endpoints"
+	metricHCErrors      = "lbpath_service_health_check_errors_total"
 	// From the agents, not the receiver: the load balancer's probes that
 	// reached each node (class lb_health_check; exporter/lbprobes.go).
-	metricLBProbes = "lbpath_loadbalancer_health_probes_total"
+	metricLBProbes        = "lbpath_loadbalancer_health_probes_total"
 	manyLoadBalancersHint = 25 // LbpathManyLoadBalancers' threshold (deploy/rules)
 )
 

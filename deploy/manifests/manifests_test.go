@@ -299,8 +299,12 @@ func TestMonitoringObjects(t *testing.T) {
 		switch o.Kind {
 		case "ServiceMonitor":
 			var sm struct {
-				Selector  metav1.LabelSelector `json:"selector"`
-				Endpoints []struct {
+				Selector metav1.LabelSelector `json:"selector"`
+				// Prometheus Operator's ServiceMonitorSpec.ScrapeProtocols:
+				// protobuf first, or the agents' exponential histograms
+				// arrive as a classic histogram with only +Inf.
+				ScrapeProtocols []string `json:"scrapeProtocols"`
+				Endpoints       []struct {
 					Port        string `json:"port"`
 					Interval    string `json:"interval"`
 					HonorLabels bool   `json:"honorLabels"`
@@ -309,6 +313,15 @@ func TestMonitoringObjects(t *testing.T) {
 			b, _ := yaml.Marshal(o.Spec)
 			if err := yaml.UnmarshalStrict(b, &sm); err != nil {
 				t.Fatalf("ServiceMonitor spec: %v", err)
+			}
+			known := []string{"PrometheusProto", "OpenMetricsText0.0.1", "OpenMetricsText1.0.0", "PrometheusText0.0.4", "PrometheusText1.0.0"}
+			for _, p := range sm.ScrapeProtocols {
+				if !slices.Contains(known, p) {
+					t.Errorf("ServiceMonitor scrapeProtocols: %q is not one of the operator's %v", p, known)
+				}
+			}
+			if len(sm.ScrapeProtocols) == 0 || sm.ScrapeProtocols[0] != "PrometheusProto" {
+				t.Errorf("ServiceMonitor scrapeProtocols %v: PrometheusProto must come first (native histograms)", sm.ScrapeProtocols)
 			}
 			if len(sm.Endpoints) != 1 || sm.Endpoints[0].Port != "metrics" || !sm.Endpoints[0].HonorLabels {
 				t.Errorf("ServiceMonitor endpoints %+v", sm.Endpoints)

@@ -5,6 +5,9 @@ import (
 
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusexporter"
 	"github.com/open-telemetry/opentelemetry-collector-contrib/exporter/prometheusremotewriteexporter"
+	"github.com/open-telemetry/opentelemetry-collector-contrib/processor/deltatocumulativeprocessor"
+	"go.opentelemetry.io/collector/connector"
+	"go.opentelemetry.io/collector/connector/forwardconnector"
 	"go.opentelemetry.io/collector/exporter"
 	"go.opentelemetry.io/collector/exporter/debugexporter"
 	"go.opentelemetry.io/collector/exporter/nopexporter"
@@ -35,6 +38,11 @@ func components() (otelcol.Factories, error) {
 	}
 	if f.Processors, err = otelcol.MakeFactoryMap[processor.Factory](
 		batchprocessor.NewFactory(),
+		// deltatocumulative: the agents' delta points (scale-out mode) as
+		// cumulative series for the Prometheus exporter, whose own
+		// accumulator drops a delta whose start is not the previous end —
+		// every series that skipped an interval.
+		deltatocumulativeprocessor.NewFactory(),
 		memorylimiterprocessor.NewFactory(),
 		lbimbalance.NewFactory(),
 		deployregression.NewFactory(),
@@ -53,6 +61,13 @@ func components() (otelcol.Factories, error) {
 		prometheusremotewriteexporter.NewFactory(),
 	); err != nil {
 		return f, fmt.Errorf("exporters: %w", err)
+	}
+	// forward: the scale-out chart splits the metrics pipeline so that
+	// only the Prometheus branch goes through deltatocumulative.
+	if f.Connectors, err = otelcol.MakeFactoryMap[connector.Factory](
+		forwardconnector.NewFactory(),
+	); err != nil {
+		return f, fmt.Errorf("connectors: %w", err)
 	}
 	return f, nil
 }

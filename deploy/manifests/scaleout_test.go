@@ -184,12 +184,23 @@ func checkAggregatorConfig(t *testing.T, s scaleOut, single corev1.ConfigMap) {
 			t.Fatal(err)
 		}
 	}
+	if _, ok := agg.Processors["delta_to_cumulative"]; !ok {
+		t.Error("no delta_to_cumulative processor: the Prometheus exporter drops deltas that skipped an interval")
+	}
+	delete(agg.Processors, "delta_to_cumulative")
 	if !reflect.DeepEqual(agg.Processors, one.Processors) {
 		t.Errorf("processors differ from the single collector's:\n%v\n%v", agg.Processors, one.Processors)
 	}
 	m, m1 := agg.Service.Pipelines["metrics"], one.Service.Pipelines["metrics"]
 	if !slices.Equal(m.Processors, m1.Processors) || !slices.Equal(m.Receivers, []string{"otlp"}) {
 		t.Errorf("aggregation metrics pipeline %+v: want the single collector's processors %v fed by otlp alone", m, m1.Processors)
+	}
+	// The agents' deltas reach Prometheus as cumulative series.
+	prom := agg.Service.Pipelines["metrics/prometheus"]
+	if len(m.Exporters) == 0 || slices.Contains(m.Exporters, "prometheus") || len(prom.Receivers) != 1 ||
+		!slices.Contains(m.Exporters, prom.Receivers[0]) || !slices.Equal(prom.Processors, []string{"delta_to_cumulative"}) ||
+		!slices.Equal(prom.Exporters, []string{"prometheus"}) {
+		t.Errorf("metrics %+v → metrics/prometheus %+v: want the processors' output through delta_to_cumulative into prometheus", m, prom)
 	}
 	if !slices.Contains(m1.Receivers, "lbsignals") {
 		return // the cluster receiver is off by values: nothing to route

@@ -50,7 +50,9 @@ const (
 // pods of its own; those in soAffinity pin each client to one pod (a hot
 // pod once the idle endpoints are known).
 var (
-	soServices = []string{"cart", "checkout", "catalog", "search", "auth", "pay"}
+	// Eight, so that all land on one collector by chance (the ring
+	// hashes the collectors' pod IPs) only with probability 3·3⁻⁸ ≈ 0.05 %.
+	soServices = []string{"cart", "checkout", "catalog", "search", "auth", "pay", "stock", "ship"}
 	soAffinity = map[string]bool{"cart": true, "search": true}
 )
 
@@ -65,7 +67,7 @@ type scaleOut struct {
 // TestScaleOut installs the chart in its two-tier mode (two gateways
 // routing by Service and trace ID, three lbpath-collector replicas in a
 // StatefulSet) onto real nodes, with real agents pushing delta metrics of
-// real connections through six Services, and checks against ground truth:
+// real connections through eight Services, and checks against ground truth:
 // every connection is exported once through the collectors (the deltas
 // they pass on add up to the connections the pods answered, no point
 // arrives twice); every Service is counted on exactly one collector with
@@ -458,16 +460,30 @@ func placement(aggs []aggregator) (holders map[string][]string, sum map[string]f
 	return holders, sum
 }
 
-// onePerService: traffic through six Services; every connection is
+// onePerService: traffic through the Services; every connection is
 // exported once through the aggregators, every Service's counts are on
 // exactly one of them, and those counts equal the connections made.
 func (r *scaleOut) onePerService(t *testing.T) {
 	ctx := context.Background()
 	r.traffic(ctx, t, 30)
+	// The cluster receiver (one collector, leader-elected) reports the
+	// Services' ready endpoints every 30 s through the gateway; once it
+	// has, a little more traffic makes every collector recompute its
+	// Services with their idle pods.
+	err := poll(ctx, 90*time.Second, func() error {
+		if missing := r.unreported(); len(missing) > 0 {
+			return fmt.Errorf("no lbpath.service.endpoint.ready exported for %v", missing)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.traffic(ctx, t, 5)
 	r.waitSinkEqualsTruth(ctx, t, 90*time.Second)
 	want := r.truthNow()
 	var holders map[string][]string
-	err := poll(ctx, 30*time.Second, func() error {
+	err = poll(ctx, 30*time.Second, func() error {
 		aggs, err := r.aggregators(ctx)
 		if err != nil {
 			return err
@@ -496,9 +512,28 @@ func (r *scaleOut) onePerService(t *testing.T) {
 	}
 	t.Logf("placement %v over %d of %d collectors; connections %v", holders, len(used), soReplicas, want)
 	if len(used) < 2 {
-		t.Errorf("all Services on one collector: the test shows nothing about routing (change the Service names)")
+		t.Errorf("all Services on one collector: the test shows nothing about routing")
 	}
 	r.noRestarts(ctx, t, "")
+}
+
+// unreported lists the Services with no lbpath.service.endpoint.ready
+// point among what the collectors exported.
+func (r *scaleOut) unreported() []string {
+	seen := map[string]bool{}
+	for _, p := range r.sink.Points() {
+		if p.Metric == "lbpath.service.endpoint.ready" && p.Attrs["k8s.namespace.name"] == k8s.Namespace {
+			svc, _ := p.Attrs["k8s.service.name"].(string)
+			seen[svc] = true
+		}
+	}
+	var out []string
+	for _, svc := range soServices {
+		if !seen[svc] {
+			out = append(out, svc)
+		}
+	}
+	return out
 }
 
 // finding is one series of lbimbalance's output.
@@ -627,13 +662,27 @@ func (r *scaleOut) findingsEqualOne(t *testing.T) {
 	if err != nil {
 		t.Fatalf("three collectors' findings differ from one collector's fed the same %d batches: %v\nreference log:\n%s", len(fed), err, ref.Log())
 	}
-	hot := 0
+	// Ground truth for the hot flag: a Service with ClientIP affinity sent
+	// every connection from node 1 to one of its two ready pods; the
+	// other is idle, known only from the cluster receiver's report routed
+	// through the gateway, so exactly one of its pods is hot. (The others'
+	// random split may flag one by chance: equality above covers them.)
+	hot := map[string]int{}
 	for k, f := range got {
 		if strings.HasPrefix(k, "lbpath.lb.hot{") && f.value == 1 {
-			hot++
+			for _, svc := range soServices {
+				if strings.Contains(k, "{k8s.service.name="+svc+"}") {
+					hot[svc]++
+				}
+			}
 		}
 	}
-	t.Logf("%d finding series equal on three collectors and on one (%d hot pods flagged)", len(got), hot)
+	for svc := range soAffinity {
+		if hot[svc] != 1 {
+			t.Errorf("Service %s (ClientIP affinity: all traffic on one of two ready pods) has %d hot pods, want 1", svc, hot[svc])
+		}
+	}
+	t.Logf("%d finding series equal on three collectors and on one; hot pods %v", len(got), hot)
 }
 
 // diffFindings lists the series whose latest values differ ("" if none).

@@ -1,6 +1,7 @@
 package manifests
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -338,5 +339,48 @@ func TestGatewayRBAC(t *testing.T) {
 	}
 	if !slices.ContainsFunc(s.sa, func(sa corev1.ServiceAccount) bool { return sa.Name == gw.Spec.Template.Spec.ServiceAccountName }) {
 		t.Errorf("no ServiceAccount %s", gw.Spec.Template.Spec.ServiceAccountName)
+	}
+}
+
+// TestDeltaAgentsReachPrometheusCumulative: whenever the agents push deltas
+// — scale-out mode, or agent.metricsTemporality=delta with one collector —
+// the collector's Prometheus exporter is fed through delta_to_cumulative;
+// with the default (cumulative) it is fed directly, as before.
+func TestDeltaAgentsReachPrometheusCumulative(t *testing.T) {
+	ctx := context.Background()
+	helm, err := Helm(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args  []string
+		delta bool
+	}{
+		{nil, false},
+		{[]string{"--set", "agent.metricsTemporality=delta"}, true},
+		{[]string{"--set", "agent.metricsTemporality=cumulative"}, false},
+		{[]string{"--set", "collector.scaleOut.enabled=true"}, true},
+	} {
+		out, err := Render(ctx, helm, Rendering{File: "delta", Args: append(c.args, "--show-only", "templates/collector.yaml")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg collectorConfig
+		for _, d := range docs(t, out) {
+			var cm corev1.ConfigMap
+			if err := yaml.Unmarshal(d, &cm); err == nil && cm.Kind == "ConfigMap" {
+				if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		m, prom := cfg.Service.Pipelines["metrics"], cfg.Service.Pipelines["metrics/prometheus"]
+		direct := slices.Contains(m.Exporters, "prometheus")
+		converted := slices.Equal(prom.Processors, []string{"delta_to_cumulative"}) && slices.Equal(prom.Exporters, []string{"prometheus"}) &&
+			len(prom.Receivers) == 1 && slices.Contains(m.Exporters, prom.Receivers[0])
+		if c.delta != converted || c.delta == direct {
+			t.Errorf("%v: metrics %+v, metrics/prometheus %+v; want Prometheus fed %s", c.args, m, prom,
+				map[bool]string{true: "through delta_to_cumulative", false: "directly"}[c.delta])
+		}
 	}
 }

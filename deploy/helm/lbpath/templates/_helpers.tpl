@@ -35,3 +35,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- include "lbpath.collectorName" . -}}
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when the agents push delta temporality (scale-out, or chosen). */}}
+{{- define "lbpath.agentDelta" -}}
+{{- if or .Values.collector.scaleOut.enabled (eq .Values.agent.metricsTemporality "delta") -}}
+true
+{{- end -}}
+{{- end -}}

@@ -77,16 +77,22 @@ func expQuantile(q float64, h *streams.ExpBuckets) float64 {
 // (no counts, zero Zero), in which case it takes src's scale. Explicit
 // layouts have scale 0 on both sides and offset 0, so this is a plain
 // element-wise sum for them.
+//
+// The sum is kept within streams.MaxBuckets by lowering the scale further
+// where the two ranges are far apart: quantiles then lose precision (the
+// bound doubles per step), memory stays bounded.
 func addInto(dst, src *streams.ExpBuckets) {
 	if dst.Total() == 0 && len(dst.Counts) == 0 {
 		dst.Scale = src.Scale
 	}
-	if src.Scale < dst.Scale {
-		dst.Downscale(src.Scale)
+	s := dst.Scale
+	if len(src.Counts) > 0 || src.Zero > 0 {
+		s = streams.CommonScale(streams.MaxBuckets, dst, src)
 	}
-	if src.Scale > dst.Scale {
+	dst.Downscale(s)
+	if src.Scale > s {
 		tmp := clone(src)
-		tmp.Downscale(dst.Scale)
+		tmp.Downscale(s)
 		src = &tmp
 	}
 	dst.Add(src)
@@ -106,7 +112,7 @@ func (l *layout) aligned(a, b *streams.ExpBuckets) ([]uint64, []uint64) {
 		return a.Counts, b.Counts
 	}
 	ca, cb := clone(a), clone(b)
-	s := min(ca.Scale, cb.Scale)
+	s := streams.CommonScale(streams.MaxBuckets, &ca, &cb)
 	ca.Downscale(s)
 	cb.Downscale(s)
 	lo, hi := int32(math.MaxInt32), int32(math.MinInt32)

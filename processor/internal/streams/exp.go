@@ -1,6 +1,8 @@
 package streams
 
 import (
+	"math"
+
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 )
@@ -71,6 +73,52 @@ func (b *ExpBuckets) Downscale(scale int32) {
 	}
 	b.Counts = b.Counts[:out+1]
 	b.Offset = lo
+}
+
+// MaxBuckets bounds the dense range a merge of histograms may hold: twice
+// the agent's 160 buckets, so two full SDK histograms merge without losing
+// a scale. Without a bound, deltas are the trap: the SDK starts every
+// interval's histogram at scale 20, so two intervals whose requests took
+// 10 ms and 20 ms, added at that scale, span 2^20 buckets (8 MB per
+// histogram; scale-out collectors were OOM-killed by it).
+const MaxBuckets = 320
+
+// minScale is the lowest scale OpenTelemetry defines.
+const minScale = -10
+
+// CommonScale is the highest scale, at most the lowest of the non-empty
+// histograms' scales, at which the union of their ranges spans at most limit
+// buckets. Lowering the scale by one halves the span, so at most a few
+// steps are taken.
+func CommonScale(limit int, hs ...*ExpBuckets) int32 {
+	s := int32(math.MaxInt32)
+	for _, h := range hs {
+		if len(h.Counts) > 0 {
+			s = min(s, h.Scale)
+		}
+	}
+	if s == math.MaxInt32 {
+		// Only zero buckets: any scale holds them; keep the lowest given.
+		for _, h := range hs {
+			s = min(s, h.Scale)
+		}
+		return s
+	}
+	for ; s > minScale; s-- {
+		lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
+		for _, h := range hs {
+			if len(h.Counts) == 0 {
+				continue
+			}
+			shift := uint(h.Scale - s)
+			lo = min(lo, int64(h.Offset>>shift))
+			hi = max(hi, int64((h.Offset+int32(len(h.Counts))-1)>>shift)+1)
+		}
+		if hi-lo <= int64(limit) {
+			break
+		}
+	}
+	return s
 }
 
 // Add adds o into b. Both must be at one scale (Downscale first).

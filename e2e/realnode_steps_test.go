@@ -156,6 +156,34 @@ func (r *realNode) lbTraffic(t *testing.T, policy testbed.Policy) {
 	if err != nil {
 		t.Fatalf("metrics: %v", err)
 	}
+	r.checkNativeLatency(ctx, t)
+}
+
+// checkNativeLatency: the agents' default exponential latency histograms
+// reach Prometheus through the chart's collector as native histograms
+// (scraped over protobuf), not as a classic histogram with only +Inf.
+func (r *realNode) checkNativeLatency(ctx context.Context, t *testing.T) {
+	t.Helper()
+	v, err := r.prom.Query(ctx, `lbpath_connection_duration_seconds{k8s_service_name="web"}`, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	native := 0
+	for _, s := range v {
+		if s.Histogram != nil && s.Histogram.Count > 0 && len(s.Histogram.Buckets) > 1 {
+			native++
+		}
+	}
+	if native == 0 {
+		t.Errorf("no native histogram with buckets for web's connection duration: %v", v)
+	}
+	classic, err := r.prom.Query(ctx, `lbpath_connection_duration_seconds_bucket{k8s_service_name="web"}`, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(classic) > 0 {
+		t.Errorf("connection duration also arrived as %d classic bucket series (text scrape?)", len(classic))
+	}
 }
 
 // costUnderLoad measures (reports, asserts nothing) each agent's RSS and

@@ -116,7 +116,7 @@ func (r *realNode) chartArgs() []string {
 		// The steps look for every connection's span: no span sampling
 		// (the agent's default keeps 1/32 of healthy connections;
 		// TestSpanSamplingAgreesAcrossNodes covers sampling).
-		"--set", "agent.extraArgs[0]=--span-sampling=1",
+		"--set", "agent.spanSampling=1",
 	}
 }
 
@@ -266,6 +266,9 @@ func (r *realNode) startPrometheus() {
 	r.prom, err = prometheus.Start(ctx, bin, prometheus.Options{
 		RuleFiles:     []string{filepath.Join("..", "deploy", "rules", "lbpath-rules.yaml")},
 		ScrapeTargets: []string{r.collectorAddr(ctx)},
+		// As the chart's ServiceMonitor does (protobuf first): the
+		// agents' latency histograms are exponential by default.
+		ScrapeNativeHistograms: true,
 	})
 	if err != nil {
 		t.Fatal(err)

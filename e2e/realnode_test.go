@@ -142,28 +142,40 @@ func (r *realNode) install() time.Duration {
 // Ready pods and the collector Deployment is available.
 func (r *realNode) waitReady(ctx context.Context, timeout time.Duration) {
 	r.t.Helper()
-	cs := r.c.Client
 	err := poll(ctx, timeout, func() error {
-		ds, err := cs.AppsV1().DaemonSets(rnNamespace).Get(ctx, rnAgentDS, metav1.GetOptions{})
-		if err != nil {
+		if err := agentsReady(ctx, r.c); err != nil {
 			return err
 		}
-		if !daemonSetRolledOut(ds, len(r.c.TB.Nodes)) {
-			return fmt.Errorf("agent DaemonSet status %+v", ds.Status)
-		}
-		d, err := cs.AppsV1().Deployments(rnNamespace).Get(ctx, rnCollector, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if d.Status.ObservedGeneration < d.Generation || d.Status.AvailableReplicas != *d.Spec.Replicas ||
-			d.Status.UpdatedReplicas != *d.Spec.Replicas || d.Status.Replicas != *d.Spec.Replicas {
-			return fmt.Errorf("collector Deployment status %+v", d.Status)
-		}
-		return nil
+		return deploymentReady(ctx, r.c, rnCollector)
 	})
 	if err != nil {
 		r.t.Fatalf("lbpath not ready: %v\n%s", err, r.podReport(ctx))
 	}
+}
+
+// agentsReady: the agent DaemonSet is rolled out on every node, Ready.
+func agentsReady(ctx context.Context, c *k8s.Cluster) error {
+	ds, err := c.Client.AppsV1().DaemonSets(rnNamespace).Get(ctx, rnAgentDS, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if !daemonSetRolledOut(ds, len(c.TB.Nodes)) {
+		return fmt.Errorf("agent DaemonSet status %+v", ds.Status)
+	}
+	return nil
+}
+
+// deploymentReady: every replica of Deployment name is updated and available.
+func deploymentReady(ctx context.Context, c *k8s.Cluster, name string) error {
+	d, err := c.Client.AppsV1().Deployments(rnNamespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if d.Status.ObservedGeneration < d.Generation || d.Status.AvailableReplicas != *d.Spec.Replicas ||
+		d.Status.UpdatedReplicas != *d.Spec.Replicas || d.Status.Replicas != *d.Spec.Replicas {
+		return fmt.Errorf("Deployment %s status %+v", name, d.Status)
+	}
+	return nil
 }
 
 func daemonSetRolledOut(ds *appsv1.DaemonSet, nodes int) bool {

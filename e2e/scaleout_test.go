@@ -138,21 +138,12 @@ func (r *scaleOut) install() time.Duration {
 // aggregation StatefulSet are all rolled out and Ready.
 func (r *scaleOut) waitTiers(ctx context.Context, timeout time.Duration) {
 	r.t.Helper()
-	cs := r.c.Client
 	err := poll(ctx, timeout, func() error {
-		ds, err := cs.AppsV1().DaemonSets(rnNamespace).Get(ctx, rnAgentDS, metav1.GetOptions{})
-		if err != nil {
+		if err := agentsReady(ctx, r.c); err != nil {
 			return err
 		}
-		if !daemonSetRolledOut(ds, len(r.c.TB.Nodes)) {
-			return fmt.Errorf("agent DaemonSet status %+v", ds.Status)
-		}
-		d, err := cs.AppsV1().Deployments(rnNamespace).Get(ctx, soGateway, metav1.GetOptions{})
-		if err != nil {
+		if err := deploymentReady(ctx, r.c, soGateway); err != nil {
 			return err
-		}
-		if d.Status.ObservedGeneration < d.Generation || d.Status.AvailableReplicas != *d.Spec.Replicas {
-			return fmt.Errorf("gateway Deployment status %+v", d.Status)
 		}
 		return statefulSetReady(ctx, r.c, soAggregator)
 	})

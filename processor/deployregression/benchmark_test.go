@@ -9,6 +9,7 @@ import (
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/collector/processor"
 	"go.opentelemetry.io/collector/processor/processortest"
 )
 
@@ -39,12 +40,7 @@ func BenchmarkProcess500x20(b *testing.B) {
 		for p := range podsPer {
 			node := (d*podsPer + p) % nodes
 			dp := md.ResourceMetrics().At(node).ScopeMetrics().At(0).Metrics().At(0).Histogram().DataPoints().AppendEmpty()
-			a := dp.Attributes()
-			a.PutStr("k8s.namespace.name", fmt.Sprintf("ns-%d", d%20))
-			a.PutStr("k8s.deployment.name", fmt.Sprintf("dep-%d", d))
-			a.PutStr("k8s.pod.name", fmt.Sprintf("dep-%d-pod-%d", d, p))
-			a.PutStr("lbpath.pod_template_hash", "h1")
-			a.PutStr("lbpath.role", "server")
+			putPod(dp.Attributes(), d, p)
 			dp.ExplicitBounds().FromRaw(defaultTestBounds)
 			dp.SetStartTimestamp(pcommon.NewTimestampFromTime(t0))
 			all = append(all, point{dp: dp, rolling: p >= podsPer/2, counts: make([]uint64, len(defaultTestBounds)+1)})
@@ -53,23 +49,7 @@ func BenchmarkProcess500x20(b *testing.B) {
 	// Count the rollouts reported in the last batch, to prove the benchmark
 	// exercises the evaluation path and not just ingestion.
 	rolloutsSeen := 0
-	next, _ := consumer.NewMetrics(func(_ context.Context, md pmetric.Metrics) error {
-		rolloutsSeen = 0
-		rms := md.ResourceMetrics()
-		for i := 0; i < rms.Len(); i++ {
-			ms := rms.At(i).ScopeMetrics().At(0).Metrics()
-			for k := 0; k < ms.Len(); k++ {
-				if ms.At(k).Name() == "lbpath.deploy.time_since" {
-					rolloutsSeen += ms.At(k).Gauge().DataPoints().Len()
-				}
-			}
-		}
-		return nil
-	})
-	proc, err := NewFactory().CreateMetrics(context.Background(), processortest.NewNopSettings(Type), createDefaultConfig(), next)
-	if err != nil {
-		b.Fatal(err)
-	}
+	proc := rolloutCounter(b, &rolloutsSeen)
 	inputRMs := md.ResourceMetrics().Len()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
@@ -134,34 +114,13 @@ func BenchmarkProcessExponential500x20(b *testing.B) {
 		for p := range podsPer {
 			node := (d*podsPer + p) % nodes
 			dp := md.ResourceMetrics().At(node).ScopeMetrics().At(0).Metrics().At(0).ExponentialHistogram().DataPoints().AppendEmpty()
-			a := dp.Attributes()
-			a.PutStr("k8s.namespace.name", fmt.Sprintf("ns-%d", d%20))
-			a.PutStr("k8s.deployment.name", fmt.Sprintf("dep-%d", d))
-			a.PutStr("k8s.pod.name", fmt.Sprintf("dep-%d-pod-%d", d, p))
-			a.PutStr("lbpath.pod_template_hash", "h1")
-			a.PutStr("lbpath.role", "server")
+			putPod(dp.Attributes(), d, p)
 			dp.SetStartTimestamp(pcommon.NewTimestampFromTime(t0))
 			all = append(all, point{dp: dp, rolling: p >= podsPer/2, counts: make([]uint64, width), scale: 4})
 		}
 	}
 	rolloutsSeen := 0
-	next, _ := consumer.NewMetrics(func(_ context.Context, md pmetric.Metrics) error {
-		rolloutsSeen = 0
-		rms := md.ResourceMetrics()
-		for i := 0; i < rms.Len(); i++ {
-			ms := rms.At(i).ScopeMetrics().At(0).Metrics()
-			for k := 0; k < ms.Len(); k++ {
-				if ms.At(k).Name() == "lbpath.deploy.time_since" {
-					rolloutsSeen += ms.At(k).Gauge().DataPoints().Len()
-				}
-			}
-		}
-		return nil
-	})
-	proc, err := NewFactory().CreateMetrics(context.Background(), processortest.NewNopSettings(Type), createDefaultConfig(), next)
-	if err != nil {
-		b.Fatal(err)
-	}
+	proc := rolloutCounter(b, &rolloutsSeen)
 	inputRMs := md.ResourceMetrics().Len()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
@@ -218,4 +177,36 @@ func BenchmarkProcessExponential500x20(b *testing.B) {
 		b.Fatalf("last batch reported %d rollouts, want %d", rolloutsSeen, deployments)
 	}
 	b.ReportMetric(float64(len(all))*float64(b.N)/b.Elapsed().Seconds(), "points/s")
+}
+
+// rolloutCounter is the processor under benchmark; *seen is set to the
+// rollouts reported in each output batch.
+func rolloutCounter(b *testing.B, seen *int) processor.Metrics {
+	next, _ := consumer.NewMetrics(func(_ context.Context, md pmetric.Metrics) error {
+		*seen = 0
+		rms := md.ResourceMetrics()
+		for i := 0; i < rms.Len(); i++ {
+			ms := rms.At(i).ScopeMetrics().At(0).Metrics()
+			for k := 0; k < ms.Len(); k++ {
+				if ms.At(k).Name() == "lbpath.deploy.time_since" {
+					*seen += ms.At(k).Gauge().DataPoints().Len()
+				}
+			}
+		}
+		return nil
+	})
+	proc, err := NewFactory().CreateMetrics(context.Background(), processortest.NewNopSettings(Type), createDefaultConfig(), next)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return proc
+}
+
+// putPod names pod p of deployment d, on its first revision.
+func putPod(a pcommon.Map, d, p int) {
+	a.PutStr("k8s.namespace.name", fmt.Sprintf("ns-%d", d%20))
+	a.PutStr("k8s.deployment.name", fmt.Sprintf("dep-%d", d))
+	a.PutStr("k8s.pod.name", fmt.Sprintf("dep-%d-pod-%d", d, p))
+	a.PutStr("lbpath.pod_template_hash", "h1")
+	a.PutStr("lbpath.role", "server")
 }

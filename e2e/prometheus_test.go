@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -45,12 +46,23 @@ func TestEveryQueryOnARealRun(t *testing.T) {
 	bin := testbedtest.CollectorBinary(t)
 	col, err := collectorproc.Start(ctx, bin, collectorproc.Options{PrometheusOTLP: prom.OTLPMetricsURL(),
 		Imbalance:  "    window: 1m\n    bucket: 5s\n    min_connections: 20\n",
-		Regression: "    before: 1m\n    after: 1m\n    resolution: 2s\n    current_window: 20s\n    min_samples: 40\n    retention: 10m\n"})
+		Regression: "    before: 1m\n    after: 1m\n    resolution: 2s\n    current_window: 20s\n    min_samples: 40\n    retention: 10m\n",
+		// The cluster's LB signals and ready endpoints, from the real API
+		// server (one collector: no leader election needed).
+		LBSignals: fmt.Sprintf("    kubeconfig: %s\n    collection_interval: 5s\n    leader_election:\n      enabled: false\n", c.Kubeconfig())})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(col.Stop)
 	startExportingAgents(t, c, col.OTLPGRPC)
+	// A LoadBalancer no controller serves: EXTERNAL-IP <pending>, what the
+	// pending panels show (web and empty have their LB IPs published).
+	pending := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: k8s.Namespace, Name: "pending-lb"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "nothing"},
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}}}
+	if _, err := c.Client.CoreV1().Services(k8s.Namespace).Create(ctx, pending, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	// Spread first (no affinity yet: kube-proxy picks at random), so every
 	// web pod has connections in the imbalance window and the hot one
 	// stands out against the others rather than being alone.
@@ -162,6 +174,20 @@ func TestEveryQueryOnARealRun(t *testing.T) {
 		"Conntrack drops per node":    "no node's conntrack table fills in this run (e2e TestConntrackFull fills one and checks the drops)",
 		"LbpathConntrackDropping":     "same: no conntrack drops in this run",
 		"LbpathConntrackNearlyFull":   "the node tables stay far below nf_conntrack_max in this run",
+		// LB signals: every Service here has externalTrafficPolicy Cluster,
+		// so none has a healthCheckNodePort to answer or be probed on
+		// (receiver/lbsignals TestProbeRealKubeProxy runs the real kube-proxy
+		// under Local; e2e TestLBHealthProbes counts probes).
+		"Health check per node":                          "no Service has externalTrafficPolicy Local in this run",
+		"Nodes passing the health check":                 "same: no Local Service",
+		"Ready pods on nodes failing the health check":   "same: no Local Service",
+		"Probe errors":                                   "same: nothing is probed",
+		"Load-balancer probes arriving per node":         "same: no healthCheckNodePort to probe",
+		"Passing nodes the load balancer does not probe": "same: no Local Service",
+		"LbpathLocalServiceNoHealthyNode":                "same: no Local Service",
+		"LbpathLocalReadyPodsNotInLoadBalancer":          "same: no Local Service",
+		"LbpathLoadBalancerPending":                      "pending-lb is pending for minutes, not the rule's 10",
+		"LbpathManyLoadBalancers":                        "three LoadBalancers, not the rule's 25",
 	}
 	var empty []string
 	for _, r := range results {

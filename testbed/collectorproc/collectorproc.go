@@ -46,6 +46,10 @@ type Options struct {
 	Imbalance, Regression string
 	// TLS, when set, makes both OTLP receivers (gRPC and HTTP) serve TLS.
 	TLS *TLS
+	// LBSignals, when set, is the lbsignals receiver's YAML body (indented
+	// by four spaces, e.g. its kubeconfig); the receiver then feeds the
+	// metrics pipeline next to OTLP.
+	LBSignals string
 }
 
 // TLS is the OTLP receivers' server side of TLS, as file paths the
@@ -115,6 +119,10 @@ func Start(ctx context.Context, bin string, opt Options) (*Collector, error) {
 		exporters = append(exporters, "  debug:\n    verbosity: basic\n")
 		traceExp = append(traceExp, "debug")
 	}
+	lbsignals, metricRecv := "", "otlp"
+	if opt.LBSignals != "" {
+		lbsignals, metricRecv = "  lbsignals:\n"+opt.LBSignals, "otlp, lbsignals"
+	}
 	cfg := fmt.Sprintf(`receivers:
   otlp:
     protocols:
@@ -122,7 +130,7 @@ func Start(ctx context.Context, bin string, opt Options) (*Collector, error) {
         endpoint: 127.0.0.1:%d
 %s      http:
         endpoint: 127.0.0.1:%d
-%sprocessors:
+%s%sprocessors:
   lbimbalance:
 %s  deployregression:
 %s  batch:
@@ -140,10 +148,10 @@ exporters:
       processors: [batch]
       exporters: [%s]
     metrics:
-      receivers: [otlp]
+      receivers: [%s]
       processors: [lbimbalance, deployregression, batch]
       exporters: [%s]
-`, p[0], opt.TLS.receiverTLS(), p[1], opt.TLS.receiverTLS(), opt.Imbalance, opt.Regression, strings.Join(exporters, ""), strings.Join(traceExp, ", "), strings.Join(metricExp, ", "))
+`, p[0], opt.TLS.receiverTLS(), p[1], opt.TLS.receiverTLS(), lbsignals, opt.Imbalance, opt.Regression, strings.Join(exporters, ""), strings.Join(traceExp, ", "), metricRecv, strings.Join(metricExp, ", "))
 	dir, err := os.MkdirTemp("", "lbpath-collector-")
 	if err != nil {
 		return nil, err

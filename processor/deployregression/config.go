@@ -34,6 +34,11 @@ type Config struct {
 	// difference must also show to count as a regression: with thousands of
 	// requests, trivially small shifts are significant.
 	MinIncrease float64 `mapstructure:"min_increase"`
+	// MinIncreaseAbs is the absolute p90 increase a regression must also
+	// show. Exponential histograms resolve sub-millisecond latencies finely
+	// enough that a rollout onto other pods shifts a 0.3 ms p90 by more
+	// than 10 % with significance: real, but no incident.
+	MinIncreaseAbs time.Duration `mapstructure:"min_increase_abs"`
 	// Retention is how long revisions, deployments and streams are kept
 	// after their last data point, and how long a rollout is reported.
 	Retention time.Duration `mapstructure:"retention"`
@@ -59,6 +64,7 @@ func createDefaultConfig() *Config {
 		Alpha:          0.01,
 		MinSamples:     50,
 		MinIncrease:    0.10,
+		MinIncreaseAbs: time.Millisecond,
 		Retention:      time.Hour,
 		MaxDeployments: 5000,
 		MaxRevisions:   10,
@@ -99,6 +105,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MinSamples < 1 {
 		errs = append(errs, fmt.Errorf("min_samples: must be at least 1, got %d", c.MinSamples))
+	}
+	if c.MinIncreaseAbs < 0 {
+		errs = append(errs, fmt.Errorf("min_increase_abs: must not be negative, got %v", c.MinIncreaseAbs))
 	}
 	if !(c.MinIncrease >= 0) {
 		errs = append(errs, fmt.Errorf("min_increase: must not be negative, got %v", c.MinIncrease))

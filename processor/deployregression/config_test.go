@@ -16,7 +16,7 @@ func TestCreateDefaultConfig(t *testing.T) {
 	cfg := NewFactory().CreateDefaultConfig().(*Config)
 	want := Config{
 		Before: 10 * time.Minute, After: 5 * time.Minute, Resolution: 30 * time.Second, CurrentWindow: time.Minute,
-		Alpha: 0.01, MinSamples: 50, MinIncrease: 0.10, Retention: time.Hour,
+		Alpha: 0.01, MinSamples: 50, MinIncrease: 0.10, MinIncreaseAbs: time.Millisecond, Retention: time.Hour,
 		MaxDeployments: 5000, MaxRevisions: 10, MaxStreams: 1000000,
 	}
 	if *cfg != want {
@@ -37,7 +37,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 	custom := Config{
 		Before: 20 * time.Minute, After: 10 * time.Minute, Resolution: time.Minute, CurrentWindow: 2 * time.Minute,
-		Alpha: 0.001, MinSamples: 200, MinIncrease: 0.25, Retention: 2 * time.Hour,
+		Alpha: 0.001, MinSamples: 200, MinIncrease: 0.25, MinIncreaseAbs: 5 * time.Millisecond, Retention: 2 * time.Hour,
 		MaxDeployments: 100, MaxRevisions: 4, MaxStreams: 20000,
 	}
 	tests := []struct {
@@ -92,6 +92,7 @@ func TestValidateNamesField(t *testing.T) {
 		{"alpha:", func(c *Config) { c.Alpha = 0 }},
 		{"min_samples:", func(c *Config) { c.MinSamples = 0 }},
 		{"min_increase:", func(c *Config) { c.MinIncrease = -0.1 }},
+		{"min_increase_abs:", func(c *Config) { c.MinIncreaseAbs = -time.Millisecond }},
 		{"retention:", func(c *Config) { c.Retention = 10 * time.Minute }},
 		{"max_deployments:", func(c *Config) { c.MaxDeployments = 0 }},
 		{"max_revisions:", func(c *Config) { c.MaxRevisions = 1 }},

@@ -102,8 +102,9 @@ type deployment struct {
 // it is sensitive to tail-only regressions (a slow 10% of requests) that
 // barely move a rank statistic. The test is not directional, so a rollout
 // counts as a regression only if p < alpha AND p90 rose by more than
-// min_increase. The verdict is recomputed on every batch until the after
-// window closes; early verdicts are provisional and may flip (the repeated
+// min_increase (relative) and by more than min_increase_abs (absolute: fine
+// exponential buckets make sub-millisecond shifts significant). The verdict
+// is recomputed on every batch until the after window closes; early verdicts are provisional and may flip (the repeated
 // looks raise the false-positive rate above alpha — min_samples and the
 // p90 gate keep that in check), the verdict at window close is final.
 //
@@ -461,7 +462,7 @@ func (p *regression) evaluate(d *deployment) {
 		_, _, pv := chiSquareHomogeneity(d.layout.aligned(&ev.before, &ev.after))
 		p90b := d.layout.quantile(0.9, &ev.before)
 		p90a := d.layout.quantile(0.9, &ev.after)
-		reg := pv < p.cfg.Alpha && p90b > 0 && p90a/p90b-1 > p.cfg.MinIncrease
+		reg := pv < p.cfg.Alpha && p90b > 0 && p90a/p90b-1 > p.cfg.MinIncrease && p90a-p90b > p.cfg.MinIncreaseAbs.Seconds()
 		r.eval.tested, r.eval.p = true, pv
 		if reg && !r.regression {
 			d.regressions++
@@ -542,7 +543,7 @@ func (p *regression) emit(md pmetric.Metrics) {
 	}
 	out.delta = newMetric(ms, "lbpath.deploy.latency.delta", "1", "After/before ratio of a latency quantile across the latest rollout.", false)
 	out.samples = newMetric(ms, "lbpath.deploy.samples", "{request}", "Requests in each side of the rollout comparison.", false)
-	out.regression = newMetric(ms, "lbpath.deploy.regression", "", "1 when the rollout's latency is significantly worse (p < alpha and p90 up by more than min_increase).", false)
+	out.regression = newMetric(ms, "lbpath.deploy.regression", "", "1 when the rollout's latency is significantly worse (p < alpha and p90 up by more than min_increase and min_increase_abs).", false)
 	out.pValue = newMetric(ms, "lbpath.deploy.p_value", "", "Chi-square homogeneity test p-value, before vs after.", false)
 	out.timeSince = newMetric(ms, "lbpath.deploy.time_since", "s", "Seconds since the latest rollout began.", false)
 	out.rollouts = newMetric(ms, "lbpath.deploy.rollouts", "{rollout}", "Rollouts detected.", true)

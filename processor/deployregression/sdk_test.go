@@ -155,10 +155,10 @@ type slowdownRun struct {
 
 // runSlowdown drives `steps` 10 s steps (the deploy at step 61, after ten
 // minutes of aaa), feeding each step's exports to every harness in hs. Base
-// latencies are log-normal around 8 ms (sigma 0.35), like a small HTTP
-// service; the rng is seeded, so two runs with one seed record the same
+// latencies are log-normal around base (8 ms: a small HTTP service; sigma
+// 0.35); the rng is seeded, so two runs with one seed record the same
 // requests whatever the histogram kind or temporality.
-func runSlowdown(t *testing.T, seed uint64, exponential, delta bool, slowdown float64, steps int, hs ...*harness) *slowdownRun {
+func runSlowdown(t *testing.T, seed uint64, exponential, delta bool, base, slowdown float64, steps int, hs ...*harness) *slowdownRun {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, seed^0xfeed))
 	agentStart := t0.Add(-time.Second)
@@ -181,7 +181,7 @@ func runSlowdown(t *testing.T, seed uint64, exponential, delta bool, slowdown fl
 			}
 			a := run.agents[i%3]
 			for range perPodStep {
-				v := 0.008*math.Exp(0.35*rng.NormFloat64()) + extra
+				v := base*math.Exp(0.35*rng.NormFloat64()) + extra
 				a.record(pod, hash, v)
 				// Step k's requests carry timestamp `at` and land in its
 				// resolution slot: the windows are whole slots, the before
@@ -236,7 +236,7 @@ func TestSlowdownOf25msReadsWithin5Percent(t *testing.T) {
 	}{{"cumulative", false}, {"delta", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, nil)
-			run := runSlowdown(t, 25, true, tc.delta, slowdown, 61+30, h)
+			run := runSlowdown(t, 25, true, tc.delta, 0.008, slowdown, 61+30, h)
 			scale := int32(math.MaxInt32)
 			for _, a := range run.agents {
 				scale = min(scale, a.minScale)
@@ -277,7 +277,7 @@ func TestSlowdownOf25msReadsWithin5Percent(t *testing.T) {
 	}
 	t.Run("explicit buckets for contrast", func(t *testing.T) {
 		h := newHarness(t, nil)
-		runSlowdown(t, 25, false, false, slowdown, 61+30, h)
+		runSlowdown(t, 25, false, false, 0.008, slowdown, 61+30, h)
 		b := h.value("lbpath.deploy.latency.p50", dep("lbpath.revision", "before"))
 		a := h.value("lbpath.deploy.latency.p50", dep("lbpath.revision", "after"))
 		t.Logf("explicit buckets: p50 before %.2f ms, after %.2f ms: slowdown reads %.2f ms", b*1e3, a*1e3, (a-b)*1e3)
@@ -285,4 +285,21 @@ func TestSlowdownOf25msReadsWithin5Percent(t *testing.T) {
 			t.Fatalf("explicit buckets read the slowdown within 5 %% (%.2f ms): this contrast no longer shows anything", (a-b)*1e3)
 		}
 	})
+}
+
+// TestSubMillisecondShiftIsNoRegression: a rollout whose p90 moves from
+// about 0.4 ms to 0.5 ms (+20 %, thousands of requests: significant in
+// fine exponential buckets) is no incident; min_increase_abs (1 ms by
+// default) says so. With the floor off, the same requests are a regression,
+// so it is the floor that decides, not a lack of significance.
+func TestSubMillisecondShiftIsNoRegression(t *testing.T) {
+	def := newHarness(t, nil)
+	off := newHarness(t, func(c *Config) { c.MinIncreaseAbs = 0 })
+	runSlowdown(t, 7, true, false, 0.0003, 0.00008, 61+30, def, off)
+	if got := def.value("lbpath.deploy.regression", dep()); got != 0 {
+		t.Errorf("default min_increase_abs: regression %v, want 0 for a sub-millisecond shift", got)
+	}
+	if got := off.value("lbpath.deploy.regression", dep()); got != 1 {
+		t.Errorf("min_increase_abs 0: regression %v, want 1 (the shift is significant and over 10 %%)", got)
+	}
 }

@@ -46,6 +46,7 @@ type decoded struct {
 	crb  []rbacv1.ClusterRoleBinding
 	role []rbacv1.Role
 	rb   []rbacv1.RoleBinding
+	sts  []appsv1.StatefulSet
 	kind []string
 }
 
@@ -87,7 +88,17 @@ func strict[T any](t *testing.T, d []byte) T {
 
 func decodeMain(t *testing.T) decoded {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(Dir(), "lbpath.yaml"))
+	d := decodeFile(t, "lbpath.yaml")
+	if len(d.sts) > 0 {
+		t.Errorf("unexpected StatefulSet in lbpath.yaml (only the scale-out mode has one)")
+	}
+	return d
+}
+
+// decodeFile strictly decodes every object of a committed rendering.
+func decodeFile(t *testing.T, file string) decoded {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(Dir(), file))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +114,8 @@ func decodeMain(t *testing.T) decoded {
 			out.ds = append(out.ds, strict[appsv1.DaemonSet](t, d))
 		case "apps/v1/Deployment":
 			out.dep = append(out.dep, strict[appsv1.Deployment](t, d))
+		case "apps/v1/StatefulSet":
+			out.sts = append(out.sts, strict[appsv1.StatefulSet](t, d))
 		case "v1/Service":
 			out.svc = append(out.svc, strict[corev1.Service](t, d))
 		case "v1/ConfigMap":
@@ -118,7 +131,7 @@ func decodeMain(t *testing.T) decoded {
 		case "rbac.authorization.k8s.io/v1/RoleBinding":
 			out.rb = append(out.rb, strict[rbacv1.RoleBinding](t, d))
 		default:
-			t.Errorf("unexpected object %s %s in lbpath.yaml", tm.APIVersion, tm.Kind)
+			t.Errorf("unexpected object %s %s in %s", tm.APIVersion, tm.Kind, file)
 		}
 	}
 	return out

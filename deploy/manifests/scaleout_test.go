@@ -3,8 +3,6 @@ package manifests
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -13,57 +11,15 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
 
 // scaleOut is every object of the scale-out manifest, strictly decoded.
-type scaleOut struct {
-	decoded
-	sts  []appsv1.StatefulSet
-	role []rbacv1.Role
-	rb   []rbacv1.RoleBinding
-}
+type scaleOut struct{ decoded }
 
 func decodeScaleOut(t *testing.T) scaleOut {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(Dir(), ScaleOutFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out scaleOut
-	for _, d := range docs(t, raw) {
-		var tm metav1.TypeMeta
-		if err := yaml.Unmarshal(d, &tm); err != nil {
-			t.Fatal(err)
-		}
-		out.kind = append(out.kind, tm.Kind)
-		switch tm.APIVersion + "/" + tm.Kind {
-		case "apps/v1/DaemonSet":
-			out.ds = append(out.ds, strict[appsv1.DaemonSet](t, d))
-		case "apps/v1/Deployment":
-			out.dep = append(out.dep, strict[appsv1.Deployment](t, d))
-		case "apps/v1/StatefulSet":
-			out.sts = append(out.sts, strict[appsv1.StatefulSet](t, d))
-		case "v1/Service":
-			out.svc = append(out.svc, strict[corev1.Service](t, d))
-		case "v1/ConfigMap":
-			out.cm = append(out.cm, strict[corev1.ConfigMap](t, d))
-		case "v1/ServiceAccount":
-			out.sa = append(out.sa, strict[corev1.ServiceAccount](t, d))
-		case "rbac.authorization.k8s.io/v1/ClusterRole":
-			out.cr = append(out.cr, strict[rbacv1.ClusterRole](t, d))
-		case "rbac.authorization.k8s.io/v1/ClusterRoleBinding":
-			out.crb = append(out.crb, strict[rbacv1.ClusterRoleBinding](t, d))
-		case "rbac.authorization.k8s.io/v1/Role":
-			out.role = append(out.role, strict[rbacv1.Role](t, d))
-		case "rbac.authorization.k8s.io/v1/RoleBinding":
-			out.rb = append(out.rb, strict[rbacv1.RoleBinding](t, d))
-		default:
-			t.Errorf("unexpected object %s %s in %s", tm.APIVersion, tm.Kind, ScaleOutFile)
-		}
-	}
-	return out
+	return scaleOut{decodeFile(t, ScaleOutFile)}
 }
 
 func (s scaleOut) service(t *testing.T, name string) corev1.Service {

@@ -15,7 +15,7 @@ bench:
 # Release binaries: no symbol table or DWARF (about 12 MiB less resident
 # binary per agent), reproducible paths.
 build:
-	CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o .bin/ ./cmd/lbpath-agent ./cmd/lbpath-collector ./cmd/lbpath
+	CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags="-s -w" -o .bin/ ./cmd/lbpath-agent ./cmd/lbpath-collector ./cmd/lbpath
 
 # Container images of lbpath-agent and lbpath-collector as OCI archives in
 # .bin/images (no Docker daemon, no network; reproducible: same tree, same

@@ -154,8 +154,8 @@ func New(cfg Config, log *slog.Logger) (*Resolver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pod namespaces: %w", err)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.Proc, "1")); err != nil {
-		return nil, fmt.Errorf("pod namespaces: %s/1 not visible (the agent needs the host's PID namespace): %w", cfg.Proc, err)
+	if err := hostPID(cfg.Proc); err != nil {
+		return nil, fmt.Errorf("pod namespaces: %w", err)
 	}
 	return &Resolver{cfg: cfg, log: log, nodeID: id, cache: map[uint64]*entry{},
 		pending: map[uint64]struct{}{}, wake: make(chan struct{}, 1)}, nil
@@ -469,6 +469,25 @@ func ioctlU64(fd int, req uint, v *uint64) error {
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(unsafe.Pointer(v)))
 	if errno != 0 {
 		return errno
+	}
+	return nil
+}
+
+// hostPID fails when the agent's /proc is not the host's: a process in a
+// nested PID namespace (a pod without hostPID) lists more than one id on
+// its NSpid line, and its /proc shows only its own pod's processes.
+func hostPID(proc string) error {
+	b, err := os.ReadFile(filepath.Join(proc, "self/status"))
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			if len(strings.Fields(rest)) > 1 {
+				return fmt.Errorf("%s is not the host's (the agent runs in a nested PID namespace; it needs hostPID)", proc)
+			}
+			return nil
+		}
 	}
 	return nil
 }

@@ -491,3 +491,15 @@ func hostPID(proc string) error {
 	}
 	return nil
 }
+
+// Static returns a resolver that knows only the given namespaces (id →
+// pod UID) and never scans: for tests of the naming rules, and for callers
+// that learn pods' namespaces another way (e.g. from the container
+// runtime). Other ids stay Unknown.
+func Static(pods map[uint64]string) *Resolver {
+	r := &Resolver{cache: map[uint64]*entry{}, pending: map[uint64]struct{}{}, wake: make(chan struct{}, 1)}
+	for id, uid := range pods {
+		r.cache[id] = &entry{state: Pod, uid: uid}
+	}
+	return r
+}

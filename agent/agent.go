@@ -19,6 +19,7 @@ import (
 	"github.com/lbpath/lbpath/agent/kube"
 	"github.com/lbpath/lbpath/agent/netns"
 	"github.com/lbpath/lbpath/agent/path"
+	"github.com/lbpath/lbpath/agent/podns"
 	"github.com/lbpath/lbpath/exporter"
 	"k8s.io/client-go/kubernetes"
 )
@@ -62,6 +63,12 @@ type Config struct {
 	Path path.Config
 	// Export, when set, sends spans and metrics over OTLP.
 	Export *exporter.Config
+	// ProcRoot is the host's /proc, where the pods' namespaces and cgroups
+	// are read to name server pods exactly (agent/podns); empty: /proc.
+	ProcRoot string
+	// NoPodNetns names server pods by IP only (the namespace resolver is
+	// not started).
+	NoPodNetns bool
 	// NodeSpans exports spans for the node's own connections too
 	// (path.Class node_local, apiserver, kubelet, external, lb_health_check); by default
 	// only connections that involve a pod or a Service, or that could not
@@ -175,6 +182,10 @@ type Agent struct {
 	classes path.ClassCounts
 	// probes counts the load-balancer health probes per Service.
 	probes path.ProbeCounts
+	// podns names server pods from their sockets' namespaces (nil
+	// without Kube); naming counts how each server pod was named.
+	podns  *podns.Resolver
+	naming path.NamingCounts
 }
 
 // localInterval is how often the node's own addresses are re-read. A
@@ -224,6 +235,8 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		pc.Node = cfg.Node
 		pc.Local = &a.local
 		pc.Current = w.CurrentAt
+		a.podns = openPodns(cfg, log)
+		pc.Netns = a.podns
 		a.pipeline = path.NewPipeline(path.NewNamer(pc, w.Index), cfg.Metadata, a.emitPath, a.emitRequest)
 	}
 	fc := cfg.Flow
@@ -271,6 +284,7 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		exp.SetNodeConnections(a.classes.Snapshot)
 		if a.watcher != nil {
 			exp.SetHealthProbes(a.HealthProbes)
+			exp.SetPodNaming(a.PodNaming)
 		}
 		a.exp = exp
 	}
@@ -311,6 +325,7 @@ func (a *Agent) emitPath(p *path.Path) {
 		a.classes.Add(p.Class)
 		a.probes.Add(p)
 	}
+	a.naming.Add(p)
 	if a.exp != nil && (!node || a.cfg.NodeSpans) {
 		a.exp.Path(p)
 	}
@@ -421,13 +436,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.watcher != nil {
 		a.watcher.Run(ctx)
 	}
+	if a.podns != nil {
+		go a.podns.Run(ctx)
+	}
 	a.lastTick.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		err := a.capture.Run(ctx, a.table.Socket, func(err error) {
+		err := a.capture.Run(ctx, a.socket, func(err error) {
 			a.mu.Lock()
 			a.decode++
 			a.mu.Unlock()

@@ -67,6 +67,7 @@ type Exporter struct {
 
 	nodeStats atomic.Pointer[nodeStatsFunc]
 	nodeConns atomic.Pointer[nodeConnsFunc]
+	podNaming atomic.Pointer[podNamingFunc]
 	// healthProbes reads the load-balancer probes (lbprobes.go).
 	healthProbes atomic.Pointer[healthProbesFunc]
 

@@ -154,6 +154,9 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 	if err := initHealthProbes(m, e); err != nil {
 		return err
 	}
+	if err := initPodNaming(m, e); err != nil {
+		return err
+	}
 	if err := initSeries(m, e); err != nil {
 		return err
 	}

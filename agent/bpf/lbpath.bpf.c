@@ -86,6 +86,13 @@ struct event {
 	__u8 oldstate;
 	__u8 flags;
 	__u8 _pad[6];
+	// netns_cookie is the socket's network namespace's net_cookie: 64 bits,
+	// never reused while the kernel runs (the inode above is recycled as
+	// soon as a namespace is freed). On 6.18+ it equals the nsfs id that
+	// NS_GET_ID returns for /proc/<pid>/ns/net, so the agent can name the
+	// pod that owns the namespace exactly (agent/podns). Appended so that
+	// the records of older layouts keep their offsets.
+	__u64 netns_cookie;
 };
 
 // Forces the type into BTF so bpf2go generates a Go struct for it.
@@ -158,6 +165,7 @@ static __always_inline void fill_tuple(struct event *e, const struct sock *sk, c
 		e->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	e->netns = sk->__sk_common.skc_net.net->ns.inum;
+	e->netns_cookie = sk->__sk_common.skc_net.net->net_cookie;
 }
 
 SEC("tp_btf/inet_sock_set_state")

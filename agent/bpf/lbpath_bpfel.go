@@ -47,6 +47,7 @@ type LbpathEvent struct {
 	Oldstate      uint8
 	Flags         uint8
 	Pad           [6]uint8
+	NetnsCookie   uint64
 }
 
 // Names of all BPF objects in the ELF.

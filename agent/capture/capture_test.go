@@ -25,8 +25,9 @@ func TestEventLayoutMatchesKernel(t *testing.T) {
 		"Saddr": unsafe.Offsetof(ev.Saddr), "Netns": unsafe.Offsetof(ev.Netns),
 		"Err": unsafe.Offsetof(ev.Err), "Sport": unsafe.Offsetof(ev.Sport),
 		"Type": unsafe.Offsetof(ev.Type), "Flags": unsafe.Offsetof(ev.Flags),
+		"NetnsCookie": unsafe.Offsetof(ev.NetnsCookie),
 	} {
-		want := map[string]uintptr{"Saddr": 40, "Netns": 72, "Err": 84, "Sport": 88, "Type": 94, "Flags": 97}[name]
+		want := map[string]uintptr{"Saddr": 40, "Netns": 72, "Err": 84, "Sport": 88, "Type": 94, "Flags": 97, "NetnsCookie": 104}[name]
 		if off != want {
 			t.Errorf("offset of %s = %d, decoder uses %d", name, off, want)
 		}
@@ -153,6 +154,9 @@ func TestCaptureLoopbackConnection(t *testing.T) {
 	}
 	if cc.Netns == 0 || cc.Netns != sc.Netns {
 		t.Errorf("netns client %d server %d", cc.Netns, sc.Netns)
+	}
+	if cc.NetnsCookie == 0 || cc.NetnsCookie != sc.NetnsCookie {
+		t.Errorf("netns cookie client %d server %d", cc.NetnsCookie, sc.NetnsCookie)
 	}
 	if cc.Cookie == sc.Cookie {
 		t.Errorf("client and server share cookie %d", cc.Cookie)

@@ -79,7 +79,12 @@ const (
 
 // EventSize is the size of struct event in lbpath.bpf.c; a test checks it
 // against the bpf2go-generated type.
-const EventSize = 104
+const EventSize = 112
+
+// MinEventSize is the size of the layout before netns_cookie was appended:
+// Decode accepts such records (NetnsCookie stays 0) so that a program
+// written against the older layout still decodes.
+const MinEventSize = 104
 
 // Event is one decoded ring-buffer record. Times are CLOCK_MONOTONIC
 // nanoseconds, as bpf_ktime_get_ns reports them; Clock turns them into
@@ -94,7 +99,11 @@ type Event struct {
 	TimeNs   uint64 // when this event happened
 	Local    netip.AddrPort
 	Remote   netip.AddrPort
-	Netns    uint32 // inode of the socket's network namespace
+	Netns    uint32 // inode of the socket's network namespace (recycled once the namespace is freed)
+	// NetnsCookie is the namespace's net_cookie, never reused while the
+	// kernel runs (0 when the record has none): what agent/podns names
+	// the pod by.
+	NetnsCookie uint64
 	// BytesAcked is what this socket sent and the peer acknowledged;
 	// BytesReceived what it received. Both exclude headers.
 	BytesAcked    uint64
@@ -104,19 +113,23 @@ type Event struct {
 	Err           syscall.Errno // socket error at close (ECONNREFUSED, ETIMEDOUT, ...)
 }
 
-// ErrShortRecord is returned by Decode for a record smaller than EventSize.
+// ErrShortRecord is returned by Decode for a record smaller than MinEventSize.
 type ErrShortRecord int
 
 func (e ErrShortRecord) Error() string {
-	return fmt.Sprintf("ring buffer record of %d bytes, want %d", int(e), EventSize)
+	return fmt.Sprintf("ring buffer record of %d bytes, want %d", int(e), MinEventSize)
 }
 
 // Decode fills e from one raw ring-buffer record. It allocates nothing.
 // Offsets follow struct event in lbpath.bpf.c (little endian: the agent runs
 // on the CPU that wrote the record).
 func Decode(b []byte, e *Event) error {
-	if len(b) < EventSize {
+	if len(b) < MinEventSize {
 		return ErrShortRecord(len(b))
+	}
+	e.NetnsCookie = 0
+	if len(b) >= EventSize {
+		e.NetnsCookie = binary.LittleEndian.Uint64(b[104:])
 	}
 	le := binary.LittleEndian
 	e.Cookie = le.Uint64(b[0:])

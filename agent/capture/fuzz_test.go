@@ -20,7 +20,7 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var e Event
 		err := Decode(b, &e)
-		if len(b) < EventSize {
+		if len(b) < MinEventSize {
 			if err == nil {
 				t.Fatalf("short record of %d bytes decoded", len(b))
 			}

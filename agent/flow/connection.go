@@ -85,7 +85,10 @@ type Connection struct {
 	ResetReceived bool   `json:"reset_received,omitempty"`
 	Error         string `json:"error,omitempty"`
 	Netns         uint32 `json:"netns,omitempty"`
-	Cookie        uint64 `json:"socket_cookie,omitempty"`
+	// NetnsCookie is the socket's network namespace's never-reused id
+	// (capture.Event.NetnsCookie): the server pod is named from it.
+	NetnsCookie uint64 `json:"netns_cookie,omitempty"`
+	Cookie      uint64 `json:"socket_cookie,omitempty"`
 }
 
 // Duration is End - Start.
@@ -128,5 +131,7 @@ type Request struct {
 	PodSrc  netip.AddrPort `json:"pod_src"`
 	PodDst  netip.AddrPort `json:"pod_dst"`
 	Netns   uint32         `json:"netns,omitempty"`
-	Cookie  uint64         `json:"socket_cookie,omitempty"`
+	// NetnsCookie: see Connection.NetnsCookie.
+	NetnsCookie uint64 `json:"netns_cookie,omitempty"`
+	Cookie      uint64 `json:"socket_cookie,omitempty"`
 }

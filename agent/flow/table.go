@@ -187,7 +187,7 @@ func (t *Table) Socket(e *capture.Event) {
 			t.Stats.Requests.Add(1)
 			t.reqScratch = Request{Node: t.cfg.Node, Start: t.clock.Time(e.StartNs),
 				Latency: time.Duration(e.TimeNs - e.StartNs), Bytes: e.BytesReceived, Turn: e.Retransmits,
-				PodSrc: e.Remote, PodDst: e.Local, Netns: e.Netns, Cookie: e.Cookie}
+				PodSrc: e.Remote, PodDst: e.Local, Netns: e.Netns, NetnsCookie: e.NetnsCookie, Cookie: e.Cookie}
 			t.cfg.Requests(&t.reqScratch)
 		}
 	}
@@ -338,7 +338,7 @@ func (t *Table) fromSocket(e *capture.Event, c *Connection) {
 		SRTTMicros: uint32(e.SRTT / time.Microsecond), Retransmits: e.Retransmits,
 		ResetSent:     e.Flags&capture.FlagResetSent != 0,
 		ResetReceived: e.Flags&capture.FlagResetReceived != 0,
-		Error:         errnoName(e.Err), Netns: e.Netns, Cookie: e.Cookie,
+		Error:         errnoName(e.Err), Netns: e.Netns, NetnsCookie: e.NetnsCookie, Cookie: e.Cookie,
 	}
 	if e.Err == 0 && e.Flags&capture.FlagError != 0 && e.OldState == capture.StateSynSent {
 		c.Error = "ICMP_ERROR"

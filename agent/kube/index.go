@@ -87,6 +87,8 @@ type Index struct {
 	svcSlices  map[string]map[string]bool // service namespace/name → its slices
 	sliceSvc   map[string]string          // slice → its service
 	rsToDeploy map[string]string          // namespace/replicaset → deployment
+	byUID      map[string]uidEntry        // pod UID → pod, deleted ones for History (uid.go)
+	uidPruned  time.Time
 }
 
 // svcEndpoint is one endpoint of a Service as an EndpointSlice lists it.
@@ -197,6 +199,7 @@ func (x *Index) SetPod(p *Pod, now time.Time) {
 		x.closeHostPorts(old, now)
 	}
 	x.pods[key] = p
+	x.setUID(p, now)
 	if p.IP.IsValid() && !p.HostNetwork {
 		openSpan(x.podByIP, p.IP, p, now, samePod, x.cfg, &x.Stats)
 		// A pod that stops being a valid target (ready → not ready, or
@@ -231,6 +234,7 @@ func (x *Index) DeletePod(namespace, name string, now time.Time) {
 		return
 	}
 	delete(x.pods, key)
+	x.deleteUID(old, now)
 	if old.IP.IsValid() && !old.HostNetwork {
 		closeSpan(x.podByIP, old.IP, old, now, samePod, x.cfg, &x.Stats)
 	}

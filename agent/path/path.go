@@ -12,6 +12,7 @@ import (
 
 	"github.com/lbpath/lbpath/agent/flow"
 	"github.com/lbpath/lbpath/agent/kube"
+	"github.com/lbpath/lbpath/agent/podns"
 )
 
 // PeerKind says what a client address is.
@@ -78,6 +79,11 @@ type Path struct {
 	// probed (Class lb_health_check only). Not Service: the probe is not
 	// the Service's traffic and must stay out of its metrics.
 	HealthCheck *kube.Service
+	// PodSource is how Pod was named (podsource.go).
+	PodSource PodSource
+	// PodIPDisagrees: the namespace named Pod, the address index another
+	// pod (a reused IP changing hands).
+	PodIPDisagrees bool
 }
 
 // Config tunes the diagnoses.
@@ -89,6 +95,9 @@ type Config struct {
 	LBPendingAfter time.Duration
 	// Local is this node's own addresses; nil means none are known.
 	Local *Local
+	// Netns, when set, names a server socket's pod from its network
+	// namespace first (podsource.go).
+	Netns *podns.Resolver
 	// Current reports whether the index held every change of the cluster
 	// at a time (kube.Watcher.CurrentAt); nil means never. Without it no
 	// address is known to be no pod's unless the kernel says so (loopback,
@@ -148,12 +157,10 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	}
 
 	// Pod side.
+	var pod sourced
 	if c.Role != flow.RoleReject {
-		if pod, ok := n.idx.PodAt(c.PodDst.Addr(), at); ok {
-			p.Pod = pod
-		} else if pod, ok := n.idx.HostPortAt(c.PodDst, at); ok {
-			p.Pod = pod
-		}
+		pod = n.podOf(c, at, late)
+		p.Pod, p.PodSource, p.PodIPDisagrees = pod.pod, pod.source, pod.disagree
 	}
 	if p.Pod != nil {
 		p.PodNode = p.Pod.Node
@@ -177,6 +184,11 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	// Client: what the pod side saw, unless a NAT record says more.
 	p.Client = n.peer(c.Client, at)
 	p.Class, complete = n.classify(&p, late)
+	if pod.wait && !p.Class.Node() {
+		// The namespace knows the pod; let it be resolved (or the pod's
+		// object arrive) before naming from the address.
+		complete = false
+	}
 	if p.Class.Node() {
 		// The node's own: no pod, no Service, no entry; the SNAT and
 		// cross-node inferences and the diagnoses are about pods.

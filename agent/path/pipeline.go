@@ -125,9 +125,7 @@ func (pl *Pipeline) Request(r *flow.Request) {
 	defer pl.mu.Unlock()
 	at := r.Start
 	out := Request{Req: *r}
-	if pod, ok := pl.namer.idx.PodAt(r.PodDst.Addr(), at); ok {
-		out.Pod = pod
-	} else if pod, ok := pl.namer.idx.HostPortAt(r.PodDst, at); ok {
+	if pod := pl.namer.requestPod(r, at); pod != nil {
 		out.Pod = pod
 	} else if e := pl.namer.endOf(r.PodDst, at, true, false); e.certain() {
 		// A server of the node's own (sshd, the kubelet, a hostNetwork

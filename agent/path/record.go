@@ -27,6 +27,11 @@ type Record struct {
 	// HealthCheckService is namespace/name of the Service whose
 	// healthCheckNodePort a lb_health_check connection probed.
 	HealthCheckService string `json:"health_check_service,omitempty"`
+	// PodSource is how Pod was named: netns, ip_index or unnamed.
+	PodSource PodSource `json:"pod_source,omitempty"`
+	// PodIPDisagrees: the address index named another pod than the
+	// socket's namespace (which is trusted).
+	PodIPDisagrees bool `json:"pod_ip_disagrees,omitempty"`
 }
 
 // Record returns the JSON form of p.
@@ -35,6 +40,7 @@ func (p *Path) Record() Record {
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
 		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class}
 	r.SNAT = p.SNAT
+	r.PodSource, r.PodIPDisagrees = p.PodSource, p.PodIPDisagrees
 	if p.Service != nil {
 		r.Service = p.Service.Key()
 	}

@@ -24,13 +24,14 @@ type udpExp struct {
 
 // TestUDPServiceAttribution: a DNS-like UDP Service with three pod servers
 // (wildcard-bound, as CoreDNS is), reached by ClusterIP from a client pod
-// and by NodePort on every node from the external client, under policy
-// Cluster and Local. Every exchange (one fresh socket each, like a stub
+// and by NodePort on every node from the external client, with the
+// Service's rules in iptables and in nftables form, under policy Cluster
+// and Local. Every exchange (one fresh socket each, like a stub
 // resolver) must have a UDP record on the pod's node naming the pod that
 // answered, the post-NAT tuple the pod saw, the entry node, the SNAT flag,
 // and exact datagrams and payload bytes each way.
 //
-// The UDP NAT rules are the testbed's kube-proxy-shaped iptables rules
+// The UDP NAT rules are the testbed's kube-proxy-shaped rules
 // (testbed.WriteUDPService), not the real kube-proxy's: the k8s testbed's
 // binaries were still being built on this machine when this test was
 // written. Kernel, NAT, conntrack and the eBPF programs are real.
@@ -63,9 +64,13 @@ func TestUDPServiceAttribution(t *testing.T) {
 	ctx := context.Background()
 	svc := testbed.DNSLike
 	total := 0
-	for _, policy := range []testbed.Policy{testbed.PolicyCluster, testbed.PolicyLocal} {
-		t.Run(string(policy), func(t *testing.T) {
-			if err := cl.WriteUDPService(ctx, svc, policy, cl.Pods); err != nil {
+	for _, mc := range [][2]string{
+		{string(testbed.ModeIPTables), string(testbed.PolicyCluster)}, {string(testbed.ModeIPTables), string(testbed.PolicyLocal)},
+		{string(testbed.ModeNFTables), string(testbed.PolicyCluster)}, {string(testbed.ModeNFTables), string(testbed.PolicyLocal)},
+	} {
+		mode, policy := testbed.ProxyMode(mc[0]), testbed.Policy(mc[1])
+		t.Run(mc[0]+"/"+mc[1], func(t *testing.T) {
+			if err := cl.WriteUDPService(ctx, svc, mode, policy, cl.Pods); err != nil {
 				t.Fatal(err)
 			}
 			var exps []udpExp

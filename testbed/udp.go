@@ -152,18 +152,19 @@ func (s UDPService) ClusterAddr() netip.AddrPort { return netip.AddrPortFrom(s.C
 // udpChainPrefix names the testbed's UDP chains, apart from kube-proxy's.
 const udpChainPrefix = "LBP-UDP-"
 
-// WriteUDPService programs the UDP Service in every node's nat table with
-// iptables, in kube-proxy's shape: ClusterIP and NodePort jump to a
-// Service chain that picks an endpoint with the statistic match and DNATs
-// to it; traffic from outside the cluster CIDR to the ClusterIP, and
-// NodePort traffic under policy Cluster, is marked and MASQUERADEd after
-// routing. Under policy Local a node's NodePort goes only to its own pods
-// (no SNAT) and nodes without one drop it. pods are the endpoints.
-// The chains are the testbed's own (LBP-UDP-*), so they stand beside the
-// built-in writer's or kube-proxy's rules and are replaced whole on each
-// call; the nodes' namespaces take them with them when the cluster goes
-// down.
-func (c *Cluster) WriteUDPService(ctx context.Context, svc UDPService, policy Policy, pods []*Pod) error {
+// WriteUDPService programs the UDP Service in every node in kube-proxy's
+// shape, with iptables (mode iptables) or nftables (mode nftables):
+// ClusterIP and NodePort go to a Service chain that picks an endpoint at
+// random (iptables: the statistic match with probabilities 1/n, 1/(n-1),
+// …; nftables: numgen random into a verdict map) and DNATs to it; traffic
+// from outside the cluster CIDR to the ClusterIP, and NodePort traffic
+// under policy Cluster, is marked and MASQUERADEd after routing. Under
+// policy Local a node's NodePort goes only to its own pods (no SNAT) and
+// nodes without one drop it. The rules are the testbed's own (iptables
+// chains LBP-UDP-*, nft table ip lbp-udp), beside the TCP writer's or
+// kube-proxy's, and each call first removes what an earlier call of
+// either dialect wrote; the nodes' namespaces take them along at Down.
+func (c *Cluster) WriteUDPService(ctx context.Context, svc UDPService, mode ProxyMode, policy Policy, pods []*Pod) error {
 	for _, n := range c.Nodes {
 		var local []*Pod
 		for _, p := range pods {
@@ -175,14 +176,77 @@ func (c *Cluster) WriteUDPService(ctx context.Context, svc UDPService, policy Po
 		if policy == PolicyLocal {
 			ext = local
 		}
-		// Hook the chains once; later calls only rewrite them.
-		hooked := run(ctx, n.Netns, "", "iptables", "-w", "-t", "nat", "-C", "PREROUTING", "-j", udpChainPrefix+"SVC") == nil
-		rules := udpRules(svc, pods, ext, policy == PolicyCluster, !hooked)
-		if err := run(ctx, n.Netns, rules, "iptables-restore", "--noflush", "-w"); err != nil {
+		snat := policy == PolicyCluster
+		clearUDPRules(ctx, n.Netns)
+		var err error
+		switch mode {
+		case ModeIPTables:
+			err = run(ctx, n.Netns, udpRules(svc, pods, ext, snat, true), "iptables-restore", "--noflush", "-w")
+		case ModeNFTables:
+			err = run(ctx, n.Netns, udpNFT(svc, pods, ext, snat), "nft", "-f", "-")
+		default:
+			err = fmt.Errorf("unknown mode %q", mode)
+		}
+		if err != nil {
 			return fmt.Errorf("UDP Service rules on %s: %w", n.Name, err)
 		}
 	}
 	return nil
+}
+
+// clearUDPRules removes both dialects' UDP Service rules; what is not
+// there fails quietly.
+func clearUDPRules(ctx context.Context, nsPath string) {
+	p := udpChainPrefix
+	for _, hook := range [][2]string{{"PREROUTING", p + "SVC"}, {"OUTPUT", p + "SVC"}, {"POSTROUTING", p + "POST"}} {
+		_ = run(ctx, nsPath, "", "iptables", "-w", "-t", "nat", "-D", hook[0], "-j", hook[1])
+	}
+	for _, ch := range []string{"SVC", "CLUSTER", "EXT", "POST"} {
+		_ = run(ctx, nsPath, "", "iptables", "-w", "-t", "nat", "-F", p+ch)
+		_ = run(ctx, nsPath, "", "iptables", "-w", "-t", "nat", "-X", p+ch)
+	}
+	_ = run(ctx, nsPath, "", "nft", "delete", "table", "ip", "lbp-udp")
+}
+
+// udpNFT is the nftables form, shaped like kube-proxy's nftables mode.
+func udpNFT(svc UDPService, all, ext []*Pod, extSNAT bool) string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	w("table ip lbp-udp {")
+	w("  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }")
+	w("  chain nat-output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }")
+	w("  chain nat-postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & 0x8000 == 0x8000 masquerade\n  }")
+	w("  chain services {")
+	w("    ip daddr %s udp dport %d goto svc-cluster", svc.ClusterIP, svc.Port)
+	w("    fib daddr type local udp dport %d goto svc-ext", svc.NodePort)
+	w("  }")
+	w("  chain svc-cluster {")
+	w("    ip saddr != %s meta mark set meta mark | 0x8000", ClusterCIDR)
+	w("    %s", udpPick(all))
+	w("  }")
+	w("  chain svc-ext {")
+	if len(ext) == 0 {
+		w("    drop")
+	} else {
+		if extSNAT {
+			w("    meta mark set meta mark | 0x8000")
+		}
+		w("    %s", udpPick(ext))
+	}
+	w("  }")
+	for _, p := range all {
+		w("  chain ep-%s {\n    meta l4proto udp dnat to %s:%d\n  }", p.Name, p.IP, UDPPort)
+	}
+	w("}")
+	return b.String()
+}
+
+func udpPick(pods []*Pod) string {
+	parts := make([]string, len(pods))
+	for i, p := range pods {
+		parts[i] = fmt.Sprintf("%d : goto ep-%s", i, p.Name)
+	}
+	return fmt.Sprintf("numgen random mod %d vmap { %s }", len(pods), strings.Join(parts, ", "))
 }
 
 func udpRules(svc UDPService, all, ext []*Pod, extSNAT, hook bool) string {

@@ -105,12 +105,32 @@ func BenchmarkTCPWithUDPPrograms(b *testing.B) {
 			name = "on"
 		}
 		b.Run(name, func(b *testing.B) {
+			var u *UDP
 			if on {
-				u, err := OpenUDP(UDPConfig{}, nil)
+				stats, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
 				if err != nil {
 					b.Fatal(err)
 				}
+				defer stats.Close()
+				if u, err = OpenUDP(UDPConfig{}, nil); err != nil {
+					b.Fatal(err)
+				}
 				defer u.Close()
+				defer func() {
+					// The early exit's cost per TCP packet (data and ACKs).
+					st, err := u.ProgramStats()
+					if err != nil {
+						b.Fatal(err)
+					}
+					var runs, ns uint64
+					for _, s := range st {
+						runs += s.RunCount
+						ns += uint64(s.Runtime)
+					}
+					if runs > 0 {
+						b.ReportMetric(float64(ns)/float64(runs), "bpf-ns/packet")
+					}
+				}()
 			}
 			ln, err := net.Listen("tcp4", "127.0.0.1:0")
 			if err != nil {

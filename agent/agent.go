@@ -632,6 +632,7 @@ func (a *Agent) logStats() {
 		nc = append(nc, string(c.Class), c.Count)
 	}
 	a.log.Info("node connections", nc...)
+	a.logUDPStats()
 	if ct, err := a.ct.Table(); err != nil {
 		a.log.Warn("read conntrack table stats", "node", a.cfg.Node, "err", err)
 	} else {

@@ -159,3 +159,18 @@ func (a *Agent) udpDrops() []exporter.Drop {
 		{Stage: "flow", Reason: "udp_open_table_full", Count: s.Flow.OpenTableFull.Load()},
 	}
 }
+
+// logUDPStats adds the UDP side to the periodic stats log.
+func (a *Agent) logUDPStats() {
+	s := a.UDPStats()
+	if !s.Available {
+		a.log.Info("udp stats", "node", a.cfg.Node, "unavailable", s.Unavailable)
+		return
+	}
+	a.log.Info("udp stats", "node", a.cfg.Node,
+		"emitted", s.Flow.Emitted.Load(), "joined", s.Flow.Joined.Load(), "no_nat", s.Flow.NoNAT.Load(),
+		"forwarded", s.Flow.Forwarded.Load(), "exchanges", s.Flow.Exchanges.Load(), "out_of_scope", s.Flow.OutOfScope.Load(),
+		"flow_table_full", s.Kernel.FlowTableFull, "ringbuf_drop_flow", s.Kernel.RingDropFlow,
+		"ringbuf_drop_exchange", s.Kernel.RingDropExchange, "decode_errors", s.Decode,
+		"nat_table_full", s.Flow.NATTableFull.Load(), "open_table_full", s.Flow.OpenTableFull.Load())
+}

@@ -43,6 +43,8 @@ type Config struct {
 	Scope func(local netip.Addr, netns uint32) bool
 	// Capture sizes the kernel side.
 	Capture capture.Config
+	// UDP configures UDP flow capture (agent/udp.go).
+	UDP UDPConfig
 	// Flow bounds the join tables (Node and Scope are set by the agent).
 	Flow flow.Config
 	// StatsInterval is how often counters are logged; 0 disables.
@@ -135,6 +137,9 @@ func (c *Config) Validate() error {
 	if c.ShutdownTimeout != 0 && (c.ShutdownTimeout < MinShutdownTimeout || c.ShutdownTimeout > MaxShutdownTimeout) {
 		return fmt.Errorf("shutdown-timeout: %v must be between %v and %v", c.ShutdownTimeout, MinShutdownTimeout, MaxShutdownTimeout)
 	}
+	if err := c.UDP.validate(); err != nil {
+		return err
+	}
 	if c.Export != nil {
 		if err := c.Export.Validate(); err != nil {
 			return err
@@ -186,6 +191,11 @@ type Agent struct {
 	// without Kube); naming counts how each server pod was named.
 	podns  *podns.Resolver
 	naming path.NamingCounts
+	// udp is the UDP capture and join (agent/udp.go).
+	udp *udpSide
+	// sinkMu serializes the outputs: TCP and UDP records come from two
+	// tables, each emitting under its own lock.
+	sinkMu sync.Mutex
 }
 
 // localInterval is how often the node's own addresses are re-read. A
@@ -263,13 +273,15 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 	}
 	fc.Requests = a.onRequest
 	a.refreshLocal(time.Now())
-	a.table = flow.NewTable(fc, capture.NewClock(), a.onConnection)
+	clock := capture.NewClock()
+	a.table = flow.NewTable(fc, clock, a.onConnection)
 	a.ct = conntrack.New(conntrack.Config{Netns: cfg.Netns}, log)
 	var err error
 	a.capture, err = capture.Open(cfg.Capture, log)
 	if err != nil {
 		return nil, err
 	}
+	a.openUDP(fc, clock)
 	// The exporter comes last: its metric callbacks read every counter
 	// above from their first collection on.
 	if cfg.Export != nil {
@@ -278,6 +290,9 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		exp, err := exporter.New(context.Background(), ec, log, a.Drops)
 		if err != nil {
 			a.capture.Close()
+			if a.udp.capture != nil {
+				a.udp.capture.Close()
+			}
 			return nil, fmt.Errorf("otlp exporter: %w", err)
 		}
 		exp.SetNodeStats(a.ct.Table)
@@ -292,6 +307,8 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 }
 
 func (a *Agent) onConnection(c *flow.Connection) {
+	a.sinkMu.Lock()
+	defer a.sinkMu.Unlock()
 	if a.out.Connection != nil {
 		a.out.Connection(c)
 	}
@@ -306,6 +323,8 @@ func (a *Agent) onConnection(c *flow.Connection) {
 }
 
 func (a *Agent) onRequest(r *flow.Request) {
+	a.sinkMu.Lock()
+	defer a.sinkMu.Unlock()
 	if a.pipeline != nil {
 		a.pipeline.Request(r)
 		return
@@ -374,6 +393,7 @@ func (a *Agent) Drops() []exporter.Drop {
 		exporter.Drop{Stage: "flow", Reason: "open_table_full", Count: s.Flow.OpenTableFull.Load()},
 		exporter.Drop{Stage: "flow", Reason: "pending_table_full", Count: s.Flow.PendingTableFull.Load()},
 	)
+	d = append(d, a.udpDrops()...)
 	if s.Pipeline != nil {
 		d = append(d,
 			exporter.Drop{Stage: "metadata", Reason: "unattributed", Count: s.Pipeline.Unattributed.Load()},
@@ -428,6 +448,9 @@ func (a *Agent) Capture() *capture.Capture { return a.capture }
 // releases every kernel object.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.capture.Close()
+	if a.udp.capture != nil {
+		defer a.udp.capture.Close()
+	}
 	// The shutdown budget counts from the moment the caller said stop.
 	var stopAt atomic.Int64
 	defer context.AfterFunc(ctx, func() { stopAt.Store(time.Now().UnixNano()) })()
@@ -441,8 +464,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.lastTick.Store(time.Now().UnixNano())
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	wg.Add(3)
+	errc := make(chan error, 4)
+	wg.Add(4)
+	go func() {
+		defer wg.Done()
+		if err := a.runUDP(ctx); err != nil {
+			errc <- err
+			cancel()
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		err := a.capture.Run(ctx, a.socket, func(err error) {
@@ -457,7 +487,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		if err := a.ct.Run(ctx, a.table.NAT); err != nil {
+		if err := a.ct.Run(ctx, a.onNAT); err != nil {
 			errc <- err
 			cancel()
 		}
@@ -466,7 +496,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer wg.Done()
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		var last, lastNetns, lastLocal time.Time
+		var last, lastNetns, lastLocal, lastUDP time.Time
 		for {
 			select {
 			case <-ctx.Done():
@@ -486,6 +516,10 @@ func (a *Agent) Run(ctx context.Context) error {
 					}
 				}
 				a.table.Tick(capture.MonoNow())
+				if now.Sub(lastUDP) >= udpSweepEvery {
+					lastUDP = now
+					a.sweepUDP(false)
+				}
 				if a.pipeline != nil {
 					a.pipeline.Tick(now)
 				}
@@ -502,6 +536,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		deadline = time.Unix(0, t).Add(a.shutdownTimeout())
 	}
 	a.table.Flush()
+	a.sweepUDP(true)
 	if a.pipeline != nil {
 		a.pipeline.Flush()
 	}
@@ -615,6 +650,7 @@ func (a *Agent) logStats() {
 		nc = append(nc, string(c.Class), c.Count)
 	}
 	a.log.Info("node connections", nc...)
+	a.logUDPStats()
 	if ct, err := a.ct.Table(); err != nil {
 		a.log.Warn("read conntrack table stats", "node", a.cfg.Node, "err", err)
 	} else {

@@ -434,7 +434,7 @@ func (e *Exporter) span(p *path.Path, tid trace.TraceID, th *Threshold) {
 func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 	c := &p.Conn
 	a := []attribute.KeyValue{
-		attribute.String("network.transport", "tcp"),
+		attribute.String("network.transport", c.Proto()),
 		attribute.String("network.peer.address", c.PodSrc.Addr().String()),
 		attribute.Int("network.peer.port", int(c.PodSrc.Port())),
 		attribute.String("server.address", c.Target.Addr().String()),
@@ -449,6 +449,12 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 		attribute.Int64("lbpath.bytes_to_client", int64(c.BytesToClient)),
 		attribute.Int64("lbpath.rtt_us", int64(c.SRTTMicros)),
 		attribute.Int64("lbpath.retransmits", int64(c.Retransmits)),
+	}
+	if c.Transport == flow.TransportUDP {
+		a = append(a, attribute.Int64("lbpath.datagrams_to_server", int64(c.DatagramsToServer)),
+			attribute.Int64("lbpath.datagrams_to_client", int64(c.DatagramsToClient)),
+			attribute.Int64("lbpath.exchanges", int64(c.Exchanges)),
+			attribute.Int64("lbpath.latency_max_us", c.LatencyMaxNs/1000))
 	}
 	if p.Class != "" {
 		a = append(a, attribute.String("lbpath.connection.class", string(p.Class)))

@@ -43,6 +43,7 @@ type setKey struct {
 	snat      bool
 	cross     bool
 	request   bool
+	transport string // flow.Connection.Transport: "" (TCP) or "udp"
 }
 
 type podKey struct {
@@ -260,7 +261,7 @@ func initNodeConnections(m metric.Meter, e *Exporter) error {
 // bounded by --max-series-per-metric (series.go).
 func (in *instruments) record(p *path.Path) {
 	c := &p.Conn
-	k := setKey{role: c.Role, outcome: c.Outcome, entry: p.Entry, entryNode: p.EntryNode, snat: p.SNAT, cross: p.CrossNode}
+	k := setKey{role: c.Role, outcome: c.Outcome, entry: p.Entry, entryNode: p.EntryNode, snat: p.SNAT, cross: p.CrossNode, transport: c.Transport}
 	k.pod, k.svc = keyOf(p.Pod, p.Service)
 	if p.Pod == nil {
 		k.podNode = p.PodNode
@@ -270,9 +271,10 @@ func (in *instruments) record(p *path.Path) {
 	defer s.gate.RUnlock()
 	sets := s.admit(famConn, k, func() [3]attribute.Set { return connSets(p) })
 	full := c.Role != flow.RoleForward && c.Role != flow.RoleReject
+	tcp := c.Proto() == flow.TransportTCP
 	if sets == nil {
 		sets = &overflowSets
-		s.countConnOverflow(full, c.SRTTMicros > 0)
+		s.countConnOverflow(full, c.SRTTMicros > 0, tcp)
 	}
 	g := s.gen
 	ctx := context.Background()
@@ -284,8 +286,10 @@ func (in *instruments) record(p *path.Path) {
 			g.rtt.Record(ctx, float64(c.SRTTMicros)/1e6, all)
 		}
 		// Recorded even when zero: "no retransmits" is an answer, an
-		// absent series is not.
-		g.retransmits.Add(ctx, int64(c.Retransmits), all)
+		// absent series is not. UDP has no retransmissions to count.
+		if tcp {
+			g.retransmits.Add(ctx, int64(c.Retransmits), all)
+		}
 		g.bytes.Add(ctx, int64(c.BytesToServer), metric.WithAttributeSet(sets[1]))
 		g.bytes.Add(ctx, int64(c.BytesToClient), metric.WithAttributeSet(sets[2]))
 	}
@@ -293,7 +297,7 @@ func (in *instruments) record(p *path.Path) {
 
 // countConnOverflow counts one connection's measurements that went to the
 // overflow series, metric by metric, exactly as record makes them.
-func (s *series) countConnOverflow(full, rtt bool) {
+func (s *series) countConnOverflow(full, rtt, tcp bool) {
 	s.overflow[mConnections].Add(1)
 	if !full {
 		return
@@ -302,7 +306,9 @@ func (s *series) countConnOverflow(full, rtt bool) {
 	if rtt {
 		s.overflow[mRTT].Add(1)
 	}
-	s.overflow[mRetransmits].Add(1)
+	if tcp {
+		s.overflow[mRetransmits].Add(1)
+	}
 	s.overflow[mBytes].Add(2)
 }
 
@@ -315,6 +321,7 @@ func connSets(p *path.Path) [3]attribute.Set {
 		attrs = append(attrs, attribute.String("k8s.node.name", p.PodNode))
 	}
 	attrs = append(attrs,
+		attribute.String("network.transport", c.Proto()),
 		attribute.String("lbpath.role", string(c.Role)),
 		attribute.String("lbpath.outcome", string(c.Outcome)),
 		attribute.Bool("lbpath.snat", p.SNAT),
@@ -338,10 +345,14 @@ func (in *instruments) recordRequest(r *path.Request) {
 	s := in.series
 	s.gate.RLock()
 	defer s.gate.RUnlock()
-	k := setKey{request: true}
+	k := setKey{request: true, transport: r.Req.Transport}
 	k.pod, k.svc = keyOf(r.Pod, r.Service)
 	sets := s.admit(famReq, k, func() [3]attribute.Set {
-		return [3]attribute.Set{attribute.NewSet(podAttrs(r.Pod, r.Service)...)}
+		proto := flow.TransportTCP
+		if r.Req.Transport != "" {
+			proto = r.Req.Transport
+		}
+		return [3]attribute.Set{attribute.NewSet(append(podAttrs(r.Pod, r.Service), attribute.String("network.transport", proto))...)}
 	})
 	if sets == nil {
 		sets = &overflowSets

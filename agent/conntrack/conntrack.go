@@ -1,6 +1,6 @@
 // Package conntrack follows the kernel's connection-tracking table of one
 // network namespace over ctnetlink and reports the NAT translation of every
-// TCP connection: its original tuple (what the client sent to: ClusterIP,
+// TCP connection and UDP flow: its original tuple (what the client sent to: ClusterIP,
 // NodePort, LB IP) and its reply tuple (the pod that answers, and the
 // address it answers to when the source was SNATed).
 //
@@ -66,7 +66,19 @@ type Entry struct {
 	SNAT   bool   // the source was rewritten (client address lost)
 	Dumped bool   // found by a table dump (after start or an overflow), not an event
 	TimeNs uint64 // CLOCK_MONOTONIC when the agent received it
+	// Proto is the IP protocol: ProtoTCP (also the zero value's meaning)
+	// or ProtoUDP. flow.Table joins TCP entries, flow.UDPTable UDP ones.
+	Proto uint8
 }
+
+// IP protocols an Entry can carry.
+const (
+	ProtoTCP = unix.IPPROTO_TCP
+	ProtoUDP = unix.IPPROTO_UDP
+)
+
+// IsUDP reports whether the entry is a UDP translation.
+func (e *Entry) IsUDP() bool { return e.Proto == ProtoUDP }
 
 // PodSide is the tuple the backend's socket sees, remote → local.
 func (e *Entry) PodSide() Tuple { return e.Reply.Reverse() }
@@ -83,7 +95,7 @@ type Config struct {
 // Stats counts what the listener saw and lost.
 type Stats struct {
 	Events     atomic.Uint64 // NAT entries delivered
-	Ignored    atomic.Uint64 // entries without NAT or not TCP: not needed for the path
+	Ignored    atomic.Uint64 // entries without NAT or neither TCP nor UDP: not needed for the path
 	Overflows  atomic.Uint64 // socket buffer overflows (ENOBUFS): events lost, then a resync
 	Dumps      atomic.Uint64 // full table dumps (start + one per overflow)
 	DumpErrors atomic.Uint64 // dumps that failed
@@ -110,7 +122,7 @@ func New(cfg Config, log *slog.Logger) *Listener {
 
 // Run subscribes to new and destroyed entries, dumps the current table once
 // subscribed (so entries that existed before the agent are known), and calls
-// fn for each TCP entry with NAT until ctx is done. After a socket overflow
+// fn for each TCP or UDP entry with NAT until ctx is done. After a socket overflow
 // it resubscribes and dumps again. fn is called from one goroutine and must
 // not keep the pointer.
 func (l *Listener) Run(ctx context.Context, fn func(*Entry)) error {
@@ -199,14 +211,16 @@ func (l *Listener) dump(fn func(*Entry)) {
 }
 
 // fromFlow fills e from a kernel flow; false for entries the path does not
-// need (not TCP, or no address translated).
+// need (not TCP or UDP, or no address translated).
 func fromFlow(f *ct.Flow, typ EntryType, e *Entry) bool {
-	if f.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP {
+	proto := f.TupleOrig.Proto.Protocol
+	if proto != unix.IPPROTO_TCP && proto != unix.IPPROTO_UDP {
 		return false
 	}
 	*e = Entry{
-		Type: typ,
-		ID:   f.ID,
+		Type:  typ,
+		Proto: proto,
+		ID:    f.ID,
 		Original: Tuple{
 			Src: netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress.Unmap(), f.TupleOrig.Proto.SourcePort),
 			Dst: netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress.Unmap(), f.TupleOrig.Proto.DestinationPort),

@@ -113,7 +113,7 @@ func decodeTuple(b []byte, t *Tuple) (proto uint8, err error) {
 // runs once or twice per connection, and the general decoder's allocations
 // (a Flow with every attribute, per event) were most of its cost. It
 // reports false for messages the join does not use: other message types,
-// non-TCP entries, entries without a translated address.
+// entries neither TCP nor UDP, entries without a translated address.
 func decodeEvent(msgType uint16, payload []byte, now uint64, e *Entry) (bool, error) {
 	var typ EntryType
 	switch msgType {
@@ -152,13 +152,14 @@ func decodeEvent(msgType uint16, payload []byte, now uint64, e *Entry) (bool, er
 	if err != nil {
 		return false, err
 	}
-	if !haveOrig || !haveReply || protoOrig != unix.IPPROTO_TCP {
+	if !haveOrig || !haveReply || (protoOrig != unix.IPPROTO_TCP && protoOrig != unix.IPPROTO_UDP) {
 		return false, nil
 	}
 	if !e.Original.Src.Addr().IsValid() || !e.Original.Dst.Addr().IsValid() ||
 		!e.Reply.Src.Addr().IsValid() || !e.Reply.Dst.Addr().IsValid() {
 		return false, errNoAddr
 	}
+	e.Proto = protoOrig
 	// The tuples are the truth; status bits can lag on a destroy event.
 	e.DNAT = e.Reply.Src != e.Original.Dst
 	e.SNAT = e.Reply.Dst != e.Original.Src

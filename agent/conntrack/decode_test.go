@@ -70,15 +70,21 @@ var (
 func TestDecodeEvent(t *testing.T) {
 	var e Entry
 	use, err := decodeEvent(msgCTNew, dnatPayload(tClient, tVIP, tPod, unix.IPPROTO_TCP), 7, &e)
-	want := Entry{Type: EntryNew, ID: 0xdeadbeef, Original: Tuple{Src: tClient, Dst: tVIP}, Reply: Tuple{Src: tPod, Dst: tClient}, DNAT: true, TimeNs: 7}
+	want := Entry{Type: EntryNew, ID: 0xdeadbeef, Original: Tuple{Src: tClient, Dst: tVIP}, Reply: Tuple{Src: tPod, Dst: tClient}, DNAT: true, TimeNs: 7, Proto: ProtoTCP}
 	if err != nil || !use || e != want {
 		t.Fatalf("got %+v use=%v err=%v, want %+v", e, use, err, want)
 	}
 	if use, err := decodeEvent(msgCTDelete, dnatPayload(tClient, tVIP, tPod, unix.IPPROTO_TCP), 7, &e); !use || err != nil || e.Type != EntryDestroy {
 		t.Errorf("destroy: %+v use=%v err=%v", e, use, err)
 	}
-	if use, err := decodeEvent(msgCTNew, dnatPayload(tClient, tVIP, tPod, unix.IPPROTO_UDP), 7, &e); use || err != nil {
-		t.Errorf("UDP entry used: %v %v", use, err)
+	// UDP translations are used too (flow.UDPTable joins them), marked as UDP.
+	wantUDP := want
+	wantUDP.Proto = ProtoUDP
+	if use, err := decodeEvent(msgCTNew, dnatPayload(tClient, tVIP, tPod, unix.IPPROTO_UDP), 7, &e); !use || err != nil || e != wantUDP {
+		t.Errorf("UDP entry: %+v use=%v err=%v, want %+v", e, use, err, wantUDP)
+	}
+	if use, err := decodeEvent(msgCTNew, dnatPayload(tClient, tVIP, tPod, 132 /* SCTP */), 7, &e); use || err != nil {
+		t.Errorf("SCTP entry used: %v %v", use, err)
 	}
 	if use, err := decodeEvent(msgCTNew, dnatPayload(tClient, tVIP, tVIP, unix.IPPROTO_TCP)[:0], 7, &e); use || err == nil {
 		t.Errorf("empty payload: use=%v err=%v", use, err)

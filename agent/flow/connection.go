@@ -41,6 +41,16 @@ const (
 	OutcomeUnreachable Outcome = "unreachable" // no route to the destination (at the handshake or later)
 	OutcomeFailed      Outcome = "failed"      // any other error before or during the handshake
 	OutcomeForwarded   Outcome = "forwarded"   // RoleForward: the end is seen by the pod's node
+	// OutcomeUnanswered: a UDP flow whose last request got no response
+	// before the flow went idle (a DNS query lost, a server that never
+	// answered).
+	OutcomeUnanswered Outcome = "unanswered"
+)
+
+// Transports a Connection can have (network.transport).
+const (
+	TransportTCP = "tcp"
+	TransportUDP = "udp"
 )
 
 // NAT is the conntrack translation this node applied.
@@ -89,6 +99,24 @@ type Connection struct {
 	// (capture.Event.NetnsCookie): the server pod is named from it.
 	NetnsCookie uint64 `json:"netns_cookie,omitempty"`
 	Cookie      uint64 `json:"socket_cookie,omitempty"`
+	// Transport is "udp" for UDP flows (flow.UDPTable); empty for TCP, so
+	// TCP records keep their form. Use Proto() to read it.
+	Transport string `json:"transport,omitempty"`
+	// UDP flows only (see docs/ARCHITECTURE.md, UDP): datagrams each way,
+	// request → response exchanges completed, and their latency.
+	DatagramsToServer uint32 `json:"datagrams_to_server,omitempty"`
+	DatagramsToClient uint32 `json:"datagrams_to_client,omitempty"`
+	Exchanges         uint32 `json:"exchanges,omitempty"`
+	LatencySumNs      int64  `json:"latency_sum_ns,omitempty"`
+	LatencyMaxNs      int64  `json:"latency_max_ns,omitempty"`
+}
+
+// Proto is the record's transport: "tcp" or "udp".
+func (c *Connection) Proto() string {
+	if c.Transport == "" {
+		return TransportTCP
+	}
+	return c.Transport
 }
 
 // Duration is End - Start.
@@ -134,4 +162,7 @@ type Request struct {
 	// NetnsCookie: see Connection.NetnsCookie.
 	NetnsCookie uint64 `json:"netns_cookie,omitempty"`
 	Cookie      uint64 `json:"socket_cookie,omitempty"`
+	// Transport is "udp" for a UDP exchange (request datagram → first
+	// response datagram); empty for TCP.
+	Transport string `json:"transport,omitempty"`
 }

@@ -13,6 +13,7 @@ import (
 // ran, and who the client really was when another node SNATed it.
 type Merged struct {
 	Key       conntrack.Tuple
+	Transport string         // "udp" for UDP flows, empty for TCP (as Connection.Transport)
 	Client    netip.AddrPort // the real client, when any node saw it before SNAT
 	Target    netip.AddrPort // what the client dialled
 	EntryNode string         // the node that applied the Service DNAT ("" when none did)
@@ -36,6 +37,9 @@ func Merge(recs []Connection) []Merged {
 	}
 	sort.SliceStable(idx, func(a, b int) bool {
 		ka, kb := recs[idx[a]].WireKey(), recs[idx[b]].WireKey()
+		if ta, tb := recs[idx[a]].Transport, recs[idx[b]].Transport; ta != tb {
+			return ta < tb // a TCP connection and a UDP flow on the same ports are not one
+		}
 		if ka != kb {
 			if ka.Src != kb.Src {
 				return ka.Src.Compare(kb.Src) < 0
@@ -48,8 +52,8 @@ func Merge(recs []Connection) []Merged {
 	var cur *Merged
 	for _, i := range idx {
 		r := &recs[i]
-		if cur == nil || cur.Key != r.WireKey() || cur.has(r.Role) {
-			out = append(out, Merged{Key: r.WireKey()})
+		if cur == nil || cur.Key != r.WireKey() || cur.Transport != r.Transport || cur.has(r.Role) {
+			out = append(out, Merged{Key: r.WireKey(), Transport: r.Transport})
 			cur = &out[len(out)-1]
 		}
 		switch r.Role {

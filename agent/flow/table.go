@@ -414,6 +414,9 @@ func (t *Table) join(c *Connection, n *natRec) {
 
 // NAT feeds one conntrack entry.
 func (t *Table) NAT(e *conntrack.Entry) {
+	if e.IsUDP() {
+		return // UDPTable joins UDP translations
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	ps := e.PodSide()

@@ -106,6 +106,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	maxConns := fs.Uint("max-connections", 65536, "kernel table of open connections")
 	fs.BoolVar(&cfg.Capture.NoRequestTiming, "no-request-timing", false, "leave out the per-read/write hooks that time requests (their cost goes away with the request metrics)")
 	fs.DurationVar(&cfg.Flow.JoinWait, "join-wait", time.Second, "how long a closed socket waits for its NAT entry")
+	fs.DurationVar(&cfg.UDP.Idle, "udp-idle", agent.DefaultUDPIdle, "a UDP flow's record is emitted after this long without a datagram (at most 25s: below conntrack's UDP timeout)")
+	fs.BoolVar(&cfg.UDP.Disabled, "no-udp", false, "leave out UDP flow capture (its per-packet cgroup_skb programs)")
 	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 30*time.Second, "how often counters are logged (0: only at exit)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", agent.DefaultShutdownTimeout,
 		"after SIGTERM, how long pending records and the OTLP export may take to flush; what is not delivered by then is counted as failed export. Keep it below the pod's terminationGracePeriodSeconds")

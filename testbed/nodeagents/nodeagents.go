@@ -45,6 +45,8 @@ type Options struct {
 	Path func(*path.Path)
 	// Request receives named requests.
 	Request func(*path.Request)
+	// UDP configures each agent's UDP capture.
+	UDP agent.UDPConfig
 }
 
 // Start runs an agent for every node of cl. Each agent attaches to its
@@ -57,7 +59,7 @@ func Start(cl *testbed.Cluster, opt Options, log *slog.Logger) (*Set, error) {
 	s := &Set{cancel: cancel}
 	for _, n := range cl.Nodes {
 		cfg := agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n), Flow: opt.Flow,
-			Metadata: opt.Metadata, Export: opt.Export}
+			Metadata: opt.Metadata, Export: opt.Export, UDP: opt.UDP}
 		if opt.Kubeconfig != "" {
 			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig}
 		}

@@ -373,3 +373,11 @@ func pickPrefix(ps []netip.Prefix, like netip.Addr) netip.Prefix {
 	}
 	return netip.Prefix{}
 }
+
+// IPIn is the host's address in the family of a.
+func (h *Host) IPIn(a netip.Addr) netip.Addr {
+	if len(h.IPs) == 0 {
+		return pick([]netip.Addr{h.IP}, a)
+	}
+	return pick(h.IPs, a)
+}

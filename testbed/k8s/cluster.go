@@ -449,6 +449,12 @@ func (c *Cluster) webReady(ctx context.Context) ([]WebPod, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A dual-stack Service has one EndpointSlice per family; the pods'
+	// primary addresses are checked, and the other family's slice must
+	// list as many.
+	if eps, err = c.primaryEndpoints(eps); err != nil {
+		return nil, err
+	}
 	var ready []WebPod
 	for _, e := range eps {
 		if e.Ready {

@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"fmt"
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
@@ -82,4 +83,29 @@ func podStatusIPs(pod, host []netip.Addr) ([]corev1.PodIP, []corev1.HostIP) {
 		hips = append(hips, corev1.HostIP{IP: a.String()})
 	}
 	return pips, hips
+}
+
+// primaryEndpoints keeps the endpoints of the cluster's primary family; with
+// a second family its endpoints must be ready for the same pods.
+func (c *Cluster) primaryEndpoints(eps []Endpoint) ([]Endpoint, error) {
+	fams := c.TB.Families()
+	if len(fams) < 2 {
+		return eps, nil
+	}
+	primary := testbed.FamilyAddr(fams[0])
+	var out []Endpoint
+	other := map[string]bool{}
+	for _, e := range eps {
+		if e.IP.Is4() == primary.Is4() {
+			out = append(out, e)
+		} else if e.Ready {
+			other[e.Pod] = true
+		}
+	}
+	for _, e := range out {
+		if e.Ready && !other[e.Pod] {
+			return nil, fmt.Errorf("pod %s ready in %s but not in its second family's EndpointSlice", e.Pod, fams[0])
+		}
+	}
+	return out, nil
 }

@@ -37,7 +37,15 @@ func TestDualStackPodPlumbing(t *testing.T) {
 					t.Fatalf("%s: %d IPs %d pod CIDRs, want %d", n.Name, len(n.IPs), len(n.PodCIDRs), want)
 				}
 			}
-			for _, p := range c.Pods {
+			// A pod added at run time, as the kubelet stand-in adds them.
+			added, err := c.AddPodIPs(t.Context(), testbed.PodSpec{Name: "pod-x", Node: 2}, c.PodAddrs(c.Nodes[1], 50)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(added.IPs) != want {
+				t.Fatalf("added pod has %v, want %d addresses", added.IPs, want)
+			}
+			for _, p := range append(c.Pods, added) {
 				for _, ip := range p.IPs {
 					res := c.Request(t.Context(), c.ClientPod.Netns, netip.AddrPortFrom(ip, p.Port), 10, 10)
 					if res.Err != nil {

@@ -435,6 +435,7 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 	c := &p.Conn
 	a := []attribute.KeyValue{
 		attribute.String("network.transport", c.Proto()),
+		attribute.String("network.type", networkType(c.Target.Addr())),
 		attribute.String("network.peer.address", c.PodSrc.Addr().String()),
 		attribute.Int("network.peer.port", int(c.PodSrc.Port())),
 		attribute.String("server.address", c.Target.Addr().String()),

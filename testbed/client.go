@@ -75,12 +75,16 @@ func (c *CountingConn) Received() int64 { return c.received.Load() }
 func DialFrom(ctx context.Context, nsPath string, target netip.AddrPort) (*CountingConn, error) {
 	var conn net.Conn
 	err := netns.Do(nsPath, func() error {
-		// "tcp4" with a literal address makes the dialer connect on
-		// this goroutine; a parallel (happy-eyeballs) dial would
+		// "tcp4"/"tcp6" with a literal address makes the dialer connect
+		// on this goroutine; a parallel (happy-eyeballs) dial would
 		// create the socket on another thread, in the wrong netns.
 		d := net.Dialer{Timeout: dialTimeout}
+		network := "tcp4"
+		if target.Addr().Is6() {
+			network = "tcp6"
+		}
 		var err error
-		conn, err = d.DialContext(ctx, "tcp4", target.String())
+		conn, err = d.DialContext(ctx, network, target.String())
 		return err
 	})
 	if err != nil {

@@ -97,6 +97,11 @@ type Options struct {
 	// kubelet stand-in adds them at run time with AddPod. The client pod
 	// is always created.
 	NoStaticPods bool
+	// Family is the IP family of pods, nodes and Services; default
+	// FamilyIPv4. The built-in NAT writers render IPv4 only, so another
+	// family needs a Writer (a real kube-proxy); until one is set the
+	// cluster has no Service NAT.
+	Family Family
 }
 
 // DefaultPods is the pod layout used when Options.Pods is empty.
@@ -115,6 +120,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Mode == "" {
 		o.Mode = ModeIPTables
+	}
+	if o.Family == "" {
+		o.Family = FamilyIPv4
+	}
+	if err := validFamily(o.Family); err != nil {
+		return o, err
 	}
 	if o.Writer == nil {
 		if _, err := NewNATWriter(o.Mode); err != nil {
@@ -176,6 +187,10 @@ type Node struct {
 	Netns   string
 	IP      netip.Addr
 	PodCIDR netip.Prefix
+	// IPs and PodCIDRs are one per family of the cluster, primary (IP,
+	// PodCIDR) first.
+	IPs      []netip.Addr
+	PodCIDRs []netip.Prefix
 }
 
 // Pod is a pod namespace with one eth0 routed through its node.
@@ -189,6 +204,8 @@ type Pod struct {
 	Port uint16
 	// HostVeth is the node-side interface name (cali<N>).
 	HostVeth string
+	// IPs are the pod's addresses, one per family, IP first.
+	IPs []netip.Addr
 }
 
 // Host is a namespace outside the cluster: the external client or the LAN.
@@ -196,6 +213,9 @@ type Host struct {
 	Name  string
 	Netns string
 	IP    netip.Addr
+	// IPs are one per family of the cluster, IP first (the LAN's own
+	// namespace leaves it empty).
+	IPs []netip.Addr
 }
 
 // Cluster is a running testbed. Its methods are safe for concurrent use.
@@ -277,6 +297,9 @@ func newCluster(opt Options) *Cluster {
 	c.writer = opt.Writer
 	if c.writer == nil {
 		c.writer, _ = NewNATWriter(opt.Mode) // validated in withDefaults
+		if opt.Family != FamilyIPv4 {
+			c.writer = noNATWriter{}
+		}
 	}
 	ns := func(s string) string { return opt.Prefix + "-" + s }
 	c.LAN = &Host{Name: "lan", Netns: netnsPath(ns("lan")), IP: LANGateway}
@@ -319,6 +342,7 @@ func newCluster(opt Options) *Cluster {
 		LoadBalancerIP: netip.MustParseAddr("203.0.113.11"), TargetPort: PodPort, Policy: PolicyCluster,
 	}
 	c.state = ServiceState{ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR, Services: []Service{web, empty}}
+	c.applyFamily()
 	return c
 }
 
@@ -368,9 +392,13 @@ func (c *Cluster) build(ctx context.Context) error {
 		{"net.ipv6.conf.default.disable_ipv6", "1"},
 	}
 	for _, n := range names {
+		isNode := strings.HasPrefix(n, c.Opt.Prefix+"-node")
 		kv := base
-		if strings.HasPrefix(n, c.Opt.Prefix+"-node") {
-			kv = append(slices.Clone(base),
+		if c.Opt.has6() {
+			kv = append(slices.Clone(base[:2]), c.ipv6Sysctls(isNode)...)
+		}
+		if isNode {
+			kv = append(slices.Clone(kv),
 				[2]string{"net.ipv4.ip_forward", "1"},
 				// The per-destination ICMP limit (burst 6, then
 				// 1/s) would turn kube-proxy's REJECTs into
@@ -389,9 +417,12 @@ func (c *Cluster) build(ctx context.Context) error {
 		"link add name br0 type bridge",
 		"addr add " + netip.PrefixFrom(LANGateway, LANPrefix.Bits()).String() + " dev br0",
 		"link set br0 up",
-		"link add name veth-cl type veth peer name eth0 netns " + filepath.Base(c.Client.Netns),
-		"link set veth-cl master br0 up",
 	}
+	lanCmds = append(lanCmds, c.lan6Cmds()...)
+	lanCmds = append(lanCmds,
+		"link add name veth-cl type veth peer name eth0 netns "+filepath.Base(c.Client.Netns),
+		"link set veth-cl master br0 up",
+	)
 	for _, n := range c.Nodes {
 		v := fmt.Sprintf("veth-n%d", n.Index)
 		lanCmds = append(lanCmds,
@@ -408,39 +439,31 @@ func (c *Cluster) build(ctx context.Context) error {
 	}
 
 	for _, n := range c.Nodes {
+		// The IPv4 LAN address exists in every family: in an IPv6-only
+		// cluster it only reaches the host link.
 		cmds := []string{
 			"link set lo up",
-			"addr add " + netip.PrefixFrom(n.IP, LANPrefix.Bits()).String() + " dev eth0",
+			"addr add " + netip.PrefixFrom(lanIP4(n.Index), LANPrefix.Bits()).String() + " dev eth0",
 			"link set eth0 up",
 			"route add default via " + LANGateway.String(),
 		}
-		for _, o := range c.Nodes {
-			if o != n {
-				cmds = append(cmds, "route add "+o.PodCIDR.String()+" via "+o.IP.String())
-			}
-		}
+		cmds = append(cmds, c.node6Cmds(n)...)
+		cmds = append(cmds, c.nodeRoutes(n)...)
 		for _, p := range c.allPods() {
 			if p.Node != n {
 				continue
 			}
 			cmds = append(cmds,
 				"link add name "+p.HostVeth+" type veth peer name eth0 netns "+filepath.Base(p.Netns),
-				"link set "+p.HostVeth+" up",
-				"route add "+p.IP.String()+"/32 dev "+p.HostVeth+" scope link")
+				"link set "+p.HostVeth+" up")
+			cmds = append(cmds, c.podVethCmds(p, "add")...)
 		}
 		if err := ipBatch(ctx, filepath.Base(n.Netns), cmds); err != nil {
 			return fmt.Errorf("set up %s: %w", n.Name, err)
 		}
 	}
 	for _, p := range c.allPods() {
-		cmds := []string{
-			"link set lo up",
-			"addr add " + p.IP.String() + "/32 dev eth0",
-			"link set eth0 up",
-			"route add " + podGateway + " dev eth0 scope link",
-			"route add default via " + podGateway + " dev eth0",
-		}
-		if err := ipBatch(ctx, filepath.Base(p.Netns), cmds); err != nil {
+		if err := ipBatch(ctx, filepath.Base(p.Netns), podCmds(p)); err != nil {
 			return fmt.Errorf("set up pod %s: %w", p.Name, err)
 		}
 	}
@@ -448,6 +471,10 @@ func (c *Cluster) build(ctx context.Context) error {
 		"link set lo up",
 		"addr add " + netip.PrefixFrom(ClientIP, LANPrefix.Bits()).String() + " dev eth0",
 		"link set eth0 up",
+	}
+	if c.Opt.has6() {
+		clientCmds = append(clientCmds,
+			"addr add "+netip.PrefixFrom(ClientIP6, LANPrefix6.Bits()).String()+" dev eth0 nodad")
 	}
 	if err := ipBatch(ctx, filepath.Base(c.Client.Netns), clientCmds); err != nil {
 		return fmt.Errorf("set up client: %w", err)
@@ -588,8 +615,8 @@ func (c *Cluster) RouteLB(node int) error {
 	defer c.mu.Unlock()
 	var cmds []string
 	for _, s := range c.state.Services {
-		if s.LoadBalancerIP.IsValid() {
-			cmds = append(cmds, "route replace "+s.LoadBalancerIP.String()+"/32 via "+c.Nodes[node-1].IP.String())
+		for _, ip := range s.lbIPs() {
+			cmds = append(cmds, "route replace "+hostBits(ip)+" via "+c.Nodes[node-1].IPIn(ip).String())
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -634,7 +661,7 @@ func (c *Cluster) podLocked(name string) *Pod {
 // NodeByIP returns the node whose LAN address is ip, or nil.
 func (c *Cluster) NodeByIP(ip netip.Addr) *Node {
 	for _, n := range c.Nodes {
-		if n.IP == ip {
+		if n.IP == ip || slices.Contains(n.IPs, ip) {
 			return n
 		}
 	}

@@ -66,6 +66,12 @@ type Service struct {
 	// Cluster.
 	Policy    Policy
 	Endpoints []Endpoint
+	// ClusterIPs and LoadBalancerIPs are one per family of the cluster,
+	// ClusterIP and LoadBalancerIP (the primary family's) first. Endpoints
+	// list primary-family addresses: the built-in writers render IPv4
+	// only, and kube-proxy reads EndpointSlices instead.
+	ClusterIPs      []netip.Addr
+	LoadBalancerIPs []netip.Addr
 }
 
 // ClusterAddr is the ClusterIP:port, reachable only from inside the cluster.
@@ -106,6 +112,8 @@ func (s Service) localEndpoints(node string) []Endpoint {
 
 func (s Service) clone() Service {
 	s.Endpoints = slices.Clone(s.Endpoints)
+	s.ClusterIPs = slices.Clone(s.ClusterIPs)
+	s.LoadBalancerIPs = slices.Clone(s.LoadBalancerIPs)
 	return s
 }
 

@@ -112,6 +112,17 @@ func deleteHostLink(ctx context.Context, name string) error {
 // with spec.Name after spec.Delay. ip must lie in the node's pod CIDR and not
 // be in use by another pod. Names and IPs may be reused after RemovePod.
 func (c *Cluster) AddPod(ctx context.Context, spec PodSpec, ip netip.Addr) (*Pod, error) {
+	return c.AddPodIPs(ctx, spec, ip)
+}
+
+// AddPodIPs is AddPod for a pod with one address per family of the cluster
+// (see PodAddrs), the primary family's first. Each must lie in the node's
+// pod CIDR of its family.
+func (c *Cluster) AddPodIPs(ctx context.Context, spec PodSpec, ips ...netip.Addr) (*Pod, error) {
+	if len(ips) == 0 {
+		return nil, fmt.Errorf("add pod %s: no IP", spec.Name)
+	}
+	ip := ips[0]
 	if !validName.MatchString(spec.Name) || len(spec.Name) > 200 {
 		return nil, fmt.Errorf("add pod: invalid name %q", spec.Name)
 	}
@@ -119,11 +130,17 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec, ip netip.Addr) (*Pod
 		return nil, fmt.Errorf("add pod %s on node %d: only %d nodes", spec.Name, spec.Node, len(c.Nodes))
 	}
 	node := c.Nodes[spec.Node-1]
-	if !node.PodCIDR.Contains(ip) || ip == node.PodCIDR.Addr() {
-		return nil, fmt.Errorf("add pod %s: IP %s not usable in %s's pod CIDR %s", spec.Name, ip, node.Name, node.PodCIDR)
+	for _, a := range ips {
+		cidr := node.PodCIDR
+		if len(node.PodCIDRs) > 0 {
+			cidr = pickPrefix(node.PodCIDRs, a)
+		}
+		if !cidr.Contains(a) || a == cidr.Addr() {
+			return nil, fmt.Errorf("add pod %s: IP %s not usable in %s's pod CIDR %s", spec.Name, a, node.Name, cidr)
+		}
 	}
 	nsName := c.Opt.Prefix + "-p-" + spec.Name
-	pod := &Pod{Name: spec.Name, Node: node, Netns: netnsPath(nsName), IP: ip, Port: PodPort}
+	pod := &Pod{Name: spec.Name, Node: node, Netns: netnsPath(nsName), IP: ip, Port: PodPort, IPs: slices.Clone(ips)}
 
 	// Reserve name, IP and veth under the lock; the slow kernel work runs
 	// without it so that NAT syncs and other pods are not held up.
@@ -163,7 +180,7 @@ func (c *Cluster) checkNewPodLocked(pod *Pod) error {
 		return fmt.Errorf("add pod %s: cluster is down", pod.Name)
 	}
 	for _, p := range c.allPods() {
-		if p.Name == pod.Name || p.IP == pod.IP {
+		if p.Name == pod.Name || p.IP == pod.IP || slices.ContainsFunc(pod.IPs, func(a netip.Addr) bool { return slices.Contains(p.addrs(), a) }) {
 			return fmt.Errorf("add pod %s/%s: conflicts with pod %s/%s", pod.Name, pod.IP, p.Name, p.IP)
 		}
 	}
@@ -189,21 +206,24 @@ func (c *Cluster) buildPod(ctx context.Context, pod *Pod, delay time.Duration) (
 	c.inodes[nsName] = ino
 	c.mu.Unlock()
 
-	if err := writeSysctls(pod.Netns, [][2]string{
+	kv := [][2]string{
 		{"net.ipv4.conf.all.rp_filter", "0"},
 		{"net.ipv4.conf.default.rp_filter", "0"},
 		{"net.ipv6.conf.all.disable_ipv6", "1"},
 		{"net.ipv6.conf.default.disable_ipv6", "1"},
-	}); err != nil {
+	}
+	if c.Opt.has6() {
+		kv = append(kv[:2], c.ipv6Sysctls(false)...)
+	}
+	if err := writeSysctls(pod.Netns, kv); err != nil {
 		return nil, err
 	}
-	if err := ipBatch(ctx, filepath.Base(pod.Node.Netns), []string{
+	// replace, not add: a route left by a pod whose namespace the
+	// kernel has not finished dismantling must not block its IP.
+	if err := ipBatch(ctx, filepath.Base(pod.Node.Netns), append([]string{
 		"link add name " + pod.HostVeth + " type veth peer name eth0 netns " + nsName,
 		"link set " + pod.HostVeth + " up",
-		// replace, not add: a route left by a pod whose namespace the
-		// kernel has not finished dismantling must not block its IP.
-		"route replace " + pod.IP.String() + "/32 dev " + pod.HostVeth + " scope link",
-	}); err != nil {
+	}, c.podVethCmds(pod, "replace")...)); err != nil {
 		return nil, fmt.Errorf("wire into %s: %w", pod.Node.Name, err)
 	}
 	if err := writeSysctls(pod.Node.Netns, [][2]string{
@@ -213,13 +233,7 @@ func (c *Cluster) buildPod(ctx context.Context, pod *Pod, delay time.Duration) (
 	}); err != nil {
 		return nil, err
 	}
-	if err := ipBatch(ctx, nsName, []string{
-		"link set lo up",
-		"addr add " + pod.IP.String() + "/32 dev eth0",
-		"link set eth0 up",
-		"route add " + podGateway + " dev eth0 scope link",
-		"route add default via " + podGateway + " dev eth0",
-	}); err != nil {
+	if err := ipBatch(ctx, nsName, podCmds(pod)); err != nil {
 		return nil, fmt.Errorf("configure: %w", err)
 	}
 	return startPodServer(pod, delay)

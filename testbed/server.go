@@ -30,7 +30,7 @@ func startPodServer(pod *Pod, delay time.Duration) (*podServer, error) {
 	var ln net.Listener
 	err := netns.Do(pod.Netns, func() error {
 		var err error
-		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", pod.Port))
+		ln, err = net.Listen(pod.listenNetwork(), fmt.Sprintf(":%d", pod.Port))
 		return err
 	})
 	if err != nil {

@@ -42,6 +42,7 @@ enum counter {
 	C_CONNS_FULL = 3,     // conns map full: a connection goes untracked
 	C_CLOSE_UNTRACKED = 4, // close of a socket opened before the agent (or untracked)
 	C_RB_DROP_REQUEST = 5, // ring buffer full in on_send (request events)
+	C_RB_DROP_ICMP6 = 7,   // ring buffer full in on_kfree_skb (ICMPv6 refusals)
 	C_MAX = 8,
 };
 
@@ -305,6 +306,47 @@ int BPF_PROG(on_rst_rx, struct sock *sk)
 
 // Emits EV_REFUSED for an IPv4 TCP SYN carried by skb, seen from the host
 // that refuses it: saddr is where the SYN went, daddr where it came from.
+// refused6_from_skb is refused_from_skb for an IPv6 SYN (TCP directly after
+// the fixed header; a SYN with extension headers is not reported). want_src,
+// when set, must be the SYN's source (the ICMPv6 error's destination).
+static __always_inline void refused6_from_skb(const struct sk_buff *skb, __u32 slot, __s32 err, const __u32 *want_src)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	struct ipv6hdr ip6;
+	if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh) != 0)
+		return;
+	if (ip6.version != 6 || ip6.nexthdr != IPPROTO_TCP)
+		return;
+	if (want_src) {
+		const __u32 *got = ip6.saddr.in6_u.u6_addr32, *want = (const __u32 *)want_src;
+		if (got[0] != want[0] || got[1] != want[1] || got[2] != want[2] || got[3] != want[3])
+			return;
+	}
+	struct tcphdr th;
+	if (bpf_probe_read_kernel(&th, sizeof(th), head + nh + sizeof(ip6)) != 0)
+		return;
+	if (!th.syn || th.ack)
+		return;
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(slot);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = bpf_ktime_get_ns();
+	e->start_ns = e->ts_ns;
+	e->type = EV_REFUSED;
+	e->family = AF_INET6;
+	__builtin_memcpy(e->saddr, &ip6.daddr, 16);
+	__builtin_memcpy(e->daddr, &ip6.saddr, 16);
+	e->sport = bpf_ntohs(th.dest);
+	e->dport = bpf_ntohs(th.source);
+	e->netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	e->err = err;
+	bpf_ringbuf_submit(e, wakeup_flags());
+}
+
 static __always_inline void refused_from_skb(const struct sk_buff *skb, __u32 slot, __s32 err)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
@@ -312,6 +354,10 @@ static __always_inline void refused_from_skb(const struct sk_buff *skb, __u32 sl
 	struct iphdr ip;
 	if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh) != 0)
 		return;
+	if (ip.version == 6) {
+		refused6_from_skb(skb, slot, err, 0);
+		return;
+	}
 	if (ip.version != 4 || ip.protocol != IPPROTO_TCP)
 		return;
 	struct tcphdr th;
@@ -365,6 +411,65 @@ int BPF_PROG(on_icmp_send, const struct sk_buff *skb, int type, int code)
 	// Port unreachable is what connect() reports as ECONNREFUSED; any other
 	// unreachable code as EHOSTUNREACH.
 	refused_from_skb(skb, C_RB_DROP_ICMP, code == 3 ? 111 : 113);
+	return 0;
+}
+
+// IPv6 has no icmp_send tracepoint. kube-proxy's REJECT (ip6tables REJECT or
+// nft reject) sends an ICMPv6 error and then drops the SYN, on one CPU in one
+// call chain: icmp6_send looks up the error's route (fib6_table_lookup sees
+// a flow of proto ICMPv6 with the error's type and code, to the SYN's
+// source), then nf_hook_slow frees the SYN with reason NETFILTER_DROP
+// (kfree_skb). The pair names the refused SYN exactly; a DROP alone (no
+// ICMPv6 error) is not reported.
+#define IPPROTO_ICMPV6 58
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PORT_UNREACH 4
+#define ICMP6_PENDING_NS 1000000 // the drop follows the lookup within microseconds
+
+struct icmp6_pending {
+	__u64 ts;
+	__u8 daddr[16];
+	__u8 code;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct icmp6_pending);
+} icmp6_pend SEC(".maps");
+
+SEC("tp_btf/fib6_table_lookup")
+int BPF_PROG(on_fib6_lookup, const struct net *net, const struct fib6_result *res, struct fib6_table *table,
+	     const struct flowi6 *flp)
+{
+	if (!flp || flp->__fl_common.flowic_proto != IPPROTO_ICMPV6 || flp->uli.icmpt.type != ICMPV6_DEST_UNREACH)
+		return 0;
+	__u32 k = 0;
+	struct icmp6_pending *p = bpf_map_lookup_elem(&icmp6_pend, &k);
+	if (!p)
+		return 0;
+	p->ts = bpf_ktime_get_ns();
+	__builtin_memcpy(p->daddr, &flp->daddr, 16);
+	p->code = flp->uli.icmpt.code;
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)
+{
+	if (reason != SKB_DROP_REASON_NETFILTER_DROP || !skb)
+		return 0;
+	__u32 k = 0;
+	struct icmp6_pending *p = bpf_map_lookup_elem(&icmp6_pend, &k);
+	if (!p || !p->ts || bpf_ktime_get_ns() - p->ts > ICMP6_PENDING_NS)
+		return 0;
+	p->ts = 0;
+	__u32 want[4];
+	__builtin_memcpy(want, p->daddr, 16);
+	// Port unreachable is what connect() reports as ECONNREFUSED; any other
+	// unreachable code as EHOSTUNREACH.
+	refused6_from_skb(skb, C_RB_DROP_ICMP6, p->code == ICMPV6_PORT_UNREACH ? 111 : 113, want);
 	return 0;
 }
 

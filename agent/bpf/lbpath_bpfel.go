@@ -50,21 +50,32 @@ type LbpathEvent struct {
 	NetnsCookie   uint64
 }
 
+type LbpathIcmp6Pending struct {
+	_     structs.HostLayout
+	Ts    uint64
+	Daddr [16]uint8
+	Code  uint8
+	_     [7]byte
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	LbpathMapConns       = "conns"
-	LbpathMapCounters    = "counters"
-	LbpathMapEvents      = "events"
-	LbpathProgOnError    = "on_error"
-	LbpathProgOnIcmpSend = "on_icmp_send"
-	LbpathProgOnRecv     = "on_recv"
-	LbpathProgOnRstRx    = "on_rst_rx"
-	LbpathProgOnRstTx    = "on_rst_tx"
-	LbpathProgOnSend     = "on_send"
-	LbpathProgOnState    = "on_state"
-	LbpathVarUnusedEvent = "unused_event"
+	LbpathMapConns         = "conns"
+	LbpathMapCounters      = "counters"
+	LbpathMapEvents        = "events"
+	LbpathMapIcmp6Pend     = "icmp6_pend"
+	LbpathProgOnError      = "on_error"
+	LbpathProgOnFib6Lookup = "on_fib6_lookup"
+	LbpathProgOnIcmpSend   = "on_icmp_send"
+	LbpathProgOnKfreeSkb   = "on_kfree_skb"
+	LbpathProgOnRecv       = "on_recv"
+	LbpathProgOnRstRx      = "on_rst_rx"
+	LbpathProgOnRstTx      = "on_rst_tx"
+	LbpathProgOnSend       = "on_send"
+	LbpathProgOnState      = "on_state"
+	LbpathVarUnusedEvent   = "unused_event"
 )
 
 // LoadLbpath returns the embedded CollectionSpec for Lbpath.
@@ -109,22 +120,25 @@ type LbpathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbpathProgramSpecs struct {
-	OnError    *ebpf.ProgramSpec `ebpf:"on_error"`
-	OnIcmpSend *ebpf.ProgramSpec `ebpf:"on_icmp_send"`
-	OnRecv     *ebpf.ProgramSpec `ebpf:"on_recv"`
-	OnRstRx    *ebpf.ProgramSpec `ebpf:"on_rst_rx"`
-	OnRstTx    *ebpf.ProgramSpec `ebpf:"on_rst_tx"`
-	OnSend     *ebpf.ProgramSpec `ebpf:"on_send"`
-	OnState    *ebpf.ProgramSpec `ebpf:"on_state"`
+	OnError      *ebpf.ProgramSpec `ebpf:"on_error"`
+	OnFib6Lookup *ebpf.ProgramSpec `ebpf:"on_fib6_lookup"`
+	OnIcmpSend   *ebpf.ProgramSpec `ebpf:"on_icmp_send"`
+	OnKfreeSkb   *ebpf.ProgramSpec `ebpf:"on_kfree_skb"`
+	OnRecv       *ebpf.ProgramSpec `ebpf:"on_recv"`
+	OnRstRx      *ebpf.ProgramSpec `ebpf:"on_rst_rx"`
+	OnRstTx      *ebpf.ProgramSpec `ebpf:"on_rst_tx"`
+	OnSend       *ebpf.ProgramSpec `ebpf:"on_send"`
+	OnState      *ebpf.ProgramSpec `ebpf:"on_state"`
 }
 
 // LbpathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbpathMapSpecs struct {
-	Conns    *ebpf.MapSpec `ebpf:"conns"`
-	Counters *ebpf.MapSpec `ebpf:"counters"`
-	Events   *ebpf.MapSpec `ebpf:"events"`
+	Conns     *ebpf.MapSpec `ebpf:"conns"`
+	Counters  *ebpf.MapSpec `ebpf:"counters"`
+	Events    *ebpf.MapSpec `ebpf:"events"`
+	Icmp6Pend *ebpf.MapSpec `ebpf:"icmp6_pend"`
 }
 
 // LbpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -154,9 +168,10 @@ func (o *LbpathObjects) Close() error {
 //
 // It can be passed to LoadLbpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbpathMaps struct {
-	Conns    *ebpf.Map `ebpf:"conns"`
-	Counters *ebpf.Map `ebpf:"counters"`
-	Events   *ebpf.Map `ebpf:"events"`
+	Conns     *ebpf.Map `ebpf:"conns"`
+	Counters  *ebpf.Map `ebpf:"counters"`
+	Events    *ebpf.Map `ebpf:"events"`
+	Icmp6Pend *ebpf.Map `ebpf:"icmp6_pend"`
 }
 
 func (m *LbpathMaps) Close() error {
@@ -164,6 +179,7 @@ func (m *LbpathMaps) Close() error {
 		m.Conns,
 		m.Counters,
 		m.Events,
+		m.Icmp6Pend,
 	)
 }
 
@@ -178,19 +194,23 @@ type LbpathVariables struct {
 //
 // It can be passed to LoadLbpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbpathPrograms struct {
-	OnError    *ebpf.Program `ebpf:"on_error"`
-	OnIcmpSend *ebpf.Program `ebpf:"on_icmp_send"`
-	OnRecv     *ebpf.Program `ebpf:"on_recv"`
-	OnRstRx    *ebpf.Program `ebpf:"on_rst_rx"`
-	OnRstTx    *ebpf.Program `ebpf:"on_rst_tx"`
-	OnSend     *ebpf.Program `ebpf:"on_send"`
-	OnState    *ebpf.Program `ebpf:"on_state"`
+	OnError      *ebpf.Program `ebpf:"on_error"`
+	OnFib6Lookup *ebpf.Program `ebpf:"on_fib6_lookup"`
+	OnIcmpSend   *ebpf.Program `ebpf:"on_icmp_send"`
+	OnKfreeSkb   *ebpf.Program `ebpf:"on_kfree_skb"`
+	OnRecv       *ebpf.Program `ebpf:"on_recv"`
+	OnRstRx      *ebpf.Program `ebpf:"on_rst_rx"`
+	OnRstTx      *ebpf.Program `ebpf:"on_rst_tx"`
+	OnSend       *ebpf.Program `ebpf:"on_send"`
+	OnState      *ebpf.Program `ebpf:"on_state"`
 }
 
 func (p *LbpathPrograms) Close() error {
 	return _LbpathClose(
 		p.OnError,
+		p.OnFib6Lookup,
 		p.OnIcmpSend,
+		p.OnKfreeSkb,
 		p.OnRecv,
 		p.OnRstRx,
 		p.OnRstTx,

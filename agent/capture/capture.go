@@ -43,6 +43,10 @@ const (
 	counterRingDropRequest
 )
 
+// counterRingDropICMP6 is C_RB_DROP_ICMP6: slot 7, apart from the iota run
+// so that slots added by others in between do not move it.
+const counterRingDropICMP6 = 7
+
 // PollInterval bounds how long an event can wait in the ring buffer when
 // the kernel did not wake the reader.
 const PollInterval = 20 * time.Millisecond
@@ -72,6 +76,9 @@ var programs = []program{
 	{name: "on_error", required: false, dropSlot: -1},
 	{name: "on_rst_tx", required: false, dropSlot: counterRingDropRstTx},
 	{name: "on_icmp_send", required: false, dropSlot: counterRingDropICMP},
+	// ICMPv6 refusals: the error's route lookup and the SYN's drop.
+	{name: "on_fib6_lookup", required: false, dropSlot: -1},
+	{name: "on_kfree_skb", required: false, dropSlot: counterRingDropICMP6},
 	{name: "on_recv", required: false, dropSlot: -1},
 	{name: "on_send", required: false, dropSlot: counterRingDropRequest},
 }

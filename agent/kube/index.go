@@ -2,6 +2,7 @@ package kube
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -186,40 +187,51 @@ func sameNode(a, b *Node) bool      { return a.Name == b.Name }
 func sameSvc(a, b *Service) bool    { return a.Key() == b.Key() }
 func sameEP(a, b *svcEndpoint) bool { return a.Service == b.Service && a.PodName == b.PodName }
 
-// SetPod adds or updates a pod.
+// SetPod adds or updates a pod. Every address of status.podIPs is indexed,
+// so both families of a dual-stack pod are named.
 func (x *Index) SetPod(p *Pod, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	key := p.Namespace + "/" + p.Name
 	old := x.pods[key]
 	if old != nil {
-		if old.IP != p.IP && old.IP.IsValid() && !old.HostNetwork {
-			closeSpan(x.podByIP, old.IP, old, now, samePod, x.cfg, &x.Stats)
+		if !old.HostNetwork {
+			for _, ip := range old.Addrs() {
+				if !slices.Contains(p.Addrs(), ip) || p.HostNetwork {
+					closeSpan(x.podByIP, ip, old, now, samePod, x.cfg, &x.Stats)
+				}
+			}
 		}
 		x.closeHostPorts(old, now)
 	}
 	x.pods[key] = p
 	x.setUID(p, now)
-	if p.IP.IsValid() && !p.HostNetwork {
-		openSpan(x.podByIP, p.IP, p, now, samePod, x.cfg, &x.Stats)
+	if !p.HostNetwork {
 		// A pod that stops being a valid target (ready → not ready, or
 		// terminating) may lose its IP to a new pod before its object goes.
 		wasValid := old != nil && old.Ready && !old.Terminating
-		if p.Terminating || (wasValid && !p.Ready) {
-			weaken(x.podByIP, p.IP, p, now, samePod)
+		for _, ip := range p.Addrs() {
+			openSpan(x.podByIP, ip, p, now, samePod, x.cfg, &x.Stats)
+			if p.Terminating || (wasValid && !p.Ready) {
+				weaken(x.podByIP, ip, p, now, samePod)
+			}
 		}
 	}
-	if n := x.nodes[p.Node]; n != nil && n.InternalIP.IsValid() {
-		for _, hp := range p.HostPorts {
-			openSpan(x.hostPort, netip.AddrPortFrom(n.InternalIP, hp.HostPort), p, now, samePod, x.cfg, &x.Stats)
+	if n := x.nodes[p.Node]; n != nil {
+		for _, ip := range n.Addrs() {
+			for _, hp := range p.HostPorts {
+				openSpan(x.hostPort, netip.AddrPortFrom(ip, hp.HostPort), p, now, samePod, x.cfg, &x.Stats)
+			}
 		}
 	}
 }
 
 func (x *Index) closeHostPorts(p *Pod, now time.Time) {
-	if n := x.nodes[p.Node]; n != nil && n.InternalIP.IsValid() {
-		for _, hp := range p.HostPorts {
-			closeSpan(x.hostPort, netip.AddrPortFrom(n.InternalIP, hp.HostPort), p, now, samePod, x.cfg, &x.Stats)
+	if n := x.nodes[p.Node]; n != nil {
+		for _, ip := range n.Addrs() {
+			for _, hp := range p.HostPorts {
+				closeSpan(x.hostPort, netip.AddrPortFrom(ip, hp.HostPort), p, now, samePod, x.cfg, &x.Stats)
+			}
 		}
 	}
 }
@@ -235,22 +247,29 @@ func (x *Index) DeletePod(namespace, name string, now time.Time) {
 	}
 	delete(x.pods, key)
 	x.deleteUID(old, now)
-	if old.IP.IsValid() && !old.HostNetwork {
-		closeSpan(x.podByIP, old.IP, old, now, samePod, x.cfg, &x.Stats)
+	if !old.HostNetwork {
+		for _, ip := range old.Addrs() {
+			closeSpan(x.podByIP, ip, old, now, samePod, x.cfg, &x.Stats)
+		}
 	}
 	x.closeHostPorts(old, now)
 }
 
-// SetNode adds or updates a node.
+// SetNode adds or updates a node; every InternalIP (both families on a
+// dual-stack node) names it.
 func (x *Index) SetNode(n *Node, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if old := x.nodes[n.Name]; old != nil && old.InternalIP != n.InternalIP && old.InternalIP.IsValid() {
-		closeSpan(x.nodeByIP, old.InternalIP, old, now, sameNode, x.cfg, &x.Stats)
+	if old := x.nodes[n.Name]; old != nil {
+		for _, ip := range old.Addrs() {
+			if !n.HasAddr(ip) {
+				closeSpan(x.nodeByIP, ip, old, now, sameNode, x.cfg, &x.Stats)
+			}
+		}
 	}
 	x.nodes[n.Name] = n
-	if n.InternalIP.IsValid() {
-		openSpan(x.nodeByIP, n.InternalIP, n, now, sameNode, x.cfg, &x.Stats)
+	for _, ip := range n.Addrs() {
+		openSpan(x.nodeByIP, ip, n, now, sameNode, x.cfg, &x.Stats)
 	}
 }
 
@@ -260,8 +279,8 @@ func (x *Index) DeleteNode(name string, now time.Time) {
 	defer x.mu.Unlock()
 	if old := x.nodes[name]; old != nil {
 		delete(x.nodes, name)
-		if old.InternalIP.IsValid() {
-			closeSpan(x.nodeByIP, old.InternalIP, old, now, sameNode, x.cfg, &x.Stats)
+		for _, ip := range old.Addrs() {
+			closeSpan(x.nodeByIP, ip, old, now, sameNode, x.cfg, &x.Stats)
 		}
 	}
 }

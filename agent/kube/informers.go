@@ -286,6 +286,7 @@ func strip(o any) (any, error) {
 			}
 		}
 		p.Status.PodIP = v.Status.PodIP
+		p.Status.PodIPs = v.Status.PodIPs
 		p.Status.Phase = v.Status.Phase
 		for _, c := range v.Status.Conditions {
 			if c.Type == corev1.PodReady {
@@ -385,6 +386,11 @@ func PodFrom(v *corev1.Pod) *Pod {
 		Terminating:  v.DeletionTimestamp != nil,
 		ReplicaSet:   ownerOf(v.ObjectMeta, "ReplicaSet"),
 		TemplateHash: v.Labels["pod-template-hash"]}
+	for _, a := range v.Status.PodIPs {
+		if ip := parseIP(a.IP); ip.IsValid() {
+			p.IPs = append(p.IPs, ip)
+		}
+	}
 	for _, c := range v.Status.Conditions {
 		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
 			p.Ready = true
@@ -413,8 +419,15 @@ func (w *Watcher) onNode(o any) {
 	}
 	n := &Node{Name: v.Name, Zone: v.Labels["topology.kubernetes.io/zone"]}
 	for _, a := range v.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP && !n.InternalIP.IsValid() {
-			n.InternalIP = parseIP(a.Address)
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		ip := parseIP(a.Address)
+		if !n.InternalIP.IsValid() {
+			n.InternalIP = ip
+		}
+		if ip.IsValid() {
+			n.InternalIPs = append(n.InternalIPs, ip)
 		}
 	}
 	w.Index.SetNode(n, time.Now())

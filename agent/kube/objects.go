@@ -8,6 +8,7 @@ package kube
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -16,13 +17,16 @@ type Pod struct {
 	Namespace, Name, UID string
 	Node                 string
 	IP                   netip.Addr
-	HostNetwork          bool
-	Ready                bool
-	Terminating          bool
-	ReplicaSet           string
-	Deployment           string
-	TemplateHash         string // label pod-template-hash
-	HostPorts            []HostPort
+	// IPs are all of status.podIPs (IP is the first); a dual-stack pod
+	// has one per family. Empty means IP alone.
+	IPs          []netip.Addr
+	HostNetwork  bool
+	Ready        bool
+	Terminating  bool
+	ReplicaSet   string
+	Deployment   string
+	TemplateHash string // label pod-template-hash
+	HostPorts    []HostPort
 }
 
 // HostPort is a container port published on the node's address.
@@ -34,7 +38,51 @@ type HostPort struct {
 type Node struct {
 	Name       string
 	InternalIP netip.Addr
-	Zone       string // topology.kubernetes.io/zone
+	// InternalIPs are all InternalIP addresses, both families on a
+	// dual-stack node (InternalIP is the first). Empty means InternalIP alone.
+	InternalIPs []netip.Addr
+	Zone        string // topology.kubernetes.io/zone
+}
+
+// Addrs are every address of the pod: IPs, or IP alone.
+func (p *Pod) Addrs() []netip.Addr { return addrsOf(p.IP, p.IPs) }
+
+// Addrs are every InternalIP of the node: InternalIPs, or InternalIP alone.
+func (n *Node) Addrs() []netip.Addr { return addrsOf(n.InternalIP, n.InternalIPs) }
+
+// AddrFor is the node's InternalIP in a's family, or the zero Addr when the
+// node has none in that family.
+func (n *Node) AddrFor(a netip.Addr) netip.Addr {
+	for _, ip := range n.Addrs() {
+		if ip.Is4() == a.Is4() {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+// HasAddr reports whether a is one of the node's InternalIPs.
+func (n *Node) HasAddr(a netip.Addr) bool {
+	for _, ip := range n.Addrs() {
+		if ip == a {
+			return true
+		}
+	}
+	return false
+}
+
+// addrsOf is first plus the valid, distinct entries of all.
+func addrsOf(first netip.Addr, all []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	if first.IsValid() {
+		out = append(out, first)
+	}
+	for _, a := range all {
+		if a.IsValid() && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // ServicePort is one TCP port of a Service.

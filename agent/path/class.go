@@ -225,11 +225,12 @@ func (n *Namer) endOf(ap netip.AddrPort, t time.Time, server, late bool) end {
 // current reports whether the index held every change of the cluster at t.
 func (n *Namer) current(t time.Time) bool { return n.cfg.Current != nil && n.cfg.Current(t) }
 
-// notNodeIP reports whether a is certainly not this node's InternalIP (on
+// notNodeIP reports whether a is certainly none of this node's InternalIPs
+// (either family; on
 // which the index keeps host ports): false while the node is unknown.
 func (n *Namer) notNodeIP(a netip.Addr) bool {
 	node, ok := n.idx.NodeByName(n.cfg.Node)
-	return ok && node.InternalIP.IsValid() && node.InternalIP != a
+	return ok && len(node.Addrs()) > 0 && !node.HasAddr(a)
 }
 
 // classify decides p's class and whether naming is complete: every end

@@ -69,6 +69,10 @@ type Options struct {
 	// Images are built and imported into every real node besides the
 	// testbed's own (pause, podserver, coredns); e.g. images.Product.
 	Images []images.Image
+	// Family is the IP family of pods, nodes and Services; default
+	// IPv4. IPv6 and dual-stack run with the kubelet stand-in (the real
+	// nodes' CNI config is IPv4-only).
+	Family testbed.Family
 }
 
 // Cluster is a testbed driven by a real control plane: kube-apiserver and
@@ -138,7 +142,7 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 	// which needs the apiserver, which needs the host link.
 	tb, err := testbed.Up(ctx, testbed.Options{
 		Prefix: opt.Prefix, Mode: opt.Mode, Policy: opt.Policy, Nodes: opt.Nodes,
-		Logger: opt.Logger, HostLink: true, NoStaticPods: true,
+		Logger: opt.Logger, HostLink: true, NoStaticPods: true, Family: opt.Family,
 	})
 	if err != nil {
 		return nil, err
@@ -155,7 +159,7 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 func (c *Cluster) up(ctx context.Context) error {
 	cp, err := Start(ctx, ControlPlaneOptions{
 		Binaries: c.opt.Binaries, BindAddress: testbed.HostIP, Name: c.opt.Prefix, Logger: c.log,
-		RealNodes: c.opt.RealNodes,
+		RealNodes: c.opt.RealNodes, ServiceCIDRs: c.TB.ServiceCIDRs(), ClusterCIDRs: c.dualCIDRs(),
 	})
 	if err != nil {
 		return err
@@ -220,7 +224,9 @@ func (c *Cluster) SetMode(ctx context.Context, mode testbed.ProxyMode) error {
 		// and two kube-proxies per node would fight over the rules.
 		return c.TB.Sync(ctx)
 	}
-	if err := c.TB.SetWriter(ctx, NewKubeProxyWriter(c.CP, mode)); err != nil {
+	w := NewKubeProxyWriter(c.CP, mode)
+	w.ClusterCIDRs = c.TB.ClusterCIDRs()
+	if err := c.TB.SetWriter(ctx, w); err != nil {
 		return fmt.Errorf("switch kube-proxy to %s: %w", mode, err)
 	}
 	return nil
@@ -235,7 +241,7 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 			ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
 				HostnameLabel: n.Name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
 			}},
-			Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
+			Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: prefixStrings(n.PodCIDR, n.PodCIDRs)},
 		}
 		created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if err != nil {
@@ -249,10 +255,7 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 		}
 		now := metav1.Now()
 		created.Status = corev1.NodeStatus{
-			Addresses: []corev1.NodeAddress{
-				{Type: corev1.NodeInternalIP, Address: n.IP.String()},
-				{Type: corev1.NodeHostName, Address: n.Name},
-			},
+			Addresses: append(internalIPs(n), corev1.NodeAddress{Type: corev1.NodeHostName, Address: n.Name}),
 			Conditions: []corev1.NodeCondition{{
 				Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
 				LastHeartbeatTime: now, LastTransitionTime: now,
@@ -279,7 +282,9 @@ func (c *Cluster) createServices(ctx context.Context) error {
 			Spec: corev1.ServiceSpec{
 				Type:                  corev1.ServiceTypeLoadBalancer,
 				ClusterIP:             s.ClusterIP.String(),
-				ClusterIPs:            []string{s.ClusterIP.String()},
+				ClusterIPs:            addrStrings(s.ClusterIP, s.ClusterIPs),
+				IPFamilyPolicy:        familyPolicy(s.ClusterIPs),
+				IPFamilies:            ipFamilies(s.ClusterIPs),
 				Selector:              selector,
 				ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicy(s.Policy),
 				Ports: []corev1.ServicePort{{
@@ -292,7 +297,10 @@ func (c *Cluster) createServices(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("create Service %s: %w", s.Name, err)
 		}
-		created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: s.LoadBalancerIP.String()}}
+		created.Status.LoadBalancer.Ingress = nil
+		for _, ip := range addrStrings(s.LoadBalancerIP, s.LoadBalancerIPs) {
+			created.Status.LoadBalancer.Ingress = append(created.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: ip})
+		}
 		if _, err := c.Client.CoreV1().Services(Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("publish LB IP of Service %s: %w", s.Name, err)
 		}
@@ -439,6 +447,12 @@ func (c *Cluster) webReady(ctx context.Context) ([]WebPod, error) {
 	}
 	eps, err := c.WebEndpoints(ctx)
 	if err != nil {
+		return nil, err
+	}
+	// A dual-stack Service has one EndpointSlice per family; the pods'
+	// primary addresses are checked, and the other family's slice must
+	// list as many.
+	if eps, err = c.primaryEndpoints(eps); err != nil {
 		return nil, err
 	}
 	var ready []WebPod

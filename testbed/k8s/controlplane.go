@@ -86,6 +86,14 @@ type ControlPlaneOptions struct {
 	// published at BindAddress (in-cluster clients reach it through
 	// kube-proxy).
 	RealNodes bool
+	// ServiceCIDRs are kube-apiserver's --service-cluster-ip-range, one
+	// per family, primary first; default testbed.ServiceCIDR. Two make the
+	// cluster dual-stack.
+	ServiceCIDRs []netip.Prefix
+	// ClusterCIDRs are the pod ranges, one per family, given to
+	// kube-controller-manager (--cluster-cidr); default none (the testbed
+	// sets each Node's podCIDRs itself).
+	ClusterCIDRs []netip.Prefix
 }
 
 // ControlPlane is a running etcd, kube-apiserver and kube-controller-manager,
@@ -211,7 +219,10 @@ func Start(ctx context.Context, opt ControlPlaneOptions) (*ControlPlane, error) 
 
 func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) error {
 	bind := opt.BindAddress.String()
-	ips := []net.IP{net.ParseIP(bind), net.ParseIP("127.0.0.1"), kubernetesServiceIP()}
+	if len(opt.ServiceCIDRs) == 0 {
+		opt.ServiceCIDRs = []netip.Prefix{testbed.ServiceCIDR}
+	}
+	ips := []net.IP{net.ParseIP(bind), net.ParseIP("127.0.0.1"), kubernetesServiceIP(opt.ServiceCIDRs[0])}
 	pk, err := writePKI(cp.Dir, ips)
 	if err != nil {
 		return err
@@ -285,7 +296,7 @@ func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) erro
 		"--client-ca-file=" + pk.caFile,
 		"--token-auth-file=" + tokenFile,
 		"--authorization-mode=RBAC",
-		"--service-cluster-ip-range=" + testbed.ServiceCIDR.String(),
+		"--service-cluster-ip-range=" + joinPrefixes(opt.ServiceCIDRs),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + pk.saPubFile,
 		"--service-account-signing-key-file=" + pk.saKeyFile,
@@ -327,13 +338,14 @@ func (cp *ControlPlane) start(ctx context.Context, opt ControlPlaneOptions) erro
 	if opt.RealNodes {
 		controllers = append(slices.Clone(Controllers), RealNodeControllers...)
 	}
-	if _, err := cp.startProcess("kube-controller-manager", cp.Binaries.ControllerManager,
-		"--kubeconfig="+kcmKubeconfig,
+	kcmArgs := append([]string{
+		"--kubeconfig=" + kcmKubeconfig,
 		"--leader-elect=false",
 		"--use-service-account-credentials=false",
 		"--secure-port=0",
-		"--controllers="+strings.Join(controllers, ","),
-	); err != nil {
+		"--controllers=" + strings.Join(controllers, ","),
+	}, clusterCIDRArgs(opt.ClusterCIDRs)...)
+	if _, err := cp.startProcess("kube-controller-manager", cp.Binaries.ControllerManager, kcmArgs...); err != nil {
 		return err
 	}
 	if opt.RealNodes {
@@ -444,8 +456,18 @@ func (cp *ControlPlane) NodeKubeconfig(path, node string) error {
 // client certificates.
 func (cp *ControlPlane) CAFile() string { return cp.pki.caFile }
 
-func kubernetesServiceIP() net.IP {
-	return testbed.ServiceCIDR.Addr().Next().AsSlice()
+// kubernetesServiceIP is the kubernetes Service's ClusterIP: the first
+// address of the primary service range.
+func kubernetesServiceIP(primary netip.Prefix) net.IP {
+	return primary.Masked().Addr().Next().AsSlice()
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	var s []string
+	for _, p := range ps {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ",")
 }
 
 func (cp *ControlPlane) writeKubeconfig(path, user, token string) error {
@@ -599,4 +621,19 @@ func (cp *ControlPlane) deadChild() *process {
 		}
 	}
 	return nil
+}
+
+// clusterCIDRArgs give kube-controller-manager the pod ranges of every family
+// (it allocates nothing: the testbed sets each Node's podCIDRs).
+func clusterCIDRArgs(cidrs []netip.Prefix) []string {
+	if len(cidrs) == 0 {
+		return nil
+	}
+	args := []string{"--cluster-cidr=" + joinPrefixes(cidrs)}
+	for _, c := range cidrs {
+		if c.Addr().Is6() {
+			args = append(args, fmt.Sprintf("--node-cidr-mask-size-ipv6=%d", testbed.NodeCIDRMask6))
+		}
+	}
+	return args
 }

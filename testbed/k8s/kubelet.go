@@ -84,6 +84,8 @@ type runningPod struct {
 	uid  types.UID
 	node int
 	ip   netip.Addr
+	// ips are one per family of the cluster, ip first.
+	ips []netip.Addr
 }
 
 // RunKubelet starts the loop and returns once its pod cache is synced; ctx
@@ -333,11 +335,13 @@ func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node 
 		used[rp.ip] = true
 	}
 	var ip netip.Addr
+	var ips []netip.Addr
 	for i := range k.opt.PoolSize {
-		a := n.PodCIDR.Addr().As4()
-		a[3] = byte(10 + i)
-		if c := netip.AddrFrom4(a); !used[c] && c != testbed.ClientPodIP {
-			ip = c
+		// One address per family of the cluster, the same host number
+		// in each (the IPv4 layout's 10.244.N.(10+i) and its twin).
+		all := k.tb.PodAddrs(n, byte(10+i))
+		if c := all[0]; !used[c] && c != testbed.ClientPodIP && c != testbed.ClientPodIP6 {
+			ip, ips = c, all
 			break
 		}
 	}
@@ -345,10 +349,10 @@ func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node 
 	if !ip.IsValid() {
 		return nil, fmt.Errorf("pod %s: all %d IPs of %s's pool are in use", key, k.opt.PoolSize, n.Name)
 	}
-	if _, err := k.tb.AddPod(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay}, ip); err != nil {
+	if _, err := k.tb.AddPodIPs(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay}, ips...); err != nil {
 		return nil, err
 	}
-	rp := &runningPod{uid: pod.UID, node: node, ip: ip}
+	rp := &runningPod{uid: pod.UID, node: node, ip: ip, ips: ips}
 	k.mu.Lock()
 	k.running[key] = rp
 	k.assignments = append(k.assignments, Assignment{Pod: pod.Name, UID: pod.UID, Node: n.Name, IP: ip, At: time.Now()})
@@ -387,12 +391,13 @@ func (k *Kubelet) reportRunning(ctx context.Context, pod *corev1.Pod, rp *runnin
 			State:       corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		})
 	}
+	podIPs, hostIPs := podStatusIPs(rp.ips, node.IPs)
 	p.Status = corev1.PodStatus{
 		Phase:             corev1.PodRunning,
 		HostIP:            node.IP.String(),
-		HostIPs:           []corev1.HostIP{{IP: node.IP.String()}},
+		HostIPs:           hostIPs,
 		PodIP:             rp.ip.String(),
-		PodIPs:            []corev1.PodIP{{IP: rp.ip.String()}},
+		PodIPs:            podIPs,
 		StartTime:         &now,
 		QOSClass:          corev1.PodQOSBestEffort,
 		ContainerStatuses: cs,

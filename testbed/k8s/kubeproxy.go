@@ -37,6 +37,10 @@ type KubeProxyWriter struct {
 	// Mode is iptables or nftables.
 	Mode testbed.ProxyMode
 
+	// ClusterCIDRs are kube-proxy's clusterCIDR, one per family; default
+	// testbed.ClusterCIDR.
+	ClusterCIDRs []netip.Prefix
+
 	cp *ControlPlane
 
 	mu    sync.Mutex
@@ -112,7 +116,7 @@ iptables:
   minSyncPeriod: 0s
 nftables:
   minSyncPeriod: 0s
-`, w.cp.KubeProxyKubeconfig, node.Name, w.Mode, testbed.ClusterCIDR,
+`, w.cp.KubeProxyKubeconfig, node.Name, w.Mode, w.clusterCIDR(),
 		netip.AddrPortFrom(node.IP, kubeProxyHealthzPort),
 		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), kubeProxyMetricsPort))
 	// kube-proxy exits when its config file changes, so every start gets
@@ -218,4 +222,12 @@ func (w *KubeProxyWriter) Stop() {
 	for _, p := range procs {
 		w.cp.stopProcess(p, 3*time.Second)
 	}
+}
+
+// clusterCIDR is the comma-separated clusterCIDR of every family.
+func (w *KubeProxyWriter) clusterCIDR() string {
+	if len(w.ClusterCIDRs) == 0 {
+		return testbed.ClusterCIDR.String()
+	}
+	return joinPrefixes(w.ClusterCIDRs)
 }

@@ -67,6 +67,7 @@ type Exporter struct {
 
 	nodeStats atomic.Pointer[nodeStatsFunc]
 	nodeConns atomic.Pointer[nodeConnsFunc]
+	natHidden [len(path.NATNotVisibleReasons)]atomic.Uint64 // natvisible.go
 	// healthProbes reads the load-balancer probes (lbprobes.go).
 	healthProbes atomic.Pointer[healthProbesFunc]
 
@@ -261,6 +262,7 @@ func (e *Exporter) metricExporter(ctx context.Context) (sdkmetric.Exporter, erro
 // then queued; when the queue is full they are dropped and counted.
 func (e *Exporter) Path(p *path.Path) {
 	e.Stats.Connections.Add(1)
+	e.countNATNotVisible(p)
 	// The node's own connections (exported only when the agent asks for
 	// their spans) stay out of the per-pod metrics: their peers are
 	// unbounded addresses, and they are counted by class instead.

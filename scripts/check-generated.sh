@@ -7,12 +7,12 @@ if ! command -v clang >/dev/null 2>&1; then
   echo "check-generated: clang missing, cannot regenerate" >&2
   exit 1
 fi
-files=(agent/bpf/lbpath_bpfel.go agent/bpf/lbpath_bpfel.o)
+files=(agent/bpf/lbpath_bpfel.go agent/bpf/lbpath_bpfel.o agent/bpf/connect_bpfel.go agent/bpf/connect_bpfel.o)
 before=$(sha256sum "${files[@]}")
 go generate ./agent/bpf/
 after=$(sha256sum "${files[@]}")
 if [ "$before" != "$after" ]; then
-  echo "generated eBPF code drifted from agent/bpf/lbpath.bpf.c; commit the regenerated files:" >&2
+  echo "generated eBPF code drifted from agent/bpf/*.bpf.c; commit the regenerated files:" >&2
   git status --short -- agent/bpf >&2 || true
   exit 1
 fi

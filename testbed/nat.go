@@ -151,6 +151,8 @@ func NewNATWriter(mode ProxyMode) (NATWriter, error) {
 		return IPTablesWriter{}, nil
 	case ModeNFTables:
 		return NFTablesWriter{}, nil
+	case ModeSocketLB:
+		return SocketLBWriter{}, nil
 	default:
 		return nil, fmt.Errorf("unknown proxy mode %q", mode)
 	}

@@ -155,6 +155,11 @@ func (c *Cluster) AddPod(ctx context.Context, spec PodSpec, ip netip.Addr) (*Pod
 		return nil, fmt.Errorf("add pod %s: %w", spec.Name, err)
 	}
 	c.added[spec.Name].server = srv
+	if c.slb != nil {
+		if err := c.slb.AllowNetns(pod.Netns); err != nil {
+			return nil, fmt.Errorf("add pod %s: %w", spec.Name, err)
+		}
+	}
 	return pod, nil
 }
 

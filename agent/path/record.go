@@ -27,13 +27,17 @@ type Record struct {
 	// HealthCheckService is namespace/name of the Service whose
 	// healthCheckNodePort a lb_health_check connection probed.
 	HealthCheckService string `json:"health_check_service,omitempty"`
+	// NATNotVisible is the reason lbpath proved a Service translation it
+	// could not see (diagnosis nat_not_visible).
+	NATNotVisible string `json:"nat_not_visible,omitempty"`
 }
 
 // Record returns the JSON form of p.
 func (p *Path) Record() Record {
 	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
-		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class}
+		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class,
+		NATNotVisible: p.NATNotVisible}
 	r.SNAT = p.SNAT
 	if p.Service != nil {
 		r.Service = p.Service.Key()

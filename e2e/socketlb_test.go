@@ -19,7 +19,7 @@ import (
 // needTracefs mounts tracefs for the syscall tracepoint the connect()
 // capture attaches to, and unmounts it at the end if this test mounted it:
 // the machine is left as it was.
-func needTracefs(t *testing.T) {
+func needTracefs(t testing.TB) {
 	t.Helper()
 	const dir = "/sys/kernel/tracing"
 	if _, err := os.Stat(dir + "/events"); err == nil {

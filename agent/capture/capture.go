@@ -255,6 +255,13 @@ func (c *Capture) Counters() (Counters, error) {
 		}
 		out.RingBufferDrops[p.name] = v
 	}
+	if c.connect != nil {
+		cc, err := c.connect.counters()
+		if err != nil {
+			return out, err
+		}
+		out.RingBufferDrops[connectCapture] = cc.RingBufferDrops
+	}
 	var err error
 	if out.ConnTableFull, err = read(counterConnsFull); err != nil {
 		return out, err

@@ -61,6 +61,8 @@ func openConnect(events *ebpf.Map, cache *btf.Cache) (*connectProgs, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load spec: %w", err)
 	}
+	// The ring buffer is the capture's, whatever size it was given.
+	spec.Maps["events"].MaxEntries = events.MaxEntries()
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		MapReplacements: map[string]*ebpf.Map{"events": events}, Cache: cache})
 	if err != nil {

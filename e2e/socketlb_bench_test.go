@@ -64,7 +64,7 @@ func BenchmarkSocketLBConnectCapture(b *testing.B) {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var conn, pid [2]time.Duration // [without, with]
-	var progNs, progRuns [2]uint64  // sys_enter_connect, SYN_SENT
+	var progNs, progRuns [2]uint64 // sys_enter_connect, SYN_SENT
 	const rounds = 3
 	b.ResetTimer()
 	for r := range 2 * rounds {

@@ -475,6 +475,14 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 		a = append(a, attribute.String("lbpath.nat.original", c.NAT.Original.String()),
 			attribute.String("lbpath.nat.reply", c.NAT.Reply.String()))
 	}
+	if c.SocketLB {
+		// Translated inside connect(): no conntrack tuples, the dialled
+		// address is server.address; this marks how it was translated.
+		a = append(a, attribute.Bool("lbpath.nat.socket_lb", true))
+	}
+	if p.NATNotVisible != "" {
+		a = append(a, attribute.String("lbpath.nat_not_visible.reason", p.NATNotVisible))
+	}
 	a = append(a, podAttrs(p.Pod, p.Service)...)
 	if p.Pod == nil && p.PodNode != "" {
 		a = append(a, attribute.String("k8s.node.name", p.PodNode))

@@ -392,6 +392,9 @@ func (a *Agent) Drops() []exporter.Drop {
 		exporter.Drop{Stage: "flow", Reason: "nat_expired", Count: s.Flow.NATExpired.Load()},
 		exporter.Drop{Stage: "flow", Reason: "open_table_full", Count: s.Flow.OpenTableFull.Load()},
 		exporter.Drop{Stage: "flow", Reason: "pending_table_full", Count: s.Flow.PendingTableFull.Load()},
+		// connect() translations lost: their records read as direct.
+		exporter.Drop{Stage: "flow", Reason: "dialed_table_full", Count: s.Flow.DialedTableFull.Load()},
+		exporter.Drop{Stage: "flow", Reason: "dialed_expired", Count: s.Flow.DialedExpired.Load()},
 	)
 	d = append(d, a.udpDrops()...)
 	if s.Pipeline != nil {

@@ -68,6 +68,7 @@ type Exporter struct {
 	nodeStats atomic.Pointer[nodeStatsFunc]
 	nodeConns atomic.Pointer[nodeConnsFunc]
 	podNaming atomic.Pointer[podNamingFunc]
+	natHidden [len(path.NATNotVisibleReasons)]atomic.Uint64 // natvisible.go
 	// healthProbes reads the load-balancer probes (lbprobes.go).
 	healthProbes atomic.Pointer[healthProbesFunc]
 
@@ -262,6 +263,7 @@ func (e *Exporter) metricExporter(ctx context.Context) (sdkmetric.Exporter, erro
 // then queued; when the queue is full they are dropped and counted.
 func (e *Exporter) Path(p *path.Path) {
 	e.Stats.Connections.Add(1)
+	e.countNATNotVisible(p)
 	// The node's own connections (exported only when the agent asks for
 	// their spans) stay out of the per-pod metrics: their peers are
 	// unbounded addresses, and they are counted by class instead.
@@ -480,6 +482,14 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 	if c.NAT != nil {
 		a = append(a, attribute.String("lbpath.nat.original", c.NAT.Original.String()),
 			attribute.String("lbpath.nat.reply", c.NAT.Reply.String()))
+	}
+	if c.SocketLB {
+		// Translated inside connect(): no conntrack tuples, the dialled
+		// address is server.address; this marks how it was translated.
+		a = append(a, attribute.Bool("lbpath.nat.socket_lb", true))
+	}
+	if p.NATNotVisible != "" {
+		a = append(a, attribute.String("lbpath.nat_not_visible.reason", p.NATNotVisible))
 	}
 	a = append(a, podAttrs(p.Pod, p.Service)...)
 	if p.Pod == nil && p.PodNode != "" {

@@ -93,6 +93,7 @@ const (
 	MetricSeries             = "lbpath.agent.series"
 	MetricSeriesOverflow     = "lbpath.agent.series_overflow"
 	MetricSeriesResets       = "lbpath.agent.series_resets"
+	MetricNATNotVisible      = "lbpath.agent.nat_not_visible"
 )
 
 // init creates the per-pod instruments of a generation.
@@ -159,6 +160,9 @@ func (in *instruments) init(m metric.Meter, e *Exporter, self func() []Drop) err
 		return err
 	}
 	if err := initSeries(m, e); err != nil {
+		return err
+	}
+	if err := initNATNotVisible(m, e); err != nil {
 		return err
 	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Regenerates the bpf2go output and fails if it differs from what is
-# committed: the .go and .o must always come from lbpath.bpf.c and udp.bpf.c.
+# committed: the .go and .o must always come from their .bpf.c.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v clang >/dev/null 2>&1; then
   echo "check-generated: clang missing, cannot regenerate" >&2
   exit 1
 fi
-files=(agent/bpf/lbpath_bpfel.go agent/bpf/lbpath_bpfel.o agent/bpf/udp_bpfel.go agent/bpf/udp_bpfel.o)
+files=(agent/bpf/lbpath_bpfel.go agent/bpf/lbpath_bpfel.o agent/bpf/udp_bpfel.go agent/bpf/udp_bpfel.o
+  agent/bpf/connect_bpfel.go agent/bpf/connect_bpfel.o testbed/socketlb/translator_bpfel.go testbed/socketlb/translator_bpfel.o)
 before=$(sha256sum "${files[@]}")
-go generate ./agent/bpf/
+go generate ./agent/bpf/ ./testbed/socketlb/
 after=$(sha256sum "${files[@]}")
 if [ "$before" != "$after" ]; then
-  echo "generated eBPF code drifted from agent/bpf/*.bpf.c; commit the regenerated files:" >&2
-  git status --short -- agent/bpf >&2 || true
+  echo "generated eBPF code drifted from its .bpf.c (agent/bpf, testbed/socketlb); commit the regenerated files:" >&2
+  git status --short -- agent/bpf testbed/socketlb >&2 || true
   exit 1
 fi
 echo "generated eBPF code is up to date"

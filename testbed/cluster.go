@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/lbpath/lbpath/agent/netns"
+	"github.com/lbpath/lbpath/testbed/socketlb"
 )
 
 // Addresses of the fixed parts of the topology.
@@ -246,6 +247,8 @@ type Cluster struct {
 	added map[string]*addedPod
 	// hostLock is held from Up to Down when Opt.HostLink is set.
 	hostLock *os.File
+	// slb is the socket load balancer in ModeSocketLB (socketlb.go).
+	slb *socketlb.Translator
 	// nextVeth numbers the node-side veths of added pods; the static pods
 	// and the client pod use cali0…cali<len(Pods)>.
 	nextVeth int
@@ -503,6 +506,11 @@ func (c *Cluster) build(ctx context.Context) error {
 	if err := c.Sync(ctx); err != nil {
 		return err
 	}
+	if c.writer.Name() == string(ModeSocketLB) {
+		if err := c.startSocketLB(); err != nil {
+			return fmt.Errorf("socket-LB translator: %w", err)
+		}
+	}
 	for i, p := range c.Pods {
 		s, err := startPodServer(p, c.Opt.Pods[i].Delay)
 		if err != nil {
@@ -537,6 +545,9 @@ func (c *Cluster) Down() error {
 	c.mu.Unlock()
 
 	var errs []error
+	if err := c.stopSocketLB(); err != nil {
+		errs = append(errs, fmt.Errorf("detach socket-LB translator: %w", err))
+	}
 	for _, tr := range transports {
 		tr.CloseIdleConnections()
 	}
@@ -713,7 +724,7 @@ func (c *Cluster) syncLocked(ctx context.Context) error {
 			return fmt.Errorf("sync %s NAT: %w", c.writer.Name(), err)
 		}
 	}
-	return nil
+	return c.syncSocketLBLocked()
 }
 
 // SetMode switches every node to a built-in kube-proxy mode: the other

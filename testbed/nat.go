@@ -159,6 +159,8 @@ func NewNATWriter(mode ProxyMode) (NATWriter, error) {
 		return IPTablesWriter{}, nil
 	case ModeNFTables:
 		return NFTablesWriter{}, nil
+	case ModeSocketLB:
+		return SocketLBWriter{}, nil
 	default:
 		return nil, fmt.Errorf("unknown proxy mode %q", mode)
 	}

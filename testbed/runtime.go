@@ -172,6 +172,11 @@ func (c *Cluster) AddPodIPs(ctx context.Context, spec PodSpec, ips ...netip.Addr
 		return nil, fmt.Errorf("add pod %s: %w", spec.Name, err)
 	}
 	c.added[spec.Name].server = srv
+	if c.slb != nil {
+		if err := c.slb.AllowNetns(pod.Netns); err != nil {
+			return nil, fmt.Errorf("add pod %s: %w", spec.Name, err)
+		}
+	}
 	return pod, nil
 }
 

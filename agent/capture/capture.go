@@ -31,6 +31,10 @@ type Config struct {
 	// requests (on_recv, on_send): connection records stay complete, the
 	// request metrics go away, and so does their cost on every socket call.
 	NoRequestTiming bool
+	// NoConnectCapture leaves out the connect() destination capture
+	// (connect.bpf.c), which sees Services a socket load balancer
+	// translated at connect() without conntrack.
+	NoConnectCapture bool
 }
 
 // Counter slots of the kernel's per-CPU counters array (enum counter).
@@ -92,6 +96,7 @@ type Capture struct {
 	links    []link.Link
 	reader   *ringbuf.Reader
 	counters *ebpf.Map
+	connect  *connectProgs // nil when unavailable
 	// Unavailable lists programs that could not load or attach, with the
 	// kernel's reason; they were reported once at Open.
 	Unavailable map[string]error
@@ -148,6 +153,16 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 		c.progs = append(c.progs, prog)
 		c.names = append(c.names, p.name)
 		c.links = append(c.links, l)
+	}
+
+	switch {
+	case cfg.NoConnectCapture:
+		c.Unavailable[connectCapture] = errors.New("disabled by configuration")
+	default:
+		if c.connect, err = openConnect(maps.Maps["events"], cache); err != nil {
+			c.Unavailable[connectCapture] = err
+			log.Warn("connect() destination capture unavailable; Services translated at connect() (socket-LB) will read as direct", "reason", err)
+		}
 	}
 
 	c.reader, err = ringbuf.NewReader(maps.Maps["events"])
@@ -247,6 +262,13 @@ func (c *Capture) Counters() (Counters, error) {
 		}
 		out.RingBufferDrops[p.name] = v
 	}
+	if c.connect != nil {
+		cc, err := c.connect.counters()
+		if err != nil {
+			return out, err
+		}
+		out.RingBufferDrops[connectCapture] = cc.RingBufferDrops
+	}
 	var err error
 	if out.ConnTableFull, err = read(counterConnsFull); err != nil {
 		return out, err
@@ -264,6 +286,9 @@ func (c *Capture) Programs() []string {
 		if _, bad := c.Unavailable[p.name]; !bad {
 			names = append(names, p.name)
 		}
+	}
+	if c.connect != nil {
+		names = append(names, connectCapture)
 	}
 	sort.Strings(names)
 	return names
@@ -290,6 +315,9 @@ func (c *Capture) Close() error {
 	c.closeOnce.Do(func() {
 		if c.reader != nil {
 			errs = append(errs, c.reader.Close())
+		}
+		if c.connect != nil {
+			errs = append(errs, c.connect.close())
 		}
 		for _, l := range c.links {
 			errs = append(errs, l.Close())

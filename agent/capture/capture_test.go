@@ -6,11 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lbpath/lbpath/agent/bpf"
 	"github.com/lbpath/lbpath/internal/testenv"
@@ -96,6 +99,7 @@ func waitFor(t *testing.T, col *collector, what string, pred func(Event) bool) E
 // A real loopback connection: both sockets' open and close events carry
 // the tuple, the side, the bytes each direction moved and an RTT.
 func TestCaptureLoopbackConnection(t *testing.T) {
+	mountTracefs(t) // the connect() capture's syscall tracepoint needs it
 	c, col := startCapture(t)
 	if len(c.Unavailable) != 0 {
 		t.Errorf("programs unavailable on this kernel: %v", c.Unavailable)
@@ -337,4 +341,58 @@ func TestRingBufferLossIsCounted(t *testing.T) {
 	if others == 0 && drops != missing {
 		t.Errorf("no other traffic, yet drops %d != missing %d", drops, missing)
 	}
+}
+
+// The connect record's layout matches connect.bpf.c's struct connect_event
+// as bpf2go generated it, and decodes to the dialled and real destinations.
+func TestDecodeConnect(t *testing.T) {
+	if got := unsafe.Sizeof(bpf.ConnectConnectEvent{}); got != EventSize {
+		t.Fatalf("struct connect_event is %d bytes, want %d (shares the ring buffer)", got, EventSize)
+	}
+	var ev bpf.ConnectConnectEvent
+	for name, off := range map[string]uintptr{"Dialed": unsafe.Offsetof(ev.Dialed), "Saddr": unsafe.Offsetof(ev.Saddr),
+		"Daddr": unsafe.Offsetof(ev.Daddr), "Netns": unsafe.Offsetof(ev.Netns), "DialedPort": unsafe.Offsetof(ev.DialedPort),
+		"Dport": unsafe.Offsetof(ev.Dport), "Family": unsafe.Offsetof(ev.Family), "Type": unsafe.Offsetof(ev.Type),
+		"DialedFamily": unsafe.Offsetof(ev.DialedFamily)} {
+		want := map[string]uintptr{"Dialed": 24, "Saddr": 40, "Daddr": 56, "Netns": 72, "DialedPort": 88, "Dport": 90,
+			"Family": 92, "Type": 94, "DialedFamily": 95}[name]
+		if off != want {
+			t.Errorf("%s at %d, decoder reads %d", name, off, want)
+		}
+	}
+	b := make([]byte, EventSize)
+	b[0] = 7
+	copy(b[24:], []byte{10, 96, 0, 10})
+	copy(b[40:], []byte{10, 244, 1, 200})
+	copy(b[56:], []byte{10, 244, 2, 10})
+	b[88], b[89] = 80, 0      // dialled port 80
+	b[90], b[91] = 0x90, 0x1f // 8080
+	b[92], b[93] = 2, 0       // AF_INET
+	b[94], b[95] = byte(EventConnect), 4
+	var e Event
+	if err := Decode(b, &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Type != EventConnect || e.Cookie != 7 || e.Dialed.String() != "10.96.0.10:80" || e.Remote.String() != "10.244.2.10:8080" ||
+		e.Local.Addr().String() != "10.244.1.200" || e.Side != SideClient {
+		t.Errorf("decoded %+v", e)
+	}
+}
+
+// mountTracefs mounts tracefs for the test if it is not mounted, and
+// unmounts it afterwards: the machine is left as it was.
+func mountTracefs(t *testing.T) {
+	t.Helper()
+	const dir = "/sys/kernel/tracing"
+	if _, err := os.Stat(dir + "/events"); err == nil {
+		return
+	}
+	if err := unix.Mount("tracefs", dir, "tracefs", 0, ""); err != nil {
+		t.Fatalf("mount tracefs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount tracefs: %v", err)
+		}
+	})
 }

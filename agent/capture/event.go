@@ -34,6 +34,8 @@ func (t EventType) String() string {
 		return "refused"
 	case EventRequest:
 		return "request"
+	case EventConnect:
+		return "connect"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -111,6 +113,9 @@ type Event struct {
 	SRTT          time.Duration // smoothed round-trip time
 	Retransmits   uint32
 	Err           syscall.Errno // socket error at close (ECONNREFUSED, ETIMEDOUT, ...)
+	// Dialed is what the application passed to connect() (EventConnect
+	// only); Remote is then where the socket really goes.
+	Dialed netip.AddrPort
 }
 
 // ErrShortRecord is returned by Decode for a record smaller than MinEventSize.
@@ -127,11 +132,15 @@ func Decode(b []byte, e *Event) error {
 	if len(b) < MinEventSize {
 		return ErrShortRecord(len(b))
 	}
+	if EventType(b[94]) == EventConnect {
+		return decodeConnect(b, e)
+	}
 	e.NetnsCookie = 0
 	if len(b) >= EventSize {
 		e.NetnsCookie = binary.LittleEndian.Uint64(b[104:])
 	}
 	le := binary.LittleEndian
+	e.Dialed = netip.AddrPort{}
 	e.Cookie = le.Uint64(b[0:])
 	e.StartNs = le.Uint64(b[8:])
 	e.TimeNs = le.Uint64(b[16:])

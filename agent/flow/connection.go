@@ -84,6 +84,14 @@ type Connection struct {
 	PodSrc netip.AddrPort `json:"pod_src"`
 	PodDst netip.AddrPort `json:"pod_dst"`
 	NAT    *NAT           `json:"nat,omitempty"`
+	// Dialed is the destination the application passed to connect() when a
+	// socket load balancer rewrote it there (SocketLB); Target is Dialed
+	// then, PodDst where the socket really went.
+	Dialed netip.AddrPort `json:"dialed,omitzero"`
+	// SocketLB is true when this node translated the Service inside
+	// connect() (a cgroup connect4/6 program such as Cilium's socket-LB):
+	// no conntrack entry exists for it, the connect() capture saw it.
+	SocketLB bool `json:"socket_lb,omitempty"`
 	// SNAT is true when this node rewrote the client's source address.
 	SNAT bool `json:"snat"`
 	// Payload bytes, by direction (from the socket's counters; 0 for forward and reject).

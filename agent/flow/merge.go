@@ -16,7 +16,7 @@ type Merged struct {
 	Transport string         // "udp" for UDP flows, empty for TCP (as Connection.Transport)
 	Client    netip.AddrPort // the real client, when any node saw it before SNAT
 	Target    netip.AddrPort // what the client dialled
-	EntryNode string         // the node that applied the Service DNAT ("" when none did)
+	EntryNode string         // the node that applied the Service DNAT, or the socket-LB translation ("" when none did)
 	PodNode   string         // the node of the accepting socket ("" when none reported it)
 	SNAT      bool           // some node rewrote the client's address
 	CrossNode bool           // entry and pod on different nodes
@@ -90,7 +90,7 @@ func (m *Merged) has(r Role) bool {
 func (m *Merged) settle() {
 	if m.Entry == nil {
 		for _, r := range []*Connection{m.ClientRec, m.Server} {
-			if r != nil && r.NAT != nil && r.NAT.DNAT {
+			if r != nil && (r.SocketLB || r.NAT != nil && r.NAT.DNAT) {
 				m.Entry = r
 				break
 			}

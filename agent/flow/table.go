@@ -62,6 +62,9 @@ type Stats struct {
 	OpenTableFull    atomic.Uint64 // open sockets not tracked: table full
 	OpenExpired      atomic.Uint64 // open sockets untracked after OpenTTL without a close (a lost close, or a connection older than OpenTTL)
 	PendingTableFull atomic.Uint64 // closed sockets emitted early without waiting for NAT: table full
+	SocketLB         atomic.Uint64 // client records whose Service a socket load balancer translated at connect()
+	DialedTableFull  atomic.Uint64 // connect() translations not kept: table full (their records read as direct)
+	DialedExpired    atomic.Uint64 // connect() translations dropped after OpenTTL without their socket's close
 }
 
 // natRec is immutable once stored (but for claimed and seen), so records
@@ -114,8 +117,9 @@ type Table struct {
 	head       int
 	free       []*pending // popped entries, reused so the hot path does not allocate
 	lastSweep  uint64
-	lastOpen   uint64     // when the open sets were last swept
-	scratch    Connection // the record being emitted; emit must not keep it
+	lastOpen   uint64               // when the open sets were last swept
+	dialed     map[uint64]dialedVal // socket cookie → connect() destination a socket LB rewrote (socketlb.go)
+	scratch    Connection           // the record being emitted; emit must not keep it
 	reqScratch Request
 }
 
@@ -182,6 +186,8 @@ func (t *Table) Socket(e *capture.Event) {
 		t.close(e)
 	case capture.EventRefused:
 		t.reject(e)
+	case capture.EventConnect:
+		t.connect(e)
 	case capture.EventRequest:
 		if t.cfg.Requests != nil {
 			t.Stats.Requests.Add(1)
@@ -271,6 +277,7 @@ func (t *Table) close(e *capture.Event) {
 	}
 	c := &t.scratch
 	t.fromSocket(e, c)
+	t.applyDialed(e, c)
 	if n != nil {
 		t.claim(n)
 		t.join(c, n)
@@ -408,6 +415,10 @@ func (t *Table) join(c *Connection, n *natRec) {
 	c.NAT = &n.nat
 	c.SNAT = en.SNAT
 	c.Client, c.Target = en.Original.Src, en.Original.Dst
+	if c.SocketLB {
+		// The application dialled the Service; the NAT here came after.
+		c.Target = c.Dialed
+	}
 	ps := en.PodSide()
 	c.PodSrc, c.PodDst = ps.Src, ps.Dst
 }
@@ -578,6 +589,7 @@ func (t *Table) sweepOpen(now uint64) {
 			}
 		}
 	}
+	t.sweepDialed(nowSec, ttl)
 }
 
 func (t *Table) recycle(p *pending) {

@@ -84,6 +84,9 @@ type Path struct {
 	// PodIPDisagrees: the namespace named Pod, the address index another
 	// pod (a reused IP changing hands).
 	PodIPDisagrees bool
+	// NATNotVisible is the reason of the nat_not_visible diagnosis, ""
+	// when it does not apply (natvisible.go).
+	NATNotVisible string
 }
 
 // Config tunes the diagnoses.
@@ -150,7 +153,7 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 		p.Entry = kube.EntryDirect
 	}
 	switch {
-	case c.Role == flow.RoleForward || (c.NAT != nil && c.NAT.DNAT):
+	case c.Role == flow.RoleForward || (c.NAT != nil && c.NAT.DNAT) || c.SocketLB:
 		p.EntryNode = c.Node
 	case c.Role == flow.RoleReject:
 		p.EntryNode = c.Node
@@ -274,6 +277,7 @@ func (n *Namer) diagnose(p *Path) {
 				p.Conn.Start.Sub(p.Service.LBPendingSince).Round(time.Second))
 		}
 	}
+	n.natNotVisible(p, add)
 	if p.Pod != nil {
 		if p.EndpointTerminating {
 			add(DiagTerminating, "pod %s/%s was terminating when it got this connection", p.Pod.Namespace, p.Pod.Name)

@@ -32,13 +32,17 @@ type Record struct {
 	// PodIPDisagrees: the address index named another pod than the
 	// socket's namespace (which is trusted).
 	PodIPDisagrees bool `json:"pod_ip_disagrees,omitempty"`
+	// NATNotVisible is the reason lbpath proved a Service translation it
+	// could not see (diagnosis nat_not_visible).
+	NATNotVisible string `json:"nat_not_visible,omitempty"`
 }
 
 // Record returns the JSON form of p.
 func (p *Path) Record() Record {
 	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
-		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class}
+		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class,
+		NATNotVisible: p.NATNotVisible}
 	r.SNAT = p.SNAT
 	r.PodSource, r.PodIPDisagrees = p.PodSource, p.PodIPDisagrees
 	if p.Service != nil {

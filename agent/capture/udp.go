@@ -163,6 +163,14 @@ func cgroup2Root() (string, error) {
 		fields := strings.Fields(sc.Text())
 		for i, fld := range fields {
 			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				// A container sees its own cgroup (or a cgroup namespace)
+				// mounted as if it were the root: programs attached there
+				// would see only the container's sockets, a capture that
+				// looks healthy and is blind. Only the hierarchy's root
+				// covers every pod.
+				if fields[3] != "/" {
+					return "", fmt.Errorf("the cgroup v2 mount at %s is the subtree %s, not the root: UDP capture would see only this container's sockets (run in the host's cgroup namespace with the host's cgroup2 mounted)", fields[4], fields[3])
+				}
 				return fields[4], nil
 			}
 		}

@@ -63,6 +63,11 @@ type Options struct {
 	// behind real readiness probes. PoolSize and TerminationGrace do not
 	// apply.
 	RealNodes bool
+	// PodIPsPerNode limits each real node's host-local IPAM range to this
+	// many addresses (default: .2 to .199 of the node's pod CIDR). A range
+	// barely larger than the pods a node runs makes host-local hand a
+	// freed address to the next pod, as on a crowded real node.
+	PodIPsPerNode int
 	// NodeBinaries are containerd and CoreDNS for RealNodes; zero means
 	// EnsureNodeBinaries (which may build).
 	NodeBinaries NodeBinaries

@@ -104,9 +104,9 @@ clientConnection:
   kubeconfig: %s
 hostnameOverride: %s
 mode: %s
-clusterCIDR: %s
-healthzBindAddress: %s
-metricsBindAddress: %s
+clusterCIDR: %q
+healthzBindAddress: %q
+metricsBindAddress: %q
 conntrack:
   # nf_conntrack_max is read-only outside the initial namespace; 0 leaves
   # it alone instead of failing.
@@ -117,8 +117,8 @@ iptables:
 nftables:
   minSyncPeriod: 0s
 `, w.cp.KubeProxyKubeconfig, node.Name, w.Mode, w.clusterCIDR(),
-		netip.AddrPortFrom(node.IP, kubeProxyHealthzPort),
-		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), kubeProxyMetricsPort))
+		netip.AddrPortFrom(node.IP, kubeProxyHealthzPort).String(),
+		netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), kubeProxyMetricsPort).String())
 	// kube-proxy exits when its config file changes, so every start gets
 	// a new file and none is rewritten while in use.
 	path := filepath.Join(w.cp.Dir, fmt.Sprintf("kube-proxy-%s-%s-%d.yaml", node.Name, w.Mode, configSeq.Add(1)))

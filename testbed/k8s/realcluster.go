@@ -169,7 +169,7 @@ func (c *Cluster) upReal(ctx context.Context) error {
 	}
 	for _, n := range c.TB.Nodes {
 		c.RealNodes = append(c.RealNodes,
-			newRealNode(c.opt.Prefix, n, c.CP, c.opt.NodeBinaries, c.opt.Binaries.Kubelet, pauseRef, c.log))
+			newRealNode(c.opt.Prefix, n, c.CP, c.opt.NodeBinaries, c.opt.Binaries.Kubelet, pauseRef, c.log, c.opt.PodIPsPerNode))
 	}
 	start := time.Now()
 	if err := eachNode(c.RealNodes, func(r *RealNode) error { return r.startRuntime(ctx) }); err != nil {

@@ -68,6 +68,8 @@ type RealNode struct {
 	CgroupRoot string
 	// ContainerdSocket is containerd's gRPC socket, for `ctr --address`.
 	ContainerdSocket string
+	// PodIPs is the size of the host-local range; 0: .2 to .199.
+	PodIPs int
 
 	bins     NodeBinaries
 	kubelet  string
@@ -93,13 +95,13 @@ func cgroupRootOf(prefix, node string) string {
 	return "/lbpath-" + prefix + "-" + node
 }
 
-func newRealNode(prefix string, n *testbed.Node, cp *ControlPlane, bins NodeBinaries, kubelet, pauseRef string, log *slog.Logger) *RealNode {
+func newRealNode(prefix string, n *testbed.Node, cp *ControlPlane, bins NodeBinaries, kubelet, pauseRef string, log *slog.Logger, podIPs int) *RealNode {
 	dir := filepath.Join(nodesDir(prefix), n.Name)
 	return &RealNode{
 		Node: n, Dir: dir, CgroupRoot: cgroupRootOf(prefix, n.Name),
 		ContainerdSocket: filepath.Join(dir, "containerd.sock"),
 		bins:             bins, kubelet: kubelet, cp: cp, log: log.With("node", n.Name),
-		st: &stateDir{dir: dir}, pauseRef: pauseRef,
+		st: &stateDir{dir: dir}, pauseRef: pauseRef, PodIPs: podIPs,
 	}
 }
 
@@ -282,6 +284,11 @@ func (r *RealNode) cniConfig() string {
 	// .200 and up stay free: the testbed's client pod on node1 is
 	// 10.244.1.200.
 	last := netip.AddrFrom4([4]byte{cidr.Addr().As4()[0], cidr.Addr().As4()[1], cidr.Addr().As4()[2], 199})
+	if r.PodIPs > 0 && r.PodIPs < 198 {
+		a := first.As4()
+		a[3] += byte(r.PodIPs - 1)
+		last = netip.AddrFrom4(a)
+	}
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "lbpath",

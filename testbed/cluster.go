@@ -97,6 +97,8 @@ type Options struct {
 	// kubelet stand-in adds them at run time with AddPod. The client pod
 	// is always created.
 	NoStaticPods bool
+	// Overlay is the network between nodes; default flat (see Overlay).
+	Overlay Overlay
 }
 
 // DefaultPods is the pod layout used when Options.Pods is empty.
@@ -159,6 +161,9 @@ func (o Options) withDefaults() (Options, error) {
 			return o, fmt.Errorf("too many pods on node %d", p.Node)
 		}
 	}
+	if !o.Overlay.valid() {
+		return o, fmt.Errorf("unknown overlay %q: want flannel, calico, cilium or empty (flat)", o.Overlay)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -176,6 +181,9 @@ type Node struct {
 	Netns   string
 	IP      netip.Addr
 	PodCIDR netip.Prefix
+	// Tunnel is the node's VXLAN end with Options.Overlay; zero on the
+	// flat network.
+	Tunnel Tunnel
 }
 
 // Pod is a pod namespace with one eth0 routed through its node.
@@ -289,6 +297,8 @@ func newCluster(opt Options) *Cluster {
 			IP:      netip.AddrFrom4([4]byte{192, 168, 77, byte(10 + i)}),
 			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
 		})
+		n := c.Nodes[len(c.Nodes)-1]
+		n.Tunnel = tunnelFor(opt.Overlay, n)
 	}
 	perNode := map[int]int{}
 	for k, spec := range opt.Pods {
@@ -398,6 +408,9 @@ func (c *Cluster) build(ctx context.Context) error {
 			"link add name "+v+" type veth peer name eth0 netns "+filepath.Base(n.Netns),
 			"link set "+v+" master br0 up")
 	}
+	if c.Opt.Overlay != OverlayFlat {
+		lanCmds = append(lanCmds, c.lanOverlayCmds()...)
+	}
 	if err := ipBatch(ctx, lan, lanCmds); err != nil {
 		return fmt.Errorf("set up LAN: %w", err)
 	}
@@ -414,9 +427,13 @@ func (c *Cluster) build(ctx context.Context) error {
 			"link set eth0 up",
 			"route add default via " + LANGateway.String(),
 		}
-		for _, o := range c.Nodes {
-			if o != n {
-				cmds = append(cmds, "route add "+o.PodCIDR.String()+" via "+o.IP.String())
+		if c.Opt.Overlay != OverlayFlat {
+			cmds = append(cmds, c.overlayNodeCmds(n)...)
+		} else {
+			for _, o := range c.Nodes {
+				if o != n {
+					cmds = append(cmds, "route add "+o.PodCIDR.String()+" via "+o.IP.String())
+				}
 			}
 		}
 		for _, p := range c.allPods() {
@@ -430,6 +447,11 @@ func (c *Cluster) build(ctx context.Context) error {
 		}
 		if err := ipBatch(ctx, filepath.Base(n.Netns), cmds); err != nil {
 			return fmt.Errorf("set up %s: %w", n.Name, err)
+		}
+		if c.Opt.Overlay != OverlayFlat {
+			if err := c.overlayFDB(ctx, n); err != nil {
+				return err
+			}
 		}
 	}
 	for _, p := range c.allPods() {

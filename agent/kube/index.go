@@ -244,10 +244,14 @@ func (x *Index) SetNode(n *Node, now time.Time) {
 	if old := x.nodes[n.Name]; old != nil && old.InternalIP != n.InternalIP && old.InternalIP.IsValid() {
 		closeSpan(x.nodeByIP, old.InternalIP, old, now, sameNode, x.cfg, &x.Stats)
 	}
+	if old := x.nodes[n.Name]; old != nil {
+		x.closeNodeAddrs(old, n, now)
+	}
 	x.nodes[n.Name] = n
 	if n.InternalIP.IsValid() {
 		openSpan(x.nodeByIP, n.InternalIP, n, now, sameNode, x.cfg, &x.Stats)
 	}
+	x.openNodeAddrs(n, now)
 }
 
 // DeleteNode removes a node.
@@ -259,6 +263,7 @@ func (x *Index) DeleteNode(name string, now time.Time) {
 		if old.InternalIP.IsValid() {
 			closeSpan(x.nodeByIP, old.InternalIP, old, now, sameNode, x.cfg, &x.Stats)
 		}
+		x.closeNodeAddrs(old, nil, now)
 	}
 }
 
@@ -440,10 +445,11 @@ func (x *Index) HostPortAt(ap netip.AddrPort, t time.Time) (*Pod, bool) {
 	return p, ok
 }
 
-// NodeAt returns the node whose InternalIP was ip at t.
+// NodeAt returns the node that held ip at t: its InternalIP or any other
+// address of Node.Addresses (a derived one only while no pod holds it).
 func (x *Index) NodeAt(ip netip.Addr, t time.Time) (*Node, bool) {
 	x.mu.RLock()
-	n, ok := x.nodeByIP[ip].at(t, x.cfg.Slack)
+	n, _, ok := x.nodeAtLocked(ip, t)
 	x.mu.RUnlock()
 	x.miss(ok)
 	return n, ok
@@ -472,7 +478,7 @@ func (x *Index) ServiceAt(ap netip.AddrPort, t time.Time) (*Service, Entry, bool
 		x.miss(true)
 		return s, entry, true
 	}
-	if _, isNode := x.nodeByIP[ap.Addr()].at(t, x.cfg.Slack); isNode {
+	if _, _, isNode := x.nodeAtLocked(ap.Addr(), t); isNode {
 		if s, ok := x.svcByNP[ap.Port()].at(t, x.cfg.Slack); ok {
 			x.miss(true)
 			return s, EntryNodePort, true

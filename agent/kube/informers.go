@@ -296,10 +296,14 @@ func strip(o any) (any, error) {
 	case *corev1.Node:
 		n := &corev1.Node{ObjectMeta: slimMeta(v.ObjectMeta, "topology.kubernetes.io/zone")}
 		for _, a := range v.Status.Addresses {
-			if a.Type == corev1.NodeInternalIP {
+			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
 				n.Status.Addresses = append(n.Status.Addresses, a)
 			}
 		}
+		// The node's other addresses (NodeAddresses): CNI annotations
+		// and the pod CIDRs.
+		n.Annotations = keptNodeAnnotations(v.Annotations)
+		n.Spec.PodCIDR, n.Spec.PodCIDRs = v.Spec.PodCIDR, v.Spec.PodCIDRs
 		return n, nil
 	case *corev1.Service:
 		s := &corev1.Service{ObjectMeta: slimMeta(v.ObjectMeta)}
@@ -411,7 +415,7 @@ func (w *Watcher) onNode(o any) {
 	if !ok {
 		return
 	}
-	n := &Node{Name: v.Name, Zone: v.Labels["topology.kubernetes.io/zone"]}
+	n := &Node{Name: v.Name, Zone: v.Labels["topology.kubernetes.io/zone"], Addresses: NodeAddresses(v)}
 	for _, a := range v.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP && !n.InternalIP.IsValid() {
 			n.InternalIP = parseIP(a.Address)

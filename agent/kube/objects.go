@@ -35,6 +35,10 @@ type Node struct {
 	Name       string
 	InternalIP netip.Addr
 	Zone       string // topology.kubernetes.io/zone
+	// Addresses are every address the node is known by, with how it was
+	// learnt (NodeAddresses): status addresses, CNI annotations, pod CIDR
+	// conventions. The index keys the node under each.
+	Addresses []NodeAddress
 }
 
 // ServicePort is one TCP port of a Service.

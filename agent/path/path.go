@@ -30,6 +30,9 @@ type Peer struct {
 	Kind PeerKind
 	Pod  *kube.Pod  // when Kind is pod
 	Node *kube.Node // when Kind is node (the node itself, or an SNAT address)
+	// NodeAddr says how Addr is known to be Node's: its InternalIP, or a
+	// tunnel or gateway address on an overlay (kube.NodeAddrSource).
+	NodeAddr kube.NodeAddrSource
 	// Lost is true when Addr is not the real client: another node SNATed
 	// it and this view has no record of the original.
 	Lost bool
@@ -188,7 +191,9 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	if c.NAT == nil && c.Role == flow.RoleServer {
 		// No translation here: if the source is another node's address,
 		// that node SNATed it (Cluster policy): the hop crossed nodes and
-		// the client's address is lost in this view.
+		// the client's address is lost in this view. On an overlay the
+		// address is the entry node's tunnel address, not its
+		// InternalIP (kube.NodeAddresses).
 		if node, ok := n.idx.NodeAt(src.Addr(), at); ok && node.Name != c.Node {
 			p.Client.Lost = true
 			p.SNAT = true
@@ -220,8 +225,8 @@ func (n *Namer) peer(a netip.AddrPort, at time.Time) Peer {
 	if pod, ok := n.idx.PodAt(a.Addr(), at); ok {
 		return Peer{Addr: a, Kind: PeerPod, Pod: pod}
 	}
-	if node, ok := n.idx.NodeAt(a.Addr(), at); ok {
-		return Peer{Addr: a, Kind: PeerNode, Node: node}
+	if node, src, ok := n.idx.NodeAddrAt(a.Addr(), at); ok {
+		return Peer{Addr: a, Kind: PeerNode, Node: node, NodeAddr: src}
 	}
 	return Peer{Addr: a, Kind: PeerExternal}
 }

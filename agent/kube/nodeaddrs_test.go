@@ -33,9 +33,9 @@ func TestNodeAddresses(t *testing.T) {
 	}{
 		{"flannel vxlan: public-ip is the InternalIP, tunnel is the pod CIDR's .0",
 			apiNode("n1", map[string]string{
-				"flannel.alpha.coreos.com/public-ip":          "192.168.77.11",
-				"flannel.alpha.coreos.com/backend-type":       "vxlan",
-				"flannel.alpha.coreos.com/backend-data":       `{"VNI":1,"VtepMAC":"0e:1b:9a:00:00:01"}`,
+				"flannel.alpha.coreos.com/public-ip":           "192.168.77.11",
+				"flannel.alpha.coreos.com/backend-type":        "vxlan",
+				"flannel.alpha.coreos.com/backend-data":        `{"VNI":1,"VtepMAC":"0e:1b:9a:00:00:01"}`,
 				"flannel.alpha.coreos.com/kube-subnet-manager": "true",
 			}, []string{"10.244.1.0/24"}, internal,
 				corev1.NodeAddress{Type: corev1.NodeHostName, Address: "n1"}),

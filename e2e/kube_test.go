@@ -278,7 +278,7 @@ func kubeEntries(c *k8s.Cluster, policy testbed.Policy) []kubeEntry {
 	}
 }
 
-func checkNamed(t *testing.T, v view, e expectation, entry string, pods map[string][2]string) {
+func checkNamed(t testing.TB, v view, e expectation, entry string, pods map[string][2]string) {
 	t.Helper()
 	res := e.res
 	id := fmt.Sprintf("%v->%v (pod %s)", res.Local, res.Remote, res.Pod)

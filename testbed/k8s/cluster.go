@@ -69,6 +69,9 @@ type Options struct {
 	// Images are built and imported into every real node besides the
 	// testbed's own (pause, podserver, coredns); e.g. images.Product.
 	Images []images.Image
+	// Overlay is the network between nodes (testbed.Overlay); default
+	// flat. The Nodes carry the annotations the overlay's CNI would set.
+	Overlay testbed.Overlay
 }
 
 // Cluster is a testbed driven by a real control plane: kube-apiserver and
@@ -138,7 +141,7 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 	// which needs the apiserver, which needs the host link.
 	tb, err := testbed.Up(ctx, testbed.Options{
 		Prefix: opt.Prefix, Mode: opt.Mode, Policy: opt.Policy, Nodes: opt.Nodes,
-		Logger: opt.Logger, HostLink: true, NoStaticPods: true,
+		Logger: opt.Logger, HostLink: true, NoStaticPods: true, Overlay: opt.Overlay,
 	})
 	if err != nil {
 		return nil, err
@@ -237,6 +240,7 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 			}},
 			Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: []string{n.PodCIDR.String()}},
 		}
+		node.Annotations = OverlayAnnotations(c.opt.Overlay, n)
 		created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create Node %s: %w", n.Name, err)

@@ -361,7 +361,7 @@ const (
 func spanHops(p *path.Path) int {
 	c := &p.Conn
 	h := 0
-	if p.EntryNode != "" && p.EntryNode == c.Node && (p.Entry == "loadbalancer" || p.Entry == "nodeport") {
+	if p.EntryNode != "" && p.EntryNode == c.Node && (p.Entry == "loadbalancer" || p.Entry == "nodeport" || p.Entry == "externalip") {
 		h |= hopLBNode
 	}
 	if p.CrossNode && p.EntryNode == c.Node {

@@ -2,6 +2,7 @@ package kube
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -275,6 +276,9 @@ func svcAddrs(s *Service) (addrs []netip.AddrPort, nodePorts []uint16) {
 		for _, ip := range s.LBIngress {
 			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
 		}
+		for _, ip := range s.ExternalIPs {
+			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
+		}
 		if p.NodePort != 0 {
 			nodePorts = append(nodePorts, p.NodePort)
 		}
@@ -287,12 +291,12 @@ func (x *Index) SetService(s *Service, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if old := x.svcs[s.Key()]; old != nil {
-		if s.Type == "LoadBalancer" && len(s.LBIngress) == 0 && !old.LBPendingSince.IsZero() {
+		if s.LBPending() && !old.LBPendingSince.IsZero() {
 			s.LBPendingSince = old.LBPendingSince
 		}
 		x.closeService(old, now)
 	}
-	if s.Type == "LoadBalancer" && len(s.LBIngress) == 0 && s.LBPendingSince.IsZero() {
+	if s.LBPending() && s.LBPendingSince.IsZero() {
 		s.LBPendingSince = s.Created
 		if s.LBPendingSince.IsZero() {
 			s.LBPendingSince = now
@@ -470,10 +474,11 @@ func (x *Index) ServiceAt(ap netip.AddrPort, t time.Time) (*Service, Entry, bool
 	defer x.mu.RUnlock()
 	if s, ok := x.svcByAddr[ap].at(t, x.cfg.Slack); ok {
 		entry := EntryClusterIP
-		for _, ip := range s.LBIngress {
-			if ip == ap.Addr() {
-				entry = EntryLoadBalancer
-			}
+		if slices.Contains(s.ExternalIPs, ap.Addr()) {
+			entry = EntryExternalIP
+		}
+		if slices.Contains(s.LBIngress, ap.Addr()) {
+			entry = EntryLoadBalancer
 		}
 		x.miss(true)
 		return s, entry, true

@@ -460,10 +460,13 @@ func ServiceFrom(v *corev1.Service) *Service {
 		if a := parseIP(in.IP); a.IsValid() {
 			s.LBIngress = append(s.LBIngress, a)
 		}
+		if in.Hostname != "" {
+			s.LBHostnames = append(s.LBHostnames, in.Hostname)
+		}
 	}
 	for _, ip := range v.Spec.ExternalIPs {
 		if a := parseIP(ip); a.IsValid() {
-			s.LBIngress = append(s.LBIngress, a)
+			s.ExternalIPs = append(s.ExternalIPs, a)
 		}
 	}
 	s.AnnotationErrors = samplingAnnotations(s, v.Annotations)

@@ -258,10 +258,10 @@ func (n *Namer) diagnose(p *Path) {
 			add(DiagNoReadyEndpoints, "%s has no ready endpoints", svcName)
 		}
 		if p.Service.ExternalTrafficPolicy == "Local" && p.EntryNode != "" && onEntry == 0 && all > 0 &&
-			(p.Entry == kube.EntryNodePort || p.Entry == kube.EntryLoadBalancer) {
+			(p.Entry == kube.EntryNodePort || p.Entry == kube.EntryLoadBalancer || p.Entry == kube.EntryExternalIP) {
 			add(DiagLocalNoEndpoint, "%s has externalTrafficPolicy Local and node %s has no ready endpoint: traffic sent there is dropped", svcName, p.EntryNode)
 		}
-		if p.Service.Type == "LoadBalancer" && len(p.Service.LBIngress) == 0 && !p.Service.LBPendingSince.IsZero() &&
+		if p.Service.LBPending() && !p.Service.LBPendingSince.IsZero() &&
 			p.Conn.Start.Sub(p.Service.LBPendingSince) > n.cfg.LBPendingAfter {
 			add(DiagLBPending, "%s is type LoadBalancer but its EXTERNAL-IP has been pending for %s", svcName,
 				p.Conn.Start.Sub(p.Service.LBPendingSince).Round(time.Second))
@@ -291,7 +291,7 @@ func (n *Namer) Inventory(now time.Time) Inventory {
 			continue
 		}
 		inv.LoadBalancers++
-		if len(s.LBIngress) == 0 && !s.LBPendingSince.IsZero() && now.Sub(s.LBPendingSince) > n.cfg.LBPendingAfter {
+		if s.LBPending() && !s.LBPendingSince.IsZero() && now.Sub(s.LBPendingSince) > n.cfg.LBPendingAfter {
 			inv.Pending = append(inv.Pending, s.Key())
 		}
 	}

@@ -174,3 +174,57 @@ func (c *countingTB) Errorf(format string, args ...any) {
 	c.errors++
 	c.TB.Errorf(format, args...)
 }
+
+// TestOverlayFlowMatrix: the kernel-side join on the flannel VXLAN overlay
+// without Kubernetes names: both kube-proxy modes × both policies × every
+// entry, every connection's merged record has the right pod, entry node,
+// pre- and post-NAT tuples (the tunnel source the pod saw), SNAT flag,
+// cross-node flag and bytes.
+func TestOverlayFlowMatrix(t *testing.T) {
+	needCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	cl, err := testbed.Up(ctx, testbed.Options{Prefix: "lbow", Overlay: testbed.OverlayFlannel})
+	cancel()
+	if err != nil {
+		t.Fatalf("testbed up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := cl.Down(); err != nil {
+			t.Errorf("testbed down: %v", err)
+		}
+	})
+	recs, _ := startAgents(t, cl)
+	for _, mode := range []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables} {
+		for _, policy := range []testbed.Policy{testbed.PolicyCluster, testbed.PolicyLocal} {
+			t.Run(fmt.Sprintf("%s/%s", mode, policy), func(t *testing.T) {
+				if err := cl.SetMode(t.Context(), mode); err != nil {
+					t.Fatal(err)
+				}
+				if err := cl.SetPolicy(t.Context(), policy); err != nil {
+					t.Fatal(err)
+				}
+				for _, en := range entries(cl, policy) {
+					t.Run(en.name, func(t *testing.T) {
+						exps := en.run(t, 8)
+						ms := waitMerged(t, recs, exps)
+						tunnel := 0
+						for _, e := range exps {
+							m, ok := findMerged(ms, e.res)
+							if !ok {
+								t.Errorf("no record for %v->%v (pod %s)", e.res.Local, e.res.Remote, e.res.Pod)
+								continue
+							}
+							checkConnection(t, cl, m, e)
+							for _, n := range cl.Nodes {
+								if e.res.SeenRemote.Addr() == n.Tunnel.IP {
+									tunnel++
+								}
+							}
+						}
+						t.Logf("%d connections checked, %d reached their pod from a tunnel address", len(exps), tunnel)
+					})
+				}
+			})
+		}
+	}
+}

@@ -364,7 +364,7 @@ const (
 func spanHops(p *path.Path) int {
 	c := &p.Conn
 	h := 0
-	if p.EntryNode != "" && p.EntryNode == c.Node && (p.Entry == "loadbalancer" || p.Entry == "nodeport") {
+	if p.EntryNode != "" && p.EntryNode == c.Node && (p.Entry == "loadbalancer" || p.Entry == "nodeport" || p.Entry == "externalip") {
 		h |= hopLBNode
 	}
 	if p.CrossNode && p.EntryNode == c.Node {
@@ -475,6 +475,12 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 	}
 	if p.EntryNode != "" {
 		a = append(a, attribute.String("lbpath.entry_node", p.EntryNode))
+	}
+	if p.Client.Node != nil && p.Client.NodeAddr != "" {
+		// Which node the client address is, and how lbpath knows (a
+		// tunnel address on an overlay is no InternalIP).
+		a = append(a, attribute.String("lbpath.client.node", p.Client.Node.Name),
+			attribute.String("lbpath.client.node_address_source", string(p.Client.NodeAddr)))
 	}
 	if c.Error != "" {
 		a = append(a, attribute.String("error.type", c.Error))

@@ -103,6 +103,8 @@ type Options struct {
 	// family needs a Writer (a real kube-proxy); until one is set the
 	// cluster has no Service NAT.
 	Family Family
+	// Overlay is the network between nodes; default flat (see Overlay).
+	Overlay Overlay
 }
 
 // DefaultPods is the pod layout used when Options.Pods is empty.
@@ -171,6 +173,9 @@ func (o Options) withDefaults() (Options, error) {
 			return o, fmt.Errorf("too many pods on node %d", p.Node)
 		}
 	}
+	if !o.Overlay.valid() {
+		return o, fmt.Errorf("unknown overlay %q: want flannel, calico, cilium or empty (flat)", o.Overlay)
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -192,6 +197,9 @@ type Node struct {
 	// PodCIDR) first.
 	IPs      []netip.Addr
 	PodCIDRs []netip.Prefix
+	// Tunnel is the node's VXLAN end with Options.Overlay; zero on the
+	// flat network.
+	Tunnel Tunnel
 }
 
 // Pod is a pod namespace with one eth0 routed through its node.
@@ -315,6 +323,8 @@ func newCluster(opt Options) *Cluster {
 			IP:      netip.AddrFrom4([4]byte{192, 168, 77, byte(10 + i)}),
 			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
 		})
+		n := c.Nodes[len(c.Nodes)-1]
+		n.Tunnel = tunnelFor(opt.Overlay, n)
 	}
 	perNode := map[int]int{}
 	for k, spec := range opt.Pods {
@@ -432,6 +442,9 @@ func (c *Cluster) build(ctx context.Context) error {
 			"link add name "+v+" type veth peer name eth0 netns "+filepath.Base(n.Netns),
 			"link set "+v+" master br0 up")
 	}
+	if c.Opt.Overlay != OverlayFlat {
+		lanCmds = append(lanCmds, c.lanOverlayCmds()...)
+	}
 	if err := ipBatch(ctx, lan, lanCmds); err != nil {
 		return fmt.Errorf("set up LAN: %w", err)
 	}
@@ -451,7 +464,11 @@ func (c *Cluster) build(ctx context.Context) error {
 			"route add default via " + LANGateway.String(),
 		}
 		cmds = append(cmds, c.node6Cmds(n)...)
-		cmds = append(cmds, c.nodeRoutes(n)...)
+		if c.Opt.Overlay != OverlayFlat {
+			cmds = append(cmds, c.overlayNodeCmds(n)...)
+		} else {
+			cmds = append(cmds, c.nodeRoutes(n)...)
+		}
 		for _, p := range c.allPods() {
 			if p.Node != n {
 				continue
@@ -463,6 +480,11 @@ func (c *Cluster) build(ctx context.Context) error {
 		}
 		if err := ipBatch(ctx, filepath.Base(n.Netns), cmds); err != nil {
 			return fmt.Errorf("set up %s: %w", n.Name, err)
+		}
+		if c.Opt.Overlay != OverlayFlat {
+			if err := c.overlayFDB(ctx, n); err != nil {
+				return err
+			}
 		}
 	}
 	for _, p := range c.allPods() {

@@ -267,10 +267,14 @@ func (x *Index) SetNode(n *Node, now time.Time) {
 			}
 		}
 	}
+	if old := x.nodes[n.Name]; old != nil {
+		x.closeNodeAddrs(old, n, now)
+	}
 	x.nodes[n.Name] = n
 	for _, ip := range n.Addrs() {
 		openSpan(x.nodeByIP, ip, n, now, sameNode, x.cfg, &x.Stats)
 	}
+	x.openNodeAddrs(n, now)
 }
 
 // DeleteNode removes a node.
@@ -282,6 +286,7 @@ func (x *Index) DeleteNode(name string, now time.Time) {
 		for _, ip := range old.Addrs() {
 			closeSpan(x.nodeByIP, ip, old, now, sameNode, x.cfg, &x.Stats)
 		}
+		x.closeNodeAddrs(old, nil, now)
 	}
 }
 
@@ -291,6 +296,9 @@ func svcAddrs(s *Service) (addrs []netip.AddrPort, nodePorts []uint16) {
 			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
 		}
 		for _, ip := range s.LBIngress {
+			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
+		}
+		for _, ip := range s.ExternalIPs {
 			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
 		}
 		if p.NodePort != 0 {
@@ -305,12 +313,12 @@ func (x *Index) SetService(s *Service, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if old := x.svcs[s.Key()]; old != nil {
-		if s.Type == "LoadBalancer" && len(s.LBIngress) == 0 && !old.LBPendingSince.IsZero() {
+		if s.LBPending() && !old.LBPendingSince.IsZero() {
 			s.LBPendingSince = old.LBPendingSince
 		}
 		x.closeService(old, now)
 	}
-	if s.Type == "LoadBalancer" && len(s.LBIngress) == 0 && s.LBPendingSince.IsZero() {
+	if s.LBPending() && s.LBPendingSince.IsZero() {
 		s.LBPendingSince = s.Created
 		if s.LBPendingSince.IsZero() {
 			s.LBPendingSince = now
@@ -463,10 +471,11 @@ func (x *Index) HostPortAt(ap netip.AddrPort, t time.Time) (*Pod, bool) {
 	return p, ok
 }
 
-// NodeAt returns the node whose InternalIP was ip at t.
+// NodeAt returns the node that held ip at t: its InternalIP or any other
+// address of Node.Addresses (a derived one only while no pod holds it).
 func (x *Index) NodeAt(ip netip.Addr, t time.Time) (*Node, bool) {
 	x.mu.RLock()
-	n, ok := x.nodeByIP[ip].at(t, x.cfg.Slack)
+	n, _, ok := x.nodeAtLocked(ip, t)
 	x.mu.RUnlock()
 	x.miss(ok)
 	return n, ok
@@ -487,15 +496,16 @@ func (x *Index) ServiceAt(ap netip.AddrPort, t time.Time) (*Service, Entry, bool
 	defer x.mu.RUnlock()
 	if s, ok := x.svcByAddr[ap].at(t, x.cfg.Slack); ok {
 		entry := EntryClusterIP
-		for _, ip := range s.LBIngress {
-			if ip == ap.Addr() {
-				entry = EntryLoadBalancer
-			}
+		if slices.Contains(s.ExternalIPs, ap.Addr()) {
+			entry = EntryExternalIP
+		}
+		if slices.Contains(s.LBIngress, ap.Addr()) {
+			entry = EntryLoadBalancer
 		}
 		x.miss(true)
 		return s, entry, true
 	}
-	if _, isNode := x.nodeByIP[ap.Addr()].at(t, x.cfg.Slack); isNode {
+	if _, _, isNode := x.nodeAtLocked(ap.Addr(), t); isNode {
 		if s, ok := x.svcByNP[ap.Port()].at(t, x.cfg.Slack); ok {
 			x.miss(true)
 			return s, EntryNodePort, true

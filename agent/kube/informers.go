@@ -297,10 +297,14 @@ func strip(o any) (any, error) {
 	case *corev1.Node:
 		n := &corev1.Node{ObjectMeta: slimMeta(v.ObjectMeta, "topology.kubernetes.io/zone")}
 		for _, a := range v.Status.Addresses {
-			if a.Type == corev1.NodeInternalIP {
+			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
 				n.Status.Addresses = append(n.Status.Addresses, a)
 			}
 		}
+		// The node's other addresses (NodeAddresses): CNI annotations
+		// and the pod CIDRs.
+		n.Annotations = keptNodeAnnotations(v.Annotations)
+		n.Spec.PodCIDR, n.Spec.PodCIDRs = v.Spec.PodCIDR, v.Spec.PodCIDRs
 		return n, nil
 	case *corev1.Service:
 		s := &corev1.Service{ObjectMeta: slimMeta(v.ObjectMeta)}
@@ -417,7 +421,7 @@ func (w *Watcher) onNode(o any) {
 	if !ok {
 		return
 	}
-	n := &Node{Name: v.Name, Zone: v.Labels["topology.kubernetes.io/zone"]}
+	n := &Node{Name: v.Name, Zone: v.Labels["topology.kubernetes.io/zone"], Addresses: NodeAddresses(v)}
 	for _, a := range v.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP {
 			continue
@@ -469,10 +473,13 @@ func ServiceFrom(v *corev1.Service) *Service {
 		if a := parseIP(in.IP); a.IsValid() {
 			s.LBIngress = append(s.LBIngress, a)
 		}
+		if in.Hostname != "" {
+			s.LBHostnames = append(s.LBHostnames, in.Hostname)
+		}
 	}
 	for _, ip := range v.Spec.ExternalIPs {
 		if a := parseIP(ip); a.IsValid() {
-			s.LBIngress = append(s.LBIngress, a)
+			s.ExternalIPs = append(s.ExternalIPs, a)
 		}
 	}
 	s.AnnotationErrors = samplingAnnotations(s, v.Annotations)

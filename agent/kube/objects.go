@@ -42,6 +42,10 @@ type Node struct {
 	// dual-stack node (InternalIP is the first). Empty means InternalIP alone.
 	InternalIPs []netip.Addr
 	Zone        string // topology.kubernetes.io/zone
+	// Addresses are every address the node is known by, with how it was
+	// learnt (NodeAddresses): status addresses, CNI annotations, pod CIDR
+	// conventions. The index keys the node under each.
+	Addresses []NodeAddress
 }
 
 // Addrs are every address of the pod: IPs, or IP alone.
@@ -99,9 +103,16 @@ type Service struct {
 	Type            string // ClusterIP, NodePort, LoadBalancer
 	ClusterIPs      []netip.Addr
 	Ports           []ServicePort
-	// LBIngress are status.loadBalancer.ingress IPs (and spec.externalIPs);
-	// empty for a LoadBalancer means EXTERNAL-IP is pending.
+	// LBIngress are status.loadBalancer.ingress IPs.
 	LBIngress []netip.Addr
+	// LBHostnames are status.loadBalancer.ingress hostnames: a load
+	// balancer known by a DNS name (AWS ELB/NLB) is provisioned, with the
+	// hostname as its address.
+	LBHostnames []string
+	// ExternalIPs are spec.externalIPs: addresses the cluster's admin
+	// routes to the nodes, which kube-proxy serves like a ClusterIP. No
+	// load balancer; connections to them are entry externalip.
+	ExternalIPs []netip.Addr
 	// ExternalTrafficPolicy is Cluster or Local.
 	ExternalTrafficPolicy string
 	// HealthCheckNodePort is spec.healthCheckNodePort: under Local policy
@@ -144,4 +155,13 @@ const (
 	EntryNodePort     Entry = "nodeport"
 	EntryLoadBalancer Entry = "loadbalancer"
 	EntryDirect       Entry = "direct" // to a pod address, not through a Service
+	// EntryExternalIP is a connection to one of the Service's
+	// spec.externalIPs (no load balancer is involved).
+	EntryExternalIP Entry = "externalip"
 )
+
+// LBPending reports whether s is a LoadBalancer whose EXTERNAL-IP kubectl
+// shows as <pending>: no ingress IP, no ingress hostname and no external IP.
+func (s *Service) LBPending() bool {
+	return s.Type == "LoadBalancer" && len(s.LBIngress) == 0 && len(s.LBHostnames) == 0 && len(s.ExternalIPs) == 0
+}

@@ -31,6 +31,9 @@ type Peer struct {
 	Kind PeerKind
 	Pod  *kube.Pod  // when Kind is pod
 	Node *kube.Node // when Kind is node (the node itself, or an SNAT address)
+	// NodeAddr says how Addr is known to be Node's: its InternalIP, or a
+	// tunnel or gateway address on an overlay (kube.NodeAddrSource).
+	NodeAddr kube.NodeAddrSource
 	// Lost is true when Addr is not the real client: another node SNATed
 	// it and this view has no record of the original.
 	Lost bool
@@ -203,7 +206,9 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	if c.NAT == nil && c.Role == flow.RoleServer {
 		// No translation here: if the source is another node's address,
 		// that node SNATed it (Cluster policy): the hop crossed nodes and
-		// the client's address is lost in this view.
+		// the client's address is lost in this view. On an overlay the
+		// address is the entry node's tunnel address, not its
+		// InternalIP (kube.NodeAddresses).
 		if node, ok := n.idx.NodeAt(src.Addr(), at); ok && node.Name != c.Node {
 			p.Client.Lost = true
 			p.SNAT = true
@@ -235,8 +240,8 @@ func (n *Namer) peer(a netip.AddrPort, at time.Time) Peer {
 	if pod, ok := n.idx.PodAt(a.Addr(), at); ok {
 		return Peer{Addr: a, Kind: PeerPod, Pod: pod}
 	}
-	if node, ok := n.idx.NodeAt(a.Addr(), at); ok {
-		return Peer{Addr: a, Kind: PeerNode, Node: node}
+	if node, src, ok := n.idx.NodeAddrAt(a.Addr(), at); ok {
+		return Peer{Addr: a, Kind: PeerNode, Node: node, NodeAddr: src}
 	}
 	return Peer{Addr: a, Kind: PeerExternal}
 }
@@ -268,10 +273,10 @@ func (n *Namer) diagnose(p *Path) {
 			add(DiagNoReadyEndpoints, "%s has no ready endpoints", svcName)
 		}
 		if p.Service.ExternalTrafficPolicy == "Local" && p.EntryNode != "" && onEntry == 0 && all > 0 &&
-			(p.Entry == kube.EntryNodePort || p.Entry == kube.EntryLoadBalancer) {
+			(p.Entry == kube.EntryNodePort || p.Entry == kube.EntryLoadBalancer || p.Entry == kube.EntryExternalIP) {
 			add(DiagLocalNoEndpoint, "%s has externalTrafficPolicy Local and node %s has no ready endpoint: traffic sent there is dropped", svcName, p.EntryNode)
 		}
-		if p.Service.Type == "LoadBalancer" && len(p.Service.LBIngress) == 0 && !p.Service.LBPendingSince.IsZero() &&
+		if p.Service.LBPending() && !p.Service.LBPendingSince.IsZero() &&
 			p.Conn.Start.Sub(p.Service.LBPendingSince) > n.cfg.LBPendingAfter {
 			add(DiagLBPending, "%s is type LoadBalancer but its EXTERNAL-IP has been pending for %s", svcName,
 				p.Conn.Start.Sub(p.Service.LBPendingSince).Round(time.Second))
@@ -302,7 +307,7 @@ func (n *Namer) Inventory(now time.Time) Inventory {
 			continue
 		}
 		inv.LoadBalancers++
-		if len(s.LBIngress) == 0 && !s.LBPendingSince.IsZero() && now.Sub(s.LBPendingSince) > n.cfg.LBPendingAfter {
+		if s.LBPending() && !s.LBPendingSince.IsZero() && now.Sub(s.LBPendingSince) > n.cfg.LBPendingAfter {
 			inv.Pending = append(inv.Pending, s.Key())
 		}
 	}

@@ -6,21 +6,25 @@ import "github.com/lbpath/lbpath/agent/flow"
 // (all documented in docs/TELEMETRY.md).
 type Record struct {
 	flow.Connection
-	Service     string      `json:"service,omitempty"` // namespace/name
-	Entry       string      `json:"entry,omitempty"`
-	EntryNode   string      `json:"entry_node,omitempty"`
-	Pod         string      `json:"pod,omitempty"` // namespace/name
-	PodNode     string      `json:"pod_node,omitempty"`
-	PodZone     string      `json:"pod_zone,omitempty"`
-	Deployment  string      `json:"deployment,omitempty"`
-	ReplicaSet  string      `json:"replicaset,omitempty"`
-	ClientKind  string      `json:"client_kind,omitempty"`
-	ClientName  string      `json:"client_name,omitempty"` // pod namespace/name or node name
-	ClientLost  bool        `json:"client_lost,omitempty"`
-	CrossNode   bool        `json:"cross_node,omitempty"`
-	NotReady    bool        `json:"endpoint_not_ready,omitempty"`
-	Terminating bool        `json:"endpoint_terminating,omitempty"`
-	Diagnoses   []Diagnosis `json:"diagnoses,omitempty"`
+	Service    string `json:"service,omitempty"` // namespace/name
+	Entry      string `json:"entry,omitempty"`
+	EntryNode  string `json:"entry_node,omitempty"`
+	Pod        string `json:"pod,omitempty"` // namespace/name
+	PodNode    string `json:"pod_node,omitempty"`
+	PodZone    string `json:"pod_zone,omitempty"`
+	Deployment string `json:"deployment,omitempty"`
+	ReplicaSet string `json:"replicaset,omitempty"`
+	ClientKind string `json:"client_kind,omitempty"`
+	ClientName string `json:"client_name,omitempty"` // pod namespace/name or node name
+	ClientLost bool   `json:"client_lost,omitempty"`
+	// ClientNodeAddr says how the client address is known to be
+	// ClientName's node (kube.NodeAddrSource: internal_ip, flannel_tunnel,
+	// calico_tunnel, cilium_host, podcidr_gateway, …); client_kind node only.
+	ClientNodeAddr string      `json:"client_node_address_source,omitempty"`
+	CrossNode      bool        `json:"cross_node,omitempty"`
+	NotReady       bool        `json:"endpoint_not_ready,omitempty"`
+	Terminating    bool        `json:"endpoint_terminating,omitempty"`
+	Diagnoses      []Diagnosis `json:"diagnoses,omitempty"`
 	// Class is cluster, node_local, apiserver, kubelet, external,
 	// lb_health_check or unknown (see Class); always present.
 	Class Class `json:"class"`
@@ -60,6 +64,7 @@ func (p *Path) Record() Record {
 		r.ClientName = p.Client.Pod.Namespace + "/" + p.Client.Pod.Name
 	case p.Client.Node != nil:
 		r.ClientName = p.Client.Node.Name
+		r.ClientNodeAddr = string(p.Client.NodeAddr)
 	}
 	return r
 }

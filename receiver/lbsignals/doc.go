@@ -8,6 +8,7 @@
 //	lbpath.loadbalancer.services                 gauge  (per cluster) Services of type LoadBalancer
 //	lbpath.loadbalancer.pending                  gauge  (per cluster) of those, without an ingress IP or hostname
 //	lbpath.loadbalancer.pending.age              gauge  namespace, service (s)
+//	lbpath.loadbalancer.address                  gauge  namespace, service, lbpath.loadbalancer.address, .address.type (ip|hostname)
 //	lbpath.service.health_check.status           gauge  namespace, service, node (HTTP status of healthCheckNodePort)
 //	lbpath.service.health_check.healthy          gauge  namespace, service, node (1 for 200, 0 otherwise)
 //	lbpath.service.health_check.local_endpoints  gauge  namespace, service, node (kube-proxy's localEndpoints)

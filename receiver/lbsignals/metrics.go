@@ -11,11 +11,14 @@ import (
 // Attribute names (semantic conventions).
 const (
 	attrNamespace = "k8s.namespace.name"
-	attrService   = "k8s.service.name"
-	attrPod       = "k8s.pod.name"
-	attrNode      = "k8s.node.name"
-	attrTransport = "network.transport"
-	attrErrorType = "error.type"
+	// lbpath.loadbalancer.address: the ingress IP or hostname, and which.
+	attrLBAddress     = "lbpath.loadbalancer.address"
+	attrLBAddressType = "lbpath.loadbalancer.address.type"
+	attrService       = "k8s.service.name"
+	attrPod           = "k8s.pod.name"
+	attrNode          = "k8s.node.name"
+	attrTransport     = "network.transport"
+	attrErrorType     = "error.type"
 )
 
 const (
@@ -81,6 +84,8 @@ func toMetrics(s snapshot, errs *probeErrors, clusterName string, now time.Time)
 			put(ap, attrNamespace, p.Namespace, attrService, p.Service)
 		}
 	}
+
+	addressMetrics(ms, ts, s.LBAddresses)
 
 	if len(s.ProbeResults) > 0 {
 		status := newGauge(ms, "lbpath.service.health_check.status", "", "HTTP status code the node's healthCheckNodePort answered (kube-proxy: 200 with local endpoints, 503 without).")
@@ -153,5 +158,16 @@ func put(p pmetric.NumberDataPoint, kv ...string) {
 		if kv[i+1] != "" {
 			p.Attributes().PutStr(kv[i], kv[i+1])
 		}
+	}
+}
+
+// addressMetrics renders lbpath.loadbalancer.address: 1 per address.
+func addressMetrics(ms pmetric.MetricSlice, ts pcommon.Timestamp, addrs []lbAddress) {
+	if len(addrs) == 0 {
+		return
+	}
+	g := newGauge(ms, "lbpath.loadbalancer.address", "{address}", "1 per address a LoadBalancer Service's status publishes (ingress IP or hostname); a hostname load balancer is provisioned.")
+	for _, a := range addrs {
+		put(point(g, ts, 1), attrNamespace, a.Namespace, attrService, a.Service, attrLBAddress, a.Address, attrLBAddressType, a.Type)
 	}
 }

@@ -282,6 +282,7 @@ func (r *signalsReceiver) snapshot(ctx context.Context, pr *prober) (snapshot, e
 	r.mu.Unlock()
 	var s snapshot
 	s.LBServices, s.Pending = loadBalancers(svcs, since, r.now())
+	s.LBAddresses = lbAddresses(svcs)
 	s.Ready = readyEndpoints(slices)
 	if r.cfg.HealthCheck.Enabled {
 		s.Probes = probeTargets(svcs, nodes)

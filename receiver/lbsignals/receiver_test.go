@@ -280,6 +280,8 @@ func TestReceiverAgainstAPIServer(t *testing.T) {
 		"lbpath.loadbalancer.pending.age{k8s.namespace.name=shop,k8s.service.name=lb-pending} ~",
 		"lbpath.loadbalancer.pending{} 2",
 		"lbpath.loadbalancer.services{} 4",
+		"lbpath.loadbalancer.address{k8s.namespace.name=shop,k8s.service.name=lb-hostname,lbpath.loadbalancer.address.type=hostname,lbpath.loadbalancer.address=a1b2.elb.example.com} 1",
+		"lbpath.loadbalancer.address{k8s.namespace.name=shop,k8s.service.name=lb-local,lbpath.loadbalancer.address.type=ip,lbpath.loadbalancer.address=192.0.2.10} 1",
 		"lbpath.service.endpoint.ready{k8s.namespace.name=shop,k8s.node.name=n1,k8s.pod.name=p1,k8s.service.name=web,network.transport=tcp} 1",
 		"lbpath.service.endpoint.ready{k8s.namespace.name=shop,k8s.node.name=n1,k8s.pod.name=p1,k8s.service.name=web,network.transport=udp} 1",
 		"lbpath.service.endpoint.ready{k8s.namespace.name=shop,k8s.node.name=n2,k8s.pod.name=p2,k8s.service.name=web,network.transport=tcp} 1",
@@ -358,7 +360,8 @@ func TestReceiverAgainstAPIServer(t *testing.T) {
 	}
 	waitFor(t, sink, "lb-pending provisioned", 10*time.Second, func(l []string, d map[string]float64) bool {
 		_, stillPending := d["lbpath.loadbalancer.pending.age{k8s.namespace.name=shop,k8s.service.name=lb-pending}"]
-		return !stillPending && slices.Contains(l, "lbpath.loadbalancer.pending{} 2")
+		return !stillPending && slices.Contains(l, "lbpath.loadbalancer.pending{} 2") &&
+			slices.Contains(l, "lbpath.loadbalancer.address{k8s.namespace.name=shop,k8s.service.name=lb-pending,lbpath.loadbalancer.address.type=hostname,lbpath.loadbalancer.address=x.elb.example.com} 1")
 	})
 }
 

@@ -27,6 +27,7 @@ type snapshot struct {
 	Ready        []readyEndpoint
 	LBServices   int
 	Pending      []pendingLB
+	LBAddresses  []lbAddress
 	Probes       []probeTarget
 	ProbeResults []probeResult
 }

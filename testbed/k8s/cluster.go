@@ -78,6 +78,9 @@ type Options struct {
 	// IPv4. IPv6 and dual-stack run with the kubelet stand-in (the real
 	// nodes' CNI config is IPv4-only).
 	Family testbed.Family
+	// Overlay is the network between nodes (testbed.Overlay); default
+	// flat. The Nodes carry the annotations the overlay's CNI would set.
+	Overlay testbed.Overlay
 }
 
 // Cluster is a testbed driven by a real control plane: kube-apiserver and
@@ -147,7 +150,7 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 	// which needs the apiserver, which needs the host link.
 	tb, err := testbed.Up(ctx, testbed.Options{
 		Prefix: opt.Prefix, Mode: opt.Mode, Policy: opt.Policy, Nodes: opt.Nodes,
-		Logger: opt.Logger, HostLink: true, NoStaticPods: true, Family: opt.Family,
+		Logger: opt.Logger, HostLink: true, NoStaticPods: true, Family: opt.Family, Overlay: opt.Overlay,
 	})
 	if err != nil {
 		return nil, err
@@ -248,6 +251,7 @@ func (c *Cluster) registerNodes(ctx context.Context) error {
 			}},
 			Spec: corev1.NodeSpec{PodCIDR: n.PodCIDR.String(), PodCIDRs: prefixStrings(n.PodCIDR, n.PodCIDRs)},
 		}
+		node.Annotations = OverlayAnnotations(c.opt.Overlay, n)
 		created, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if err != nil {
 			return fmt.Errorf("create Node %s: %w", n.Name, err)

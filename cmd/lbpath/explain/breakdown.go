@@ -72,7 +72,7 @@ func (b *breakdown) add(m model.Metric, v float64) {
 		if cross {
 			b.entryCross += v
 		}
-		if entry == "loadbalancer" || entry == "nodeport" {
+		if entry == "loadbalancer" || entry == "nodeport" || entry == "externalip" {
 			b.external += v
 			if snat {
 				b.externalSNAT += v

@@ -102,7 +102,7 @@ type Finding struct {
 
 // EntryCount is the connections that entered the Service one way.
 type EntryCount struct {
-	Entry string  // clusterip, nodeport, loadbalancer
+	Entry string  // clusterip, nodeport, loadbalancer, externalip
 	Conns float64 // in the window
 }
 

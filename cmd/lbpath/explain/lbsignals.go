@@ -16,6 +16,9 @@ import (
 // failover the old leader's exporter serves its last values for a while.
 const (
 	mLBPendingAge  = "lbpath_loadbalancer_pending_age_seconds"
+	mLBAddress     = "lbpath_loadbalancer_address"
+	lLBAddress     = "lbpath_loadbalancer_address"
+	lLBAddressType = "lbpath_loadbalancer_address_type"
 	mEndpointReady = "lbpath_service_endpoint_ready"
 	mHCStatus      = "lbpath_service_health_check_status"
 	mHCLocal       = "lbpath_service_health_check_local_endpoints"
@@ -69,6 +72,10 @@ type LBSignals struct {
 	// PendingFor is how long the LoadBalancer has waited for an address;
 	// 0 when it is not pending (or not a LoadBalancer).
 	PendingFor time.Duration
+	// Addresses are the load balancer's published addresses, an IP or a
+	// hostname each (AWS ELB/NLB publish only a hostname), as
+	// "<address> (<ip|hostname>)".
+	Addresses []string
 	// ReadyPods is the Service's ready endpoints (pods); NaN when unknown.
 	ReadyPods float64
 	// HealthChecks is one row per probed node (Local policy only).
@@ -87,6 +94,14 @@ func (r *Report) lbSignals(ctx context.Context, q *querier, sel, w string) error
 	if age > 0 {
 		s.PendingFor, seen = time.Duration(age*float64(time.Second)), true
 	}
+	addrs, err := q.vector(ctx, fmt.Sprintf(`max by (%s, %s) (%s{%s})`, lLBAddress, lLBAddressType, mLBAddress, sel))
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		s.Addresses, seen = append(s.Addresses, fmt.Sprintf("%s (%s)", label(a.Metric, lLBAddress), label(a.Metric, lLBAddressType))), true
+	}
+	sort.Strings(s.Addresses)
 	ready, err := q.vector(ctx, fmt.Sprintf(`count by (%[1]s) (max by (%[1]s, %[2]s) (%[3]s{%[4]s}))`, lNode, lPod, mEndpointReady, sel))
 	if err != nil {
 		return err
@@ -211,6 +226,9 @@ func (r *Report) renderSignals(b *bytes.Buffer) {
 	if s.PendingFor > 0 {
 		fmt.Fprintf(b, "  pending for %s (no ingress IP or hostname)\n", ago(s.PendingFor))
 	}
+	if len(s.Addresses) > 0 {
+		fmt.Fprintf(b, "  address     %s\n", strings.Join(s.Addresses, ", "))
+	}
 	if !math.IsNaN(s.ReadyPods) {
 		fmt.Fprintf(b, "  ready pods  %s\n", count(s.ReadyPods))
 	}
@@ -247,6 +265,7 @@ func (r *Report) renderSignals(b *bytes.Buffer) {
 // catalog test).
 var signalNames = map[string][]string{
 	mLBPendingAge:  {lNamespace, lService},
+	mLBAddress:     {lNamespace, lService, lLBAddress, lLBAddressType},
 	mEndpointReady: {lNamespace, lService, lPod, lNode},
 	mHCStatus:      {lNamespace, lService, lNode},
 	mHCLocal:       {lNamespace, lService, lNode},

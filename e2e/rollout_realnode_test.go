@@ -25,7 +25,7 @@ import (
 // record as failed; bytes are exact.
 func TestRolloutAttributionRealNodes(t *testing.T) {
 	c := upK8s(t, "lbrr", k8s.Options{RealNodes: true, PodIPsPerNode: 4})
-	_, named := startNamedAgents(t, c, nodeagents.Options{})
+	_, named := startNamedAgents(t, c, nodeagents.Options{PodCIDRScope: true})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

@@ -47,6 +47,12 @@ type Options struct {
 	Request func(*path.Request)
 	// UDP configures each agent's UDP capture.
 	UDP agent.UDPConfig
+	// PodCIDRScope also scopes each agent to sockets whose local address
+	// is in its node's pod CIDR, as the agent's --pod-cidr does: pods a
+	// real kubelet made live in namespaces the testbed does not know.
+	// Only one cluster with those addresses may run (real nodes take the
+	// host link lock).
+	PodCIDRScope bool
 }
 
 // Start runs an agent for every node of cl. Each agent attaches to its
@@ -58,7 +64,7 @@ func Start(cl *testbed.Cluster, opt Options, log *slog.Logger) (*Set, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Set{cancel: cancel}
 	for _, n := range cl.Nodes {
-		cfg := agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n), Flow: opt.Flow,
+		cfg := agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n, opt.PodCIDRScope), Flow: opt.Flow,
 			Metadata: opt.Metadata, Export: opt.Export, UDP: opt.UDP}
 		if opt.Kubeconfig != "" {
 			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig}
@@ -110,7 +116,7 @@ func (s *Set) Stop() error {
 // on n. Pods come and go (rollouts), so an inode never seen before triggers
 // a refresh; inodes known to be someone else's are remembered for a few
 // seconds (a namespace inode can be reused after deletion).
-func scope(cl *testbed.Cluster, n *testbed.Node) func(netip.Addr, uint32) bool {
+func scope(cl *testbed.Cluster, n *testbed.Node, byCIDR bool) func(netip.Addr, uint32) bool {
 	var mu sync.Mutex
 	ours := map[uint32]bool{}
 	notOurs := map[uint32]time.Time{}
@@ -130,7 +136,10 @@ func scope(cl *testbed.Cluster, n *testbed.Node) func(netip.Addr, uint32) bool {
 		}
 	}
 	refresh()
-	return func(_ netip.Addr, ino uint32) bool {
+	return func(local netip.Addr, ino uint32) bool {
+		if byCIDR && n.PodCIDR.Contains(local.Unmap()) {
+			return true
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		if ours[ino] {

@@ -228,36 +228,11 @@ func udpSide(b uint8) Side {
 	return SideUnknown
 }
 
-// RunUDP reads UDP events until ctx is done (then drains what is there) or
+// Run reads UDP events until ctx is done (then drains what is there) or
 // the reader is closed. fn must not keep e.
 func (u *UDP) Run(ctx context.Context, fn func(e *UDPEvent), bad func(err error)) error {
-	var rec ringbuf.Record
 	var e UDPEvent
-	for {
-		stopping := ctx.Err() != nil
-		deadline := time.Now().Add(PollInterval)
-		if stopping {
-			deadline = time.Now()
-		}
-		u.reader.SetDeadline(deadline)
-		if err := u.reader.ReadInto(&rec); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if stopping {
-					return nil
-				}
-				continue
-			}
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("read UDP ring buffer: %w", err)
-		}
-		if err := DecodeUDP(rec.RawSample, &e); err != nil {
-			bad(err)
-			continue
-		}
-		fn(&e)
-	}
+	return readRing(ctx, u.reader, "UDP ring buffer", func(b []byte) error { return DecodeUDP(b, &e) }, func() { fn(&e) }, bad)
 }
 
 // Expire takes every flow whose last datagram is older than idle at nowNs

@@ -117,6 +117,7 @@ func familyEntries(c *k8s.Cluster, policy testbed.Policy, like netip.Addr) []kub
 		}
 		return out
 	}
+	// Under Local only nodes with a ready endpoint take external traffic.
 	pods, _ := c.WebPods(ctx)
 	hasPod := map[string]bool{}
 	for _, p := range pods {

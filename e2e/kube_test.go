@@ -223,59 +223,7 @@ type kubeEntry struct {
 }
 
 func kubeEntries(c *k8s.Cluster, policy testbed.Policy) []kubeEntry {
-	ctx := context.Background()
-	tb := c.TB
-	web := tb.Web()
-	external := policy == testbed.PolicyCluster
-	send := func(t *testing.T, from string, target netip.AddrPort, entryNode string, snat bool, n int) []expectation {
-		var out []expectation
-		for i := range n {
-			res := tb.Request(ctx, from, target, 20+i, 100)
-			if res.Err != nil {
-				t.Fatalf("request %d to %v: %v", i, target, res.Err)
-			}
-			out = append(out, expectation{res: res, entryNode: entryNode, snat: snat})
-		}
-		return out
-	}
-	// Under Local only nodes with a ready endpoint take external traffic.
-	pods, _ := c.WebPods(ctx)
-	hasPod := map[string]bool{}
-	for _, p := range pods {
-		hasPod[p.Node] = true
-	}
-	nodes := func() []*testbed.Node {
-		var out []*testbed.Node
-		for _, n := range tb.Nodes {
-			if policy == testbed.PolicyCluster || hasPod[n.Name] {
-				out = append(out, n)
-			}
-		}
-		return out
-	}
-	return []kubeEntry{
-		{"ClusterIP", "clusterip", func(t *testing.T, n int) []expectation {
-			return send(t, tb.ClientPod.Netns, web.ClusterAddr(), tb.ClientPod.Node.Name, false, n)
-		}},
-		{"NodePort", "nodeport", func(t *testing.T, n int) []expectation {
-			var out []expectation
-			for _, node := range nodes() {
-				out = append(out, send(t, tb.Client.Netns, netip.AddrPortFrom(node.IP, web.NodePort), node.Name, external, n)...)
-			}
-			return out
-		}},
-		{"LoadBalancer", "loadbalancer", func(t *testing.T, n int) []expectation {
-			var out []expectation
-			for _, node := range nodes() {
-				time.Sleep(100 * time.Millisecond)
-				if err := tb.RouteLB(node.Index); err != nil {
-					t.Fatal(err)
-				}
-				out = append(out, send(t, tb.Client.Netns, web.LoadBalancerAddr(), node.Name, external, n)...)
-			}
-			return out
-		}},
-	}
+	return familyEntries(c, policy, c.TB.Web().ClusterAddr().Addr())
 }
 
 func checkNamed(t testing.TB, v view, e expectation, entry string, pods map[string][2]string) {

@@ -113,6 +113,9 @@ func (r *realNode) chartArgs() []string {
 		// the other node's sockets too; on kind/k3d clusters the same
 		// holds and this value is the documented remedy.
 		"--set", "agent.sharedKernel=true",
+		// This machine's cgroups are hybrid: the v2 root is at
+		// /sys/fs/cgroup/unified, not the chart's default /sys/fs/cgroup.
+		"--set", "agent.cgroup2Root=/sys/fs/cgroup/unified",
 		// The steps look for every connection's span: no span sampling
 		// (the agent's default keeps 1/32 of healthy connections;
 		// TestSpanSamplingAgreesAcrossNodes covers sampling).

@@ -128,6 +128,9 @@ func (r *scaleOut) install() time.Duration {
 		"--set", "collector.lbimbalance.window=" + soWindow,
 		// The testbed's nodes share one kernel (see TestRealNode).
 		"--set", "agent.sharedKernel=true",
+		// This machine's cgroups are hybrid: the v2 root is at
+		// /sys/fs/cgroup/unified, not the chart's default /sys/fs/cgroup.
+		"--set", "agent.cgroup2Root=/sys/fs/cgroup/unified",
 	}
 	r.helmRun(args...)
 	r.waitTiers(ctx, 3*time.Minute)

@@ -204,8 +204,15 @@ func loadAttach(spec *ebpf.CollectionSpec, maps *ebpf.Collection, cache *btf.Cac
 // told to stop are in the ring buffer, and the agent flushes them as
 // records on its way out (a pod being deleted relies on it).
 func (c *Capture) Run(ctx context.Context, fn func(e *Event), bad func(err error)) error {
-	var rec ringbuf.Record
 	var e Event
+	return readRing(ctx, c.reader, "ring buffer", func(b []byte) error { return Decode(b, &e) }, func() { fn(&e) }, bad)
+}
+
+// readRing is the loop every ring buffer of the capture is read with:
+// decode each record into the caller's reused value and hand it on; on
+// ctx done, read what the kernel wrote before, then return.
+func readRing(ctx context.Context, r *ringbuf.Reader, what string, decode func([]byte) error, emit func(), bad func(err error)) error {
+	var rec ringbuf.Record
 	for {
 		stopping := ctx.Err() != nil
 		// The kernel side skips the wakeup for small batches
@@ -216,8 +223,8 @@ func (c *Capture) Run(ctx context.Context, fn func(e *Event), bad func(err error
 		if stopping {
 			deadline = time.Now()
 		}
-		c.reader.SetDeadline(deadline)
-		if err := c.reader.ReadInto(&rec); err != nil {
+		r.SetDeadline(deadline)
+		if err := r.ReadInto(&rec); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if stopping {
 					return nil
@@ -227,13 +234,13 @@ func (c *Capture) Run(ctx context.Context, fn func(e *Event), bad func(err error
 			if errors.Is(err, os.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("read ring buffer: %w", err)
+			return fmt.Errorf("read %s: %w", what, err)
 		}
-		if err := Decode(rec.RawSample, &e); err != nil {
+		if err := decode(rec.RawSample); err != nil {
 			bad(err)
 			continue
 		}
-		fn(&e)
+		emit()
 	}
 }
 

@@ -116,6 +116,9 @@ func OpenUDP(cfg UDPConfig, log *slog.Logger) (*UDP, error) {
 			return nil, err
 		}
 	}
+	if err := isHierarchyRoot(path); err != nil {
+		return nil, err
+	}
 	spec, err := bpf.LoadUdp()
 	if err != nil {
 		return nil, fmt.Errorf("load UDP eBPF spec: %w", err)
@@ -149,6 +152,23 @@ func OpenUDP(cfg UDPConfig, log *slog.Logger) (*UDP, error) {
 	return u, nil
 }
 
+// isHierarchyRoot refuses a cgroup v2 directory that is not the root of the
+// hierarchy. A container sees its own cgroup mounted as if it were the
+// root; programs attached there would see only the container's sockets, a
+// capture that looks healthy and is blind. The root is the one directory
+// whose kernfs id (its inode number) is 1, whatever path or cgroup
+// namespace it is seen through.
+func isHierarchyRoot(path string) error {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fmt.Errorf("cgroup v2 root %s: %w", path, err)
+	}
+	if st.Ino != 1 {
+		return fmt.Errorf("cgroup v2 at %s is a sub-cgroup (id %d), not the hierarchy's root: UDP capture would see only the sockets below it (mount the host's cgroup2 root and pass its path)", path, st.Ino)
+	}
+	return nil
+}
+
 // cgroup2Root finds the cgroup v2 mount: /sys/fs/cgroup on a unified
 // host, /sys/fs/cgroup/unified on a hybrid one.
 func cgroup2Root() (string, error) {
@@ -163,14 +183,6 @@ func cgroup2Root() (string, error) {
 		fields := strings.Fields(sc.Text())
 		for i, fld := range fields {
 			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
-				// A container sees its own cgroup (or a cgroup namespace)
-				// mounted as if it were the root: programs attached there
-				// would see only the container's sockets, a capture that
-				// looks healthy and is blind. Only the hierarchy's root
-				// covers every pod.
-				if fields[3] != "/" {
-					return "", fmt.Errorf("the cgroup v2 mount at %s is the subtree %s, not the root: UDP capture would see only this container's sockets (run in the host's cgroup namespace with the host's cgroup2 mounted)", fields[4], fields[3])
-				}
 				return fields[4], nil
 			}
 		}
@@ -228,36 +240,11 @@ func udpSide(b uint8) Side {
 	return SideUnknown
 }
 
-// RunUDP reads UDP events until ctx is done (then drains what is there) or
+// Run reads UDP events until ctx is done (then drains what is there) or
 // the reader is closed. fn must not keep e.
 func (u *UDP) Run(ctx context.Context, fn func(e *UDPEvent), bad func(err error)) error {
-	var rec ringbuf.Record
 	var e UDPEvent
-	for {
-		stopping := ctx.Err() != nil
-		deadline := time.Now().Add(PollInterval)
-		if stopping {
-			deadline = time.Now()
-		}
-		u.reader.SetDeadline(deadline)
-		if err := u.reader.ReadInto(&rec); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if stopping {
-					return nil
-				}
-				continue
-			}
-			if errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("read UDP ring buffer: %w", err)
-		}
-		if err := DecodeUDP(rec.RawSample, &e); err != nil {
-			bad(err)
-			continue
-		}
-		fn(&e)
-	}
+	return readRing(ctx, u.reader, "UDP ring buffer", func(b []byte) error { return DecodeUDP(b, &e) }, func() { fn(&e) }, bad)
 }
 
 // Expire takes every flow whose last datagram is older than idle at nowNs

@@ -108,6 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Flow.JoinWait, "join-wait", time.Second, "how long a closed socket waits for its NAT entry")
 	fs.DurationVar(&cfg.UDP.Idle, "udp-idle", agent.DefaultUDPIdle, "a UDP flow's record is emitted after this long without a datagram (at most 25s: below conntrack's UDP timeout)")
 	fs.BoolVar(&cfg.UDP.Disabled, "no-udp", false, "leave out UDP flow capture (its per-packet cgroup_skb programs)")
+	fs.StringVar(&cfg.UDP.Capture.CgroupPath, "cgroup2-root", "", "the cgroup v2 hierarchy's root, where the UDP capture attaches (default: the cgroup2 mount in /proc/self/mountinfo); a sub-cgroup is refused, since it would see only its own sockets")
 	fs.DurationVar(&cfg.StatsInterval, "stats-interval", 30*time.Second, "how often counters are logged (0: only at exit)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", agent.DefaultShutdownTimeout,
 		"after SIGTERM, how long pending records and the OTLP export may take to flush; what is not delivered by then is counted as failed export. Keep it below the pod's terminationGracePeriodSeconds")

@@ -53,7 +53,7 @@ func (r *realNode) idleNoAlert(t *testing.T) {
 			t.Fatal(err)
 		}
 		if len(v) > 0 {
-			t.Fatalf("alerts on an idle, healthy node: %v", v)
+			t.Fatalf("alerts on an idle, healthy node: %v\n%s", v, r.podReport(ctx))
 		}
 		time.Sleep(2 * time.Second)
 	}

@@ -201,7 +201,7 @@ func (r *realNode) podReport(ctx context.Context) string {
 		for _, cs := range p.Status.ContainerStatuses {
 			fmt.Fprintf(&b, "  %s ready=%v restarts=%d state=%+v last=%+v\n", cs.Name, cs.Ready, cs.RestartCount, cs.State, cs.LastTerminationState)
 		}
-		tail := int64(15)
+		tail := int64(40)
 		logs, err := r.c.Client.CoreV1().Pods(rnNamespace).GetLogs(p.Name, &corev1.PodLogOptions{TailLines: &tail}).DoRaw(ctx)
 		fmt.Fprintf(&b, "  log (err %v):\n%s\n", err, logs)
 	}

@@ -3,8 +3,11 @@ package exporter
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -60,15 +63,46 @@ func (l *spanLedger) close() uint64 {
 
 // countingSpans reports every export's outcome to the ledger: spans the
 // OTLP exporter could not deliver after its retries are counted failed.
+//
+// Until the collector has answered once, a refused connection is retried
+// within the export's deadline instead of failing: at install the agents
+// usually start before the collector's pods, and the collector's Service
+// refuses connections until it has an endpoint. Without this a fresh
+// install could count its first spans as lost and raise the export alert
+// (seen once in e2e TestRealNode). Any other error (TLS, a hung
+// collector), and every error after the first success, fails at once.
 type countingSpans struct {
 	sdktrace.SpanExporter
-	ledger *spanLedger
+	ledger   *spanLedger
+	answered atomic.Bool
 }
+
+// refusedRetry is how long a refused export waits before it is tried again.
+const refusedRetry = 500 * time.Millisecond
 
 func (c *countingSpans) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
 	err := c.SpanExporter.ExportSpans(ctx, spans)
+	for err != nil && !c.answered.Load() && refused(err) {
+		select {
+		case <-ctx.Done():
+		case <-time.After(refusedRetry):
+			err = c.SpanExporter.ExportSpans(ctx, spans)
+			continue
+		}
+		break
+	}
+	if err == nil {
+		c.answered.Store(true)
+	}
 	c.ledger.settle(len(spans), err)
 	return err
+}
+
+// refused reports a connection the collector's address refused (no
+// listener, or a Service without endpoints), as the gRPC and HTTP
+// exporters report it.
+func refused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(err.Error(), "connection refused")
 }
 
 // countingMetrics counts failed metric exports, and every attempt, so

@@ -533,7 +533,10 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(holderEnv); spec != "" {
 		os.Exit(holdMain(spec))
 	}
-	os.Exit(m.Run())
+	unmount := mountTracefsForRun()
+	code := m.Run()
+	unmount()
+	os.Exit(code)
 }
 
 // holdMain opens the connections spec ("<listen IP> <count>") asks for, in

@@ -16,6 +16,22 @@ import (
 	"github.com/lbpath/lbpath/testbed"
 )
 
+// mountTracefsForRun mounts tracefs for the whole run when the host has
+// none, as real hosts do, and returns what unmounts it. cilium/ebpf looks
+// for tracefs once per process: an agent started before a test mounted it
+// would leave every later agent of the run without the connect() capture.
+// Without root the mount fails and tests that need it say so.
+func mountTracefsForRun() (unmount func()) {
+	const dir = "/sys/kernel/tracing"
+	if _, err := os.Stat(dir + "/events"); err == nil {
+		return func() {}
+	}
+	if err := unix.Mount("tracefs", dir, "tracefs", 0, ""); err != nil {
+		return func() {}
+	}
+	return func() { _ = unix.Unmount(dir, 0) }
+}
+
 // needTracefs mounts tracefs for the syscall tracepoint the connect()
 // capture attaches to, and unmounts it at the end if this test mounted it:
 // the machine is left as it was.

@@ -197,9 +197,11 @@ type Node struct {
 	// PodCIDR) first.
 	IPs      []netip.Addr
 	PodCIDRs []netip.Prefix
-	// Tunnel is the node's VXLAN end with Options.Overlay; zero on the
-	// flat network.
-	Tunnel Tunnel
+	// Tunnel is the node's VXLAN end in the primary family with
+	// Options.Overlay; zero on the flat network. Tunnels has one per
+	// family, Tunnel first (TunnelIn picks by family).
+	Tunnel  Tunnel
+	Tunnels []Tunnel
 }
 
 // Pod is a pod namespace with one eth0 routed through its node.
@@ -323,8 +325,6 @@ func newCluster(opt Options) *Cluster {
 			IP:      netip.AddrFrom4([4]byte{192, 168, 77, byte(10 + i)}),
 			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
 		})
-		n := c.Nodes[len(c.Nodes)-1]
-		n.Tunnel = tunnelFor(opt.Overlay, n)
 	}
 	perNode := map[int]int{}
 	for k, spec := range opt.Pods {
@@ -356,6 +356,11 @@ func newCluster(opt Options) *Cluster {
 	}
 	c.state = ServiceState{ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR, Services: []Service{web, empty}}
 	c.applyFamily()
+	for _, n := range c.Nodes {
+		if n.Tunnels = tunnelsFor(opt.Overlay, n); len(n.Tunnels) > 0 {
+			n.Tunnel = n.Tunnels[0]
+		}
+	}
 	return c
 }
 

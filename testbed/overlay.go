@@ -65,8 +65,8 @@ type overlaySpec struct {
 // flannel-v6.<VNI> for IPv6, same VNI and port, each over the underlay of
 // its family; Calico's Felix vxlan.calico and vxlan-v6.calico (same VNI and
 // port, IPv6 over the node's IPv6 address); Cilium one cilium_vxlan for both
-// families, over IPv4 when IPv4 is enabled and IPv6 otherwise (its
-// underlay-protocol "auto").
+// families, here over IPv4 when the cluster has IPv4 and IPv6 otherwise
+// (what its underlay-protocol "auto" picks).
 var overlaySpecs = map[Overlay]overlaySpec{
 	OverlayFlannel: {"flannel.1", "flannel-v6.1", 1, 8472},
 	OverlayCalico:  {"vxlan.calico", "vxlan-v6.calico", 4096, 4789},

@@ -68,7 +68,7 @@ type udpExp struct {
 // agent may move.
 func TestUDPRealKubeProxy(t *testing.T) {
 	for _, uc := range udpClusters {
-		t.Run(fmt.Sprintf("%s/%s", uc.family, uc.overlay), func(t *testing.T) { udpMatrix(t, uc) })
+		t.Run(fmt.Sprintf("%s/%s", uc.family, overlayName(uc.overlay)), func(t *testing.T) { udpMatrix(t, uc) })
 	}
 }
 
@@ -123,7 +123,16 @@ func udpMatrix(t *testing.T, uc udpCluster) {
 		}
 	}
 	checkUDPLosses(t, set)
-	t.Logf("%s/%s: exchanges per cell, all checked: %v", uc.family, uc.overlay, total)
+	t.Logf("%s/%s: exchanges per cell, all checked: %v", uc.family, overlayName(uc.overlay), total)
+}
+
+// overlayName names an overlay in test names ("flat" for the flat network,
+// whose value is "").
+func overlayName(ov testbed.Overlay) string {
+	if ov == testbed.OverlayFlat {
+		return "flat"
+	}
+	return string(ov)
 }
 
 // waitUDPEndpoints waits until dns's EndpointSlices list every web pod as

@@ -239,7 +239,7 @@ func checkNamed(t testing.TB, v view, e expectation, entry string, pods map[stri
 		t.Errorf("%s: entry record names pod %q", id, en.Pod)
 	}
 	for _, r := range []*path.Record{s, en} {
-		if r.Service != "default/web" || r.Deployment != "web" || r.ReplicaSet != want[0] || r.PodNode != want[1] {
+		if r.Service != e.service() || r.Deployment != "web" || r.ReplicaSet != want[0] || r.PodNode != want[1] {
 			t.Errorf("%s: %s record names service %q deployment %q rs %q (want %q) pod node %q (want %q)",
 				id, r.Node, r.Service, r.Deployment, r.ReplicaSet, want[0], r.PodNode, want[1])
 		}

@@ -67,6 +67,9 @@ type PodSpec struct {
 	// Delay makes the pod's server wait this long before answering, to
 	// play a slower version of an application.
 	Delay time.Duration
+	// UDP makes the pod serve UDP on UDPPort too (StartUDPServer), as a
+	// pod declaring a UDP containerPort does.
+	UDP bool
 }
 
 // Options configure Up. The zero value means the default two-node cluster in
@@ -539,7 +542,7 @@ func (c *Cluster) build(ctx context.Context) error {
 		}
 	}
 	for i, p := range c.Pods {
-		s, err := startPodServer(p, c.Opt.Pods[i].Delay)
+		s, err := startPodServer(p, c.Opt.Pods[i].Delay, c.Opt.Pods[i].UDP)
 		if err != nil {
 			return err
 		}

@@ -437,7 +437,8 @@ func (w *Watcher) onNode(o any) {
 	w.Index.SetNode(n, time.Now())
 }
 
-// ServiceFrom converts an API Service to the index's view (TCP ports only).
+// ServiceFrom converts an API Service to the index's view (TCP and UDP
+// ports; SCTP ones are left out: the agent captures no SCTP).
 func ServiceFrom(v *corev1.Service) *Service {
 	s := &Service{Namespace: v.Namespace, Name: v.Name, Type: string(v.Spec.Type),
 		ExternalTrafficPolicy: string(v.Spec.ExternalTrafficPolicy), Created: v.CreationTimestamp.Time}
@@ -454,13 +455,11 @@ func ServiceFrom(v *corev1.Service) *Service {
 		}
 	}
 	for _, p := range v.Spec.Ports {
-		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+		proto, ok := captured(p.Protocol)
+		if !ok || p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
 			continue
 		}
-		if p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
-			continue
-		}
-		sp := ServicePort{Name: p.Name, Port: uint16(p.Port), NodePort: uint16(p.NodePort)}
+		sp := ServicePort{Name: p.Name, Port: uint16(p.Port), NodePort: uint16(p.NodePort), Protocol: proto}
 		if p.TargetPort.IntVal > 0 && p.TargetPort.IntVal < 65536 {
 			sp.TargetPort = uint16(p.TargetPort.IntVal)
 		}
@@ -524,10 +523,14 @@ func (w *Watcher) onSlice(o any) {
 	if svc == "" {
 		return
 	}
-	var ports []uint16
+	var ports []SlicePort
 	for _, p := range v.Ports {
-		if p.Port != nil && *p.Port > 0 && *p.Port < 65536 && (p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP) {
-			ports = append(ports, uint16(*p.Port))
+		var proto corev1.Protocol
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		if kp, ok := captured(proto); ok && p.Port != nil && *p.Port > 0 && *p.Port < 65536 {
+			ports = append(ports, SlicePort{Port: uint16(*p.Port), Protocol: kp})
 		}
 	}
 	var eps []Endpoint
@@ -550,7 +553,19 @@ func (w *Watcher) onSlice(o any) {
 			}
 		}
 	}
-	w.Index.SetEndpointSlice(v.Namespace+"/"+v.Name, v.Namespace+"/"+svc, ports, eps, time.Now())
+	w.Index.SetEndpointSlicePorts(v.Namespace+"/"+v.Name, v.Namespace+"/"+svc, ports, eps, time.Now())
+}
+
+// captured maps an API port protocol ("" is TCP) to the index's, and
+// reports whether the agent captures it.
+func captured(p corev1.Protocol) (Protocol, bool) {
+	switch p {
+	case "", corev1.ProtocolTCP:
+		return ProtocolTCP, true
+	case corev1.ProtocolUDP:
+		return ProtocolUDP, true
+	}
+	return "", false
 }
 
 func (w *Watcher) onRS(o any) {

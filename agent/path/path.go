@@ -148,7 +148,7 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	p = Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port()}
 
 	// Entry: the address the client dialled.
-	if s, e, ok := n.idx.ServiceAt(c.Target, at); ok {
+	if s, e, ok := n.idx.ServiceAtProto(c.Target, protoOf(c.Transport), at); ok {
 		p.Service, p.Entry = s, e
 	} else if c.Target != c.PodDst {
 		n.Stats.ServiceUnknown.Add(1)
@@ -173,7 +173,7 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 		if node, ok := n.idx.NodeByName(p.Pod.Node); ok {
 			p.PodZone = node.Zone
 		}
-		if svc, ep, ok := n.idx.EndpointAt(c.PodDst, at); ok {
+		if svc, ep, ok := n.idx.EndpointAtProto(c.PodDst, protoOf(c.Transport), at); ok {
 			if p.Service == nil {
 				if s, ok := n.serviceByKey(svc); ok {
 					p.Service = s
@@ -225,6 +225,15 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 		n.Stats.PodUnknown.Add(1)
 	}
 	return p, complete
+}
+
+// protoOf is the Service port protocol of a record's transport ("" is
+// TCP): a UDP flow is named by UDP ports only.
+func protoOf(transport string) kube.Protocol {
+	if transport == flow.TransportUDP {
+		return kube.ProtocolUDP
+	}
+	return kube.ProtocolTCP
 }
 
 func (n *Namer) serviceByKey(key string) (*kube.Service, bool) {

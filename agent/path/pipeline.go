@@ -135,7 +135,7 @@ func (pl *Pipeline) Request(r *flow.Request) {
 	} else {
 		pl.Stats.RequestsUnattributed.Add(1)
 	}
-	if svc, _, ok := pl.namer.idx.EndpointAt(r.PodDst, at); ok {
+	if svc, _, ok := pl.namer.idx.EndpointAtProto(r.PodDst, protoOf(r.Transport), at); ok {
 		out.Service, _ = pl.namer.serviceByKey(svc)
 	}
 	pl.req(&out)

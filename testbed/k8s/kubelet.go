@@ -57,7 +57,8 @@ type Assignment struct {
 // Kubelet plays kube-scheduler and the kubelets of all testbed nodes: it
 // binds unscheduled pods to the least loaded node (or the one their
 // nodeSelector names), creates a pod namespace with an HTTP server through
-// testbed.Cluster.AddPod, and reports the pod Running and Ready; on deletion
+// testbed.Cluster.AddPod (serving UDP too when the pod declares a UDP
+// containerPort), and reports the pod Running and Ready; on deletion
 // it reports the pod not ready, removes the namespace and completes the
 // deletion. Only pods whose name is unique across namespaces are supported,
 // because testbed pods are named by pod name alone.
@@ -328,6 +329,10 @@ func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node 
 			}
 		}
 	}
+	udp, err := servesUDP(pod)
+	if err != nil {
+		return nil, err
+	}
 	n := k.tb.Node(node)
 	k.mu.Lock()
 	used := map[netip.Addr]bool{}
@@ -349,7 +354,7 @@ func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node 
 	if !ip.IsValid() {
 		return nil, fmt.Errorf("pod %s: all %d IPs of %s's pool are in use", key, k.opt.PoolSize, n.Name)
 	}
-	if _, err := k.tb.AddPodIPs(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay}, ips...); err != nil {
+	if _, err := k.tb.AddPodIPs(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay, UDP: udp}, ips...); err != nil {
 		return nil, err
 	}
 	rp := &runningPod{uid: pod.UID, node: node, ip: ip, ips: ips}

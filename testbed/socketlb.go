@@ -102,7 +102,7 @@ func (c *Cluster) syncSocketLBLocked() error {
 		for _, e := range s.sortedEndpoints() {
 			bes = append(bes, e.AddrPort())
 		}
-		if err := c.slb.SetService(s.ClusterAddr(), bes); err != nil {
+		if err := c.slb.SetService(socketlb.TCP, s.ClusterAddr(), bes); err != nil {
 			return err
 		}
 	}

@@ -81,6 +81,14 @@ type Options struct {
 	// Overlay is the network between nodes (testbed.Overlay); default
 	// flat. The Nodes carry the annotations the overlay's CNI would set.
 	Overlay testbed.Overlay
+	// SocketLB runs the testbed's socket load balancer (testbed/socketlb,
+	// cgroup connect4/6 on the cgroup v2 root, as Cilium's socket-LB)
+	// beside kube-proxy, its maps fed from the API server's Services and
+	// ready EndpointSlice endpoints of both families (SocketLB()). ClusterIP
+	// connects from the testbed's namespaces are translated inside
+	// connect(); kube-proxy keeps serving NodePorts and LB IPs. Stand-in
+	// kubelet only.
+	SocketLB bool
 }
 
 // Cluster is a testbed driven by a real control plane: kube-apiserver and
@@ -106,6 +114,7 @@ type Cluster struct {
 
 	opt Options
 	log *slog.Logger
+	slb *slbFeed
 }
 
 func (o Options) withDefaults() Options {
@@ -140,6 +149,9 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 		if opt.Binaries, err = EnsureBinaries(ctx, opt.Logger); err != nil {
 			return nil, err
 		}
+	}
+	if opt.RealNodes && opt.SocketLB {
+		return nil, errors.New("k8s options: SocketLB runs with the kubelet stand-in only (RealNodes' pods are in namespaces the translator is not told of)")
 	}
 	if opt.RealNodes {
 		if err := prepareReal(ctx, &opt); err != nil {
@@ -190,6 +202,13 @@ func (c *Cluster) up(ctx context.Context) error {
 	if err := c.SetMode(ctx, c.opt.Mode); err != nil {
 		return err
 	}
+	if c.opt.SocketLB {
+		// Before the kubelet: every pod it adds is then in the
+		// translator's namespaces from its start.
+		if err := c.startSocketLB(ctx); err != nil {
+			return err
+		}
+	}
 	if c.Kubelet, err = RunKubelet(ctx, c.Client, c.TB, KubeletOptions{
 		PoolSize: c.opt.PoolSize, TerminationGrace: c.opt.TerminationGrace, Logger: c.log,
 	}); err != nil {
@@ -207,6 +226,7 @@ func (c *Cluster) Down() error {
 	if c.Kubelet != nil {
 		c.Kubelet.Stop()
 	}
+	c.stopSocketLB()
 	if err := c.stopReal(); err != nil {
 		errs = append(errs, err)
 	}

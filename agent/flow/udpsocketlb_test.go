@@ -9,16 +9,20 @@ import (
 // TestUDPSocketLBJoin: a connected UDP socket's connect() translated by a
 // socket-LB (the Service dialled, the pod as peer) marks the client flow
 // of that four-tuple and netns: target = the Service, socket_lb, no NAT.
-// A second flow of the same socket joins it too; a flow of another socket
-// that reuses the four-tuple, a flow in another netns and a server flow
-// do not.
+// A second flow of the same socket joins it too, and so does the flow of
+// a later socket that reused the four-tuple after its own translated
+// connect(), even when the first socket's flow comes after that; a flow
+// that began before any connect(), a flow in another netns and a server
+// flow do not.
 func TestUDPSocketLBJoin(t *testing.T) {
 	tb, recs, _ := newUDPTest()
-	tb.Connect(&capture.Event{Type: capture.EventConnect, UDP: true, Netns: 7, Local: uClient, Remote: uPod, Dialed: uVIP, TimeNs: 100})
+	for _, at := range []uint64{100, 200} {
+		tb.Connect(&capture.Event{Type: capture.EventConnect, UDP: true, Netns: 7, Local: uClient, Remote: uPod, Dialed: uVIP, StartNs: at, TimeNs: at + 1})
+	}
 	flows := []capture.UDPFlow{
 		{Side: capture.SideClient, Netns: 7, Cookie: 11, Local: uClient, Remote: uPod, FirstNs: 110, LastNs: 150, BytesOut: 10, BytesIn: 20},
-		{Side: capture.SideClient, Netns: 7, Cookie: 11, Local: uClient, Remote: uPod, FirstNs: 9e9, LastNs: 9e9},
-		{Side: capture.SideClient, Netns: 7, Cookie: 12, Local: uClient, Remote: uPod, FirstNs: 10e9, LastNs: 10e9},
+		{Side: capture.SideClient, Netns: 7, Cookie: 12, Local: uClient, Remote: uPod, FirstNs: 210, LastNs: 250},
+		{Side: capture.SideClient, Netns: 7, Cookie: 10, Local: uClient, Remote: uPod, FirstNs: 50, LastNs: 60},
 		{Side: capture.SideClient, Netns: 8, Cookie: 13, Local: uClient, Remote: uPod, FirstNs: 110, LastNs: 150},
 		{Side: capture.SideServer, Netns: 7, Cookie: 14, Local: uPod, Remote: uClient, FirstNs: 110, LastNs: 150},
 	}

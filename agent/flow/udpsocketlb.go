@@ -78,6 +78,7 @@ func (t *UDPTable) applyDialed(f *capture.UDPFlow, c *Connection) {
 		}
 	}
 }
+
 // sweepDialed forgets translations not joined for NATTTL: the socket
 // closed (a UDP socket's close is not captured).
 func (t *UDPTable) sweepDialed(now uint64) {

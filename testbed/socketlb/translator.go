@@ -196,6 +196,20 @@ func (t *Translator) Translated() (uint64, error) {
 	return c.All, err
 }
 
+// ProgramStats returns the connect4 and connect6 programs' run counts and
+// times (zero unless kernel.bpf_stats_enabled is on), for benchmarks.
+func (t *Translator) ProgramStats() (v4, v6 ebpf.ProgramStats, err error) {
+	a, err := t.objs.Sock4Connect.Stats()
+	if err != nil {
+		return v4, v6, err
+	}
+	b, err := t.objs.Sock6Connect.Stats()
+	if err != nil {
+		return v4, v6, err
+	}
+	return *a, *b, nil
+}
+
 // Close detaches the program and frees its maps.
 func (t *Translator) Close() error {
 	var errs []error

@@ -262,6 +262,9 @@ type Cluster struct {
 	hostLock *os.File
 	// slb is the socket load balancer in ModeSocketLB (socketlb.go).
 	slb *socketlb.Translator
+	// slbExternal: the translator's Services are fed by its caller
+	// (AttachSocketLB), not from state.
+	slbExternal bool
 	// nextVeth numbers the node-side veths of added pods; the static pods
 	// and the client pod use cali0…cali<len(Pods)>.
 	nextVeth int

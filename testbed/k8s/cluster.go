@@ -84,6 +84,14 @@ type Options struct {
 	// UDPService adds Service dns, UDP over web's pods (udp.go); the
 	// stand-in pods then serve UDP too. Not with RealNodes.
 	UDPService bool
+	// SocketLB runs the testbed's socket load balancer (testbed/socketlb,
+	// cgroup connect4/6 on the cgroup v2 root, as Cilium's socket-LB)
+	// beside kube-proxy, its maps fed from the API server's Services and
+	// ready EndpointSlice endpoints of both families (SocketLB()). ClusterIP
+	// connects from the testbed's namespaces are translated inside
+	// connect(); kube-proxy keeps serving NodePorts and LB IPs. Stand-in
+	// kubelet only.
+	SocketLB bool
 }
 
 // Cluster is a testbed driven by a real control plane: kube-apiserver and
@@ -111,6 +119,7 @@ type Cluster struct {
 	log *slog.Logger
 	// policy is the externalTrafficPolicy SetPolicy last set.
 	policy testbed.Policy
+	slb *slbFeed
 }
 
 func (o Options) withDefaults() Options {
@@ -148,6 +157,9 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 	}
 	if opt.RealNodes && opt.UDPService {
 		return nil, errors.New("k8s testbed: UDPService needs the kubelet stand-in, not RealNodes")
+	}
+	if opt.RealNodes && opt.SocketLB {
+		return nil, errors.New("k8s options: SocketLB runs with the kubelet stand-in only (RealNodes' pods are in namespaces the translator is not told of)")
 	}
 	if opt.RealNodes {
 		if err := prepareReal(ctx, &opt); err != nil {
@@ -198,6 +210,13 @@ func (c *Cluster) up(ctx context.Context) error {
 	if err := c.SetMode(ctx, c.opt.Mode); err != nil {
 		return err
 	}
+	if c.opt.SocketLB {
+		// Before the kubelet: every pod it adds is then in the
+		// translator's namespaces from its start.
+		if err := c.startSocketLB(ctx); err != nil {
+			return err
+		}
+	}
 	if c.Kubelet, err = RunKubelet(ctx, c.Client, c.TB, KubeletOptions{
 		PoolSize: c.opt.PoolSize, TerminationGrace: c.opt.TerminationGrace, Logger: c.log,
 	}); err != nil {
@@ -215,6 +234,7 @@ func (c *Cluster) Down() error {
 	if c.Kubelet != nil {
 		c.Kubelet.Stop()
 	}
+	c.stopSocketLB()
 	if err := c.stopReal(); err != nil {
 		errs = append(errs, err)
 	}

@@ -77,10 +77,12 @@ func (n *Namer) externalEntry(p *Path, late bool) (decided bool) {
 	return true
 }
 
-// natNotVisible adds the diagnosis where the proof holds. Only the client
-// side can prove it from one node: a server socket whose peer is another
-// node's address may be a hostNetwork client there as well as invisible
-// SNAT (docs/ARCHITECTURE.md, "Socket-LB and eBPF datapaths").
+// natNotVisible adds the diagnosis where the proof holds: a client socket
+// connected to a ClusterIP itself, or (decided by externalEntry) a pod
+// reached at its own address from outside an isolated pod network. A
+// server socket whose peer is another node's address may be a hostNetwork
+// client there as well as invisible SNAT and proves nothing
+// (docs/ARCHITECTURE.md, "Socket-LB and eBPF datapaths").
 func (n *Namer) natNotVisible(p *Path, add func(code, format string, args ...any)) {
 	c := &p.Conn
 	if p.NATNotVisible == NATHiddenExternalClient {

@@ -31,8 +31,8 @@ import (
 // reason external_client_untranslated_here, never direct, and the client's
 // own address; the program's own counter says it translated exactly these
 // connections; each agent's lbpath.agent.nat_not_visible counts exactly
-// its records of them, on the OTLP wire too. Connections of the client pod
-// straight to pod IPs are direct and not flagged.
+// its records of them, on the OTLP wire too. Connections of a web pod
+// straight to another's IP are direct and not flagged.
 func TestSocketLBTCNodePort(t *testing.T) {
 	c := upK8s(t, "lbtc", k8s.Options{Mode: testbed.ModeIPTables, Policy: testbed.PolicyCluster})
 	ctx := context.Background()
@@ -74,10 +74,18 @@ func TestSocketLBTCNodePort(t *testing.T) {
 	if cnt.Connections != uint64(len(viaTC)) {
 		t.Fatalf("the TC program translated %d connections, the client made %d: the test would not be about it", cnt.Connections, len(viaTC))
 	}
-	for _, p := range pods {
-		res := c.TB.Request(ctx, c.TB.ClientPod.Netns, netip.AddrPortFrom(p.IP, testbed.PodPort), 10, 10)
+	// Direct: each web pod to the next one's IP. (The testbed's client
+	// pod is no API object here, so the agents rightly take it for a
+	// host outside the cluster.)
+	for i, p := range pods {
+		from := c.TB.Pod(p.Name)
+		to := pods[(i+1)%len(pods)]
+		if from == nil {
+			t.Fatalf("no namespace for pod %s", p.Name)
+		}
+		res := c.TB.Request(ctx, from.Netns, netip.AddrPortFrom(to.IP, testbed.PodPort), 10, 10)
 		if res.Err != nil {
-			t.Fatalf("direct request to %s: %v", p.Name, res.Err)
+			t.Fatalf("direct request %s → %s: %v", p.Name, to.Name, res.Err)
 		}
 		direct = append(direct, res)
 	}
@@ -171,7 +179,7 @@ func checkTCRecord(t *testing.T, id string, r *path.Record, res testbed.Result, 
 			"client kind %q entry node %q cross-node %v: the entry node is not visible", r.ClientKind, r.EntryNode, r.CrossNode)
 	} else {
 		check(r.Entry == string(kube.EntryDirect) && r.NATNotVisible == "" && !hasDiag,
-			"client pod to pod IP: entry %q nat_not_visible %q diagnoses %+v", r.Entry, r.NATNotVisible, r.Diagnoses)
+			"pod to pod IP: entry %q nat_not_visible %q diagnoses %+v", r.Entry, r.NATNotVisible, r.Diagnoses)
 	}
 	return bad
 }

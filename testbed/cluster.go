@@ -18,6 +18,7 @@ import (
 
 	"github.com/lbpath/lbpath/agent/netns"
 	"github.com/lbpath/lbpath/testbed/socketlb"
+	"github.com/lbpath/lbpath/testbed/tcnodeport"
 )
 
 // Addresses of the fixed parts of the topology.
@@ -265,6 +266,8 @@ type Cluster struct {
 	// slbExternal: the translator's Services are fed by its caller
 	// (AttachSocketLB), not from state.
 	slbExternal bool
+	// tcnp are the TC NodePort load balancers attached (tcnodeport.go).
+	tcnp []*tcnodeport.LB
 	// nextVeth numbers the node-side veths of added pods; the static pods
 	// and the client pod use cali0…cali<len(Pods)>.
 	nextVeth int
@@ -580,6 +583,9 @@ func (c *Cluster) Down() error {
 	var errs []error
 	if err := c.stopSocketLB(); err != nil {
 		errs = append(errs, fmt.Errorf("detach socket-LB translator: %w", err))
+	}
+	if err := c.stopTCNodePort(); err != nil {
+		errs = append(errs, fmt.Errorf("detach TC NodePort: %w", err))
 	}
 	for _, tr := range transports {
 		tr.CloseIdleConnections()

@@ -193,6 +193,17 @@ const (
 	// EntryExternalIP is a connection to one of the Service's
 	// spec.externalIPs (no load balancer is involved).
 	EntryExternalIP Entry = "externalip"
+	// EntryExternalNotVisible: the pod was reached from outside the
+	// cluster through a translation lbpath proved but could not see
+	// (a TC/XDP eBPF NodePort or load balancer, DSR): one of the
+	// Service's external entries (NodePort, LoadBalancer, externalIP),
+	// which one and on which node unknown (agent/path natvisible.go).
+	EntryExternalNotVisible Entry = "external_not_visible"
+	// EntryUnknown: a client outside the cluster reached the pod at its
+	// own address and this node translated nothing; whether it dialled
+	// the pod directly or something it cannot see translated a Service
+	// on the way, lbpath cannot tell (agent/path natvisible.go).
+	EntryUnknown Entry = "unknown"
 )
 
 // LBPending reports whether s is a LoadBalancer whose EXTERNAL-IP kubectl

@@ -109,6 +109,13 @@ type Config struct {
 	// address is known to be no pod's unless the kernel says so (loopback,
 	// this node's own addresses).
 	Current func(time.Time) bool
+	// IsolatedPodNetwork declares that no host outside the cluster's
+	// nodes reaches a pod address without translation (no route to the
+	// pod CIDRs from outside, no load balancer with IP targets): a
+	// client outside the cluster at a pod's own address, untranslated
+	// here, then proves a translation lbpath cannot see
+	// (natvisible.go). Without it such a connection's entry is unknown.
+	IsolatedPodNetwork bool
 }
 
 // Stats counts naming results: Named the cluster's connections named,
@@ -217,6 +224,9 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	}
 	if p.EntryNode != "" && p.PodNode != "" && p.EntryNode != p.PodNode {
 		p.CrossNode = true
+	}
+	if !n.externalEntry(&p, late) {
+		complete = false // is the client outside the cluster? Wait for the metadata.
 	}
 	n.diagnose(&p)
 	if complete {

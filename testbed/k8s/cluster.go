@@ -119,7 +119,7 @@ type Cluster struct {
 	log *slog.Logger
 	// policy is the externalTrafficPolicy SetPolicy last set.
 	policy testbed.Policy
-	slb *slbFeed
+	slb    *slbFeed
 }
 
 func (o Options) withDefaults() Options {

@@ -305,3 +305,32 @@ func TestNamesInCatalog(t *testing.T) {
 		}
 	}
 }
+
+// TestBreakdownHiddenEntries: pods' own records of translations lbpath
+// could not see count as entries and as external traffic with the client
+// IP kept, but not in the cross-node share (their entry node is unknown),
+// and the PATH section says what they mean.
+func TestBreakdownHiddenEntries(t *testing.T) {
+	b := newBreakdown()
+	rec := func(v float64, kv ...string) { b.add(metricOf(kv...), v) }
+	rec(30, lRole, "server", lEntry, "external_not_visible", lSNAT, "false", lCross, "false", lOutcome, "ok")
+	rec(10, lRole, "server", lEntry, "nodeport", lEntryNode, "node-a", lSNAT, "false", lCross, "true", lOutcome, "ok")
+	rec(5, lRole, "server", lEntry, "unknown", lSNAT, "false", lCross, "false", lOutcome, "ok")
+	if b.entries["external_not_visible"] != 30 || b.entries["unknown"] != 5 || b.entryTotal != 45 {
+		t.Errorf("entries %v total %v", b.entries, b.entryTotal)
+	}
+	if b.external != 40 || b.snatShare() != 0 {
+		t.Errorf("external %v SNAT %v: want 40 external, client IP kept", b.external, b.snatShare())
+	}
+	if got := b.crossShare(); got != 1 {
+		t.Errorf("cross-node share %v, want 1 (10 of the 10 with a known entry node)", got)
+	}
+	var out bytes.Buffer
+	renderHiddenEntries(&out, []EntryCount{{Entry: "external_not_visible", Conns: 30}, {Entry: "unknown", Conns: 5}}, 20)
+	for _, want := range []string{"30 connections entered from outside through a translation lbpath cannot see",
+		"TC/XDP eBPF NodePort", "5 connections from outside reached the pods' own addresses", "--isolated-pod-network"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("PATH notes lack %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -86,18 +86,10 @@ func TestUDPServiceAttribution(t *testing.T) {
 					if res.Err != nil {
 						t.Fatalf("exchange %d with %v: %v", i, target, res.Err)
 					}
-					if j := slices.IndexFunc(exps, func(e udpExp) bool { return e.res.Local == res.Local && e.res.Remote == res.Remote }); j >= 0 {
-						e := &exps[j]
-						if e.res.Pod != res.Pod {
-							t.Fatalf("%v->%v: one flow answered by %s and %s", res.Local, res.Remote, e.res.Pod, res.Pod)
-						}
-						e.res.Sent += res.Sent
-						e.res.Received += res.Received
-						e.res.End = res.End
-						e.n++
-						continue
+					var err error
+					if exps, err = mergeExchange(exps, udpExp{res: res, entryNode: entry, snat: snat, n: 1}); err != nil {
+						t.Fatal(err)
 					}
-					exps = append(exps, udpExp{res: res, entryNode: entry, snat: snat, n: 1})
 				}
 			}
 			send(cl.ClientPod.Netns, svc.ClusterAddr(), cl.ClientPod.Node.Name, false, 12)
@@ -122,6 +114,26 @@ func TestUDPServiceAttribution(t *testing.T) {
 		}
 	}
 	t.Logf("%d UDP flows checked", total)
+}
+
+// mergeExchange adds exchange x to exps: as a flow of its own, or to the
+// flow with the same tuple (a fresh socket the kernel gave a closed one's
+// source port), which must have been answered by the same pod.
+func mergeExchange(exps []udpExp, x udpExp) ([]udpExp, error) {
+	res := x.res
+	j := slices.IndexFunc(exps, func(e udpExp) bool { return e.res.Local == res.Local && e.res.Remote == res.Remote })
+	if j < 0 {
+		return append(exps, x), nil
+	}
+	e := &exps[j]
+	if e.res.Pod != res.Pod {
+		return exps, fmt.Errorf("%v->%v: one flow answered by %s and %s", res.Local, res.Remote, e.res.Pod, res.Pod)
+	}
+	e.res.Sent += res.Sent
+	e.res.Received += res.Received
+	e.res.End = res.End
+	e.n += x.n
+	return exps, nil
 }
 
 func findUDP(ms []flow.Merged, res testbed.UDPResult) (flow.Merged, bool) {

@@ -18,14 +18,21 @@ const (
 	DNSService    = "kube-dns"
 	DNSDeployment = "coredns"
 	dnsLabel      = "k8s-app"
+	// DNSReplicas is how many CoreDNS pods serve kube-dns, as kubeadm
+	// installs it: two, spread over the nodes, so queries through the
+	// ClusterIP are answered by pods on both nodes.
+	DNSReplicas = 2
 )
 
 // corefile serves the cluster domain from the API (Services, and Pods by
-// IP-derived names) with the probes' health and ready endpoints. There is no
+// IP-derived names) with the probes' health and ready endpoints, and
+// `CH TXT hostname.bind` with the answering pod's name (chaos), which is how
+// a test knows which pod answered a query through the ClusterIP. There is no
 // forward plugin (see testbed/corednsbin): other names fail, as nothing
 // upstream is reachable.
 var corefile = fmt.Sprintf(`.:53 {
     errors
+    chaos
     health {
         lameduck 5s
     }
@@ -97,8 +104,18 @@ func createDNS(ctx context.Context, client kubernetes.Interface, image string) e
 
 func dnsDeployment(image string) *appsv1.Deployment {
 	labels := map[string]string{dnsLabel: DNSService}
-	replicas := int32(1)
+	replicas := int32(DNSReplicas)
 	no, yes := false, true
+	// kubeadm's: prefer one CoreDNS pod per node.
+	spread := &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
+			Weight: 100,
+			PodAffinityTerm: corev1.PodAffinityTerm{
+				LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
+				TopologyKey:   corev1.LabelHostname,
+			},
+		}},
+	}}
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: DNSNamespace, Name: DNSDeployment, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
@@ -109,6 +126,7 @@ func dnsDeployment(image string) *appsv1.Deployment {
 				Spec: corev1.PodSpec{
 					ServiceAccountName: DNSDeployment,
 					PriorityClassName:  "system-cluster-critical",
+					Affinity:           spread,
 					// The node's resolver, not itself.
 					DNSPolicy: corev1.DNSDefault,
 					Containers: []corev1.Container{{

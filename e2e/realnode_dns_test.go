@@ -80,8 +80,7 @@ func (r *realNode) clusterDNS(t *testing.T) {
 	r.checkNoUDPLoss(ctx, t)
 }
 
-// dnsPods names the CoreDNS pods and their nodes; there must be
-// k8s.DNSReplicas, all Ready.
+// dnsPods names the running CoreDNS pods and their nodes: one per node.
 func (r *realNode) dnsPods(ctx context.Context, t *testing.T) map[string]string {
 	t.Helper()
 	pods, err := r.c.Client.CoreV1().Pods(k8s.DNSNamespace).List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=" + k8s.DNSService})
@@ -94,8 +93,12 @@ func (r *realNode) dnsPods(ctx context.Context, t *testing.T) map[string]string 
 			out[p.Name] = p.Spec.NodeName
 		}
 	}
-	if len(out) != k8s.DNSReplicas {
-		t.Fatalf("CoreDNS pods %v, want %d running", out, k8s.DNSReplicas)
+	nodes := map[string]bool{}
+	for _, n := range out {
+		nodes[n] = true
+	}
+	if len(out) != len(r.c.TB.Nodes) || len(nodes) != len(r.c.TB.Nodes) {
+		t.Fatalf("CoreDNS pods %v, want one on each of %d nodes", out, len(r.c.TB.Nodes))
 	}
 	return out
 }

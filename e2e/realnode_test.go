@@ -59,7 +59,9 @@ type realNode struct {
 func TestRealNode(t *testing.T) {
 	ctx := context.Background()
 	r := &realNode{t: t}
-	r.c = upK8s(t, "lbrn", k8s.Options{RealNodes: true, Images: images.Product})
+	// Two CoreDNS pods (one per node): ClusterDNSOverUDP needs queries
+	// answered on and off the client's node.
+	r.c = upK8s(t, "lbrn", k8s.Options{RealNodes: true, Images: images.Product, DNSReplicas: 2})
 	var err error
 	if r.helm, err = manifests.Helm(ctx); err != nil {
 		t.Fatal(err)

@@ -18,10 +18,6 @@ const (
 	DNSService    = "kube-dns"
 	DNSDeployment = "coredns"
 	dnsLabel      = "k8s-app"
-	// DNSReplicas is how many CoreDNS pods serve kube-dns, as kubeadm
-	// installs it: two, spread over the nodes, so queries through the
-	// ClusterIP are answered by pods on both nodes.
-	DNSReplicas = 2
 )
 
 // corefile serves the cluster domain from the API (Services, and Pods by
@@ -48,9 +44,10 @@ var corefile = fmt.Sprintf(`.:53 {
 
 // createDNS installs CoreDNS the way a cluster installer does: a
 // ServiceAccount with read access to Services, EndpointSlices, Pods and
-// Namespaces, the Corefile in a ConfigMap, a Deployment running image, and
+// Namespaces, the Corefile in a ConfigMap, a Deployment of replicas pods
+// running image, and
 // Service kube-dns at DNSServiceIP (the kubelets' clusterDNS).
-func createDNS(ctx context.Context, client kubernetes.Interface, image string) error {
+func createDNS(ctx context.Context, client kubernetes.Interface, image string, replicas int) error {
 	labels := map[string]string{dnsLabel: DNSService}
 	meta := func(name string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Namespace: DNSNamespace, Name: name, Labels: labels}
@@ -81,7 +78,7 @@ func createDNS(ctx context.Context, client kubernetes.Interface, image string) e
 	if _, err := client.CoreV1().ConfigMaps(DNSNamespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create CoreDNS ConfigMap: %w", err)
 	}
-	if _, err := client.AppsV1().Deployments(DNSNamespace).Create(ctx, dnsDeployment(image), metav1.CreateOptions{}); err != nil {
+	if _, err := client.AppsV1().Deployments(DNSNamespace).Create(ctx, dnsDeployment(image, replicas), metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create CoreDNS Deployment: %w", err)
 	}
 	svc := &corev1.Service{
@@ -102,24 +99,23 @@ func createDNS(ctx context.Context, client kubernetes.Interface, image string) e
 	return nil
 }
 
-func dnsDeployment(image string) *appsv1.Deployment {
+// dnsDeployment runs replicas CoreDNS pods (at least 1).
+func dnsDeployment(image string, replicas int) *appsv1.Deployment {
 	labels := map[string]string{dnsLabel: DNSService}
-	replicas := int32(DNSReplicas)
+	n := int32(max(replicas, 1))
 	no, yes := false, true
-	// kubeadm's: prefer one CoreDNS pod per node.
+	// One CoreDNS pod per node. kubeadm only prefers that; required, the
+	// placement is known (a test asks for at most one pod per node).
 	spread := &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
-		PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
-			Weight: 100,
-			PodAffinityTerm: corev1.PodAffinityTerm{
-				LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
-				TopologyKey:   corev1.LabelHostname,
-			},
+		RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+			LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
+			TopologyKey:   corev1.LabelHostname,
 		}},
 	}}
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: DNSNamespace, Name: DNSDeployment, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
+			Replicas: &n,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},

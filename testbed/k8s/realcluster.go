@@ -206,7 +206,7 @@ func (c *Cluster) upReal(ctx context.Context) error {
 	if err := c.SetMode(ctx, c.opt.Mode); err != nil {
 		return err
 	}
-	if err := createDNS(ctx, c.Client, c.Images[CoreDNSImage].Ref); err != nil {
+	if err := createDNS(ctx, c.Client, c.Images[CoreDNSImage].Ref, c.opt.DNSReplicas); err != nil {
 		return err
 	}
 	if err := c.createDeployment(ctx); err != nil {

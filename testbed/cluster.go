@@ -248,13 +248,13 @@ type Cluster struct {
 
 	log *slog.Logger
 
-	mu         sync.Mutex
-	writer     NATWriter
-	state      ServiceState
-	lbNode     int
+	mu     sync.Mutex
+	writer NATWriter
+	state  ServiceState
+	lbNode int
 	// extraLB are LB IPs of Services the testbed does not model (a
 	// real kube-proxy serves them), routed like its own (RouteLBIP).
-	extraLB []netip.Addr
+	extraLB    []netip.Addr
 	servers    []*podServer
 	transports []*http.Transport
 	inodes     map[string]uint32 // netns name → inode we created

@@ -245,6 +245,7 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		pc.Node = cfg.Node
 		pc.Local = &a.local
 		pc.Current = w.CurrentAt
+		pc.Ingress = w.Ingress
 		a.podns = openPodns(cfg, log)
 		pc.Netns = a.podns
 		a.pipeline = path.NewPipeline(path.NewNamer(pc, w.Index), cfg.Metadata, a.emitPath, a.emitRequest)

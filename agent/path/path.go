@@ -90,6 +90,9 @@ type Path struct {
 	// NATNotVisible is the reason of the nat_not_visible diagnosis, ""
 	// when it does not apply (natvisible.go).
 	NATNotVisible string
+	// Ingress names the proxy hop when the client is an ingress proxy
+	// pod and Service a backend its Ingress routes to.
+	Ingress *kube.IngressHop
 }
 
 // Config tunes the diagnoses.
@@ -109,6 +112,9 @@ type Config struct {
 	// address is known to be no pod's unless the kernel says so (loopback,
 	// this node's own addresses).
 	Current func(time.Time) bool
+	// Ingress, when set, names the proxy hop of connections from an
+	// ingress proxy pod to a Service its Ingresses route to.
+	Ingress *kube.Ingresses
 }
 
 // Stats counts naming results: Named the cluster's connections named,
@@ -217,6 +223,9 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	}
 	if p.EntryNode != "" && p.PodNode != "" && p.EntryNode != p.PodNode {
 		p.CrossNode = true
+	}
+	if p.Client.Kind == PeerPod && !p.Client.Lost {
+		p.Ingress, _ = n.idx.IngressHop(n.cfg.Ingress, p.Client.Pod, p.Service)
 	}
 	n.diagnose(&p)
 	if complete {

@@ -408,6 +408,8 @@ func (a *Agent) Drops() []exporter.Drop {
 			// A Service annotation lbpath could not use: its setting is
 			// lost (the agent's applies), counted once per value.
 			exporter.Drop{Stage: "metadata", Reason: "bad_annotation", Count: a.watcher.BadAnnotations.Load()},
+			// Ingress routes unknown (RBAC or API): proxy hops unnamed.
+			exporter.Drop{Stage: "metadata", Reason: "ingress_watch_error", Count: a.watcher.IngressErrors.Load()},
 		)
 	}
 	return d

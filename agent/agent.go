@@ -245,6 +245,7 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		pc.Node = cfg.Node
 		pc.Local = &a.local
 		pc.Current = w.CurrentAt
+		pc.Ingress = w.Ingress
 		a.podns = openPodns(cfg, log)
 		pc.Netns = a.podns
 		a.pipeline = path.NewPipeline(path.NewNamer(pc, w.Index), cfg.Metadata, a.emitPath, a.emitRequest)
@@ -407,6 +408,8 @@ func (a *Agent) Drops() []exporter.Drop {
 			// A Service annotation lbpath could not use: its setting is
 			// lost (the agent's applies), counted once per value.
 			exporter.Drop{Stage: "metadata", Reason: "bad_annotation", Count: a.watcher.BadAnnotations.Load()},
+			// Ingress routes unknown (RBAC or API): proxy hops unnamed.
+			exporter.Drop{Stage: "metadata", Reason: "ingress_watch_error", Count: a.watcher.IngressErrors.Load()},
 		)
 	}
 	return d

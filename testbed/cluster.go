@@ -71,6 +71,11 @@ type PodSpec struct {
 	// UDP makes the pod serve UDP on UDPPort too (StartUDPServer), as a
 	// pod declaring a UDP containerPort does.
 	UDP bool
+	// Command, when set, runs this program (argv) inside the pod's
+	// network namespace in place of the in-process HTTP server: a real
+	// third-party server such as an ingress proxy. It must listen on
+	// PodPort; AddPod returns once it does. Delay does not apply.
+	Command []string
 }
 
 // Options configure Up. The zero value means the default two-node cluster in
@@ -249,10 +254,13 @@ type Cluster struct {
 
 	log *slog.Logger
 
-	mu         sync.Mutex
-	writer     NATWriter
-	state      ServiceState
-	lbNode     int
+	mu     sync.Mutex
+	writer NATWriter
+	state  ServiceState
+	lbNode int
+	// extraLB are LB IPs of Services the testbed does not model (a
+	// real kube-proxy serves them), routed like its own (RouteLBIP).
+	extraLB    []netip.Addr
 	servers    []*podServer
 	transports []*http.Transport
 	inodes     map[string]uint32 // netns name → inode we created
@@ -276,8 +284,11 @@ type Cluster struct {
 // addedPod is a pod created at run time and the server answering in it.
 type addedPod struct {
 	pod    *Pod
-	server *podServer
+	server podRunner
 }
+
+// podRunner is what answers in a pod: the in-process server or a process.
+type podRunner interface{ stop() error }
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
 
@@ -569,7 +580,11 @@ func (c *Cluster) Down() error {
 		return nil
 	}
 	c.down = true
-	servers, transports := c.servers, c.transports
+	var servers []podRunner
+	for _, s := range c.servers {
+		servers = append(servers, s)
+	}
+	transports := c.transports
 	c.servers, c.transports = nil, nil
 	for _, a := range c.added {
 		if a.server != nil { // nil while AddPod is still building it
@@ -669,6 +684,9 @@ func (c *Cluster) RouteLB(node int) error {
 			cmds = append(cmds, "route replace "+hostBits(ip)+" via "+c.Nodes[node-1].IPIn(ip).String())
 		}
 	}
+	for _, ip := range c.extraLB {
+		cmds = append(cmds, "route replace "+hostBits(ip)+" via "+c.Nodes[node-1].IPIn(ip).String())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := ipBatch(ctx, filepath.Base(c.Client.Netns), cmds); err != nil {
@@ -676,6 +694,19 @@ func (c *Cluster) RouteLB(node int) error {
 	}
 	c.lbNode = node
 	return nil
+}
+
+// RouteLBIP routes ip, the LB IP of a Service created in the API server
+// only (the real kube-proxy programs it), from the external client through
+// the current LB node, and keeps it routed with the others by RouteLB.
+func (c *Cluster) RouteLBIP(ip netip.Addr) error {
+	c.mu.Lock()
+	if !slices.Contains(c.extraLB, ip) {
+		c.extraLB = append(c.extraLB, ip)
+	}
+	node := c.lbNode
+	c.mu.Unlock()
+	return c.RouteLB(node)
 }
 
 // LBNode is the node the LoadBalancer IPs are currently routed through.

@@ -124,6 +124,12 @@ type Watcher struct {
 
 	annMu     sync.Mutex
 	annLogged map[string]string // Service key → the errors last logged
+
+	// Ingress holds IngressClasses and Ingresses (ingress.go);
+	// IngressErrors counts their failed list/watch cycles.
+	Ingress       *Ingresses
+	IngressErrors atomic.Uint64
+	ingressSynced []cache.InformerSynced
 }
 
 // NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices
@@ -134,7 +140,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Watcher{Index: NewIndex(cfg.Index), log: log,
+	w := &Watcher{Index: NewIndex(cfg.Index), log: log, Ingress: NewIngresses(),
 		factory: informers.NewSharedInformerFactoryWithOptions(cs, cfg.Resync, informers.WithTransform(strip))}
 	add := func(resource string, inf cache.SharedIndexInformer, h cache.ResourceEventHandlerFuncs) error {
 		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
@@ -214,6 +220,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 				},
 			})
 		},
+		w.watchIngresses,
 	} {
 		if err := step(); err != nil {
 			return nil, err
@@ -269,6 +276,9 @@ func unwrap(o any) any {
 // informer cache: managed fields, annotations, and most of the spec. It is
 // idempotent, as client-go requires of transforms.
 func strip(o any) (any, error) {
+	if v, ok := stripIngress(o); ok {
+		return v, nil
+	}
 	switch v := o.(type) {
 	case *corev1.Pod:
 		p := &corev1.Pod{ObjectMeta: slimMeta(v.ObjectMeta, "pod-template-hash")}

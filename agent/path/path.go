@@ -90,6 +90,9 @@ type Path struct {
 	// NATNotVisible is the reason of the nat_not_visible diagnosis, ""
 	// when it does not apply (natvisible.go).
 	NATNotVisible string
+	// Ingress names the proxy hop when the client is an ingress proxy
+	// pod and Service a backend its Ingress routes to.
+	Ingress *kube.IngressHop
 }
 
 // Config tunes the diagnoses.
@@ -116,6 +119,9 @@ type Config struct {
 	// here, then proves a translation lbpath cannot see
 	// (natvisible.go). Without it such a connection's entry is unknown.
 	IsolatedPodNetwork bool
+	// Ingress, when set, names the proxy hop of connections from an
+	// ingress proxy pod to a Service its Ingresses route to.
+	Ingress *kube.Ingresses
 }
 
 // Stats counts naming results: Named the cluster's connections named,
@@ -227,6 +233,9 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	}
 	if !n.externalEntry(&p, late) {
 		complete = false // is the client outside the cluster? Wait for the metadata.
+	}
+	if p.Client.Kind == PeerPod && !p.Client.Lost {
+		p.Ingress, _ = n.idx.IngressHop(n.cfg.Ingress, p.Client.Pod, p.Service)
 	}
 	n.diagnose(&p)
 	if complete {

@@ -1,6 +1,9 @@
 package path
 
-import "github.com/lbpath/lbpath/agent/flow"
+import (
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
+)
 
 // Record is the JSON form of a Path: the Connection's fields plus the names
 // (all documented in docs/TELEMETRY.md).
@@ -39,6 +42,8 @@ type Record struct {
 	// NATNotVisible is the reason lbpath proved a Service translation it
 	// could not see (diagnosis nat_not_visible).
 	NATNotVisible string `json:"nat_not_visible,omitempty"`
+	// Ingress names the ingress proxy hop (Path.Ingress).
+	Ingress *kube.IngressHop `json:"ingress,omitempty"`
 }
 
 // Record returns the JSON form of p.
@@ -46,7 +51,7 @@ func (p *Path) Record() Record {
 	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
 		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class,
-		NATNotVisible: p.NATNotVisible}
+		NATNotVisible: p.NATNotVisible, Ingress: p.Ingress}
 	r.SNAT = p.SNAT
 	r.PodSource, r.PodIPDisagrees = p.PodSource, p.PodIPDisagrees
 	if p.Service != nil {

@@ -28,6 +28,12 @@ import (
 // roll out a deliberately slower version.
 const DelayEnv = "LBPATH_DELAY"
 
+// HostProcessImage marks a container the stand-in runs as a host program
+// inside the pod's network namespace: its Command and Args, e.g. nginx from
+// Debian as an ingress proxy (see Ingress). The stand-in has no container
+// runtime; the program must listen on testbed.PodPort.
+const HostProcessImage = "lbpath.invalid/host-process"
+
 // HostnameLabel is the Node label a pod's nodeSelector may use to pick its
 // node, as on real clusters.
 const HostnameLabel = "kubernetes.io/hostname"
@@ -318,7 +324,11 @@ func (k *Kubelet) schedule(ctx context.Context, key string, pod *corev1.Pod) err
 // IP is handed out again at the next opportunity, and creates the sandbox.
 func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node int) (*runningPod, error) {
 	var delay time.Duration
+	var command []string
 	for _, c := range pod.Spec.Containers {
+		if c.Image == HostProcessImage && command == nil {
+			command = append(append([]string{}, c.Command...), c.Args...)
+		}
 		for _, e := range c.Env {
 			if e.Name == DelayEnv {
 				d, err := time.ParseDuration(e.Value)
@@ -354,7 +364,7 @@ func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node 
 	if !ip.IsValid() {
 		return nil, fmt.Errorf("pod %s: all %d IPs of %s's pool are in use", key, k.opt.PoolSize, n.Name)
 	}
-	if _, err := k.tb.AddPodIPs(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay, UDP: udp}, ips...); err != nil {
+	if _, err := k.tb.AddPodIPs(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay, UDP: udp, Command: command}, ips...); err != nil {
 		return nil, err
 	}
 	rp := &runningPod{uid: pod.UID, node: node, ip: ip, ips: ips}

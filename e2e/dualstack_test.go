@@ -66,14 +66,7 @@ func checkAllNamed(t *testing.T, named *namedRecords, exps []expectation, entry 
 	deadline := time.Now().Add(8 * time.Second)
 	ok := 0
 	for _, e := range exps {
-		var v view
-		var found bool
-		for {
-			if v, found = findView(named.all(), e.res); found || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		v, found := waitView(named, e.res, deadline)
 		if !found {
 			t.Errorf("%v->%v (pod %s): no named records", e.res.Local, e.res.Remote, e.res.Pod)
 			continue

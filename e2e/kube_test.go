@@ -132,6 +132,16 @@ func findView(named []path.Record, res testbed.Result) (view, bool) {
 	return view{}, false
 }
 
+// waitView polls for res's view until it is found or deadline passes.
+func waitView(named *namedRecords, res testbed.Result, deadline time.Time) (view, bool) {
+	for {
+		if v, ok := findView(named.all(), res); ok || time.Now().After(deadline) {
+			return v, ok
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // podRS maps pod name → ReplicaSet name and node, from the API server.
 func podRS(t *testing.T, c *k8s.Cluster) map[string][2]string {
 	t.Helper()

@@ -110,14 +110,7 @@ func overlayEntry(t *testing.T, c *k8s.Cluster, ov testbed.Overlay, named *named
 	deadline := time.Now().Add(10 * time.Second)
 	ok := 0
 	for _, e := range exps {
-		var v view
-		var found bool
-		for {
-			if v, found = findView(named.all(), e.res); found || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		v, found := waitView(named, e.res, deadline)
 		if !found {
 			t.Errorf("%v->%v (pod %s): no named records", e.res.Local, e.res.Remote, e.res.Pod)
 			continue

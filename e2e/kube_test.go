@@ -115,14 +115,16 @@ func findView(named []path.Record, res testbed.Result) (view, bool) {
 		if m.Client != res.Local || m.Target != res.Remote || m.Server == nil {
 			continue
 		}
+		// Merge's records point into conns, which is named's order: the
+		// records are found by position. (A socket cookie does not tell
+		// them apart: a UDP server's one socket has every client's flow.)
 		v := view{m: m}
 		for i := range named {
-			r := &named[i]
-			if r.Node == m.Server.Node && r.Cookie == m.Server.Cookie && r.Role == flow.RoleServer {
-				v.server = r
+			if &conns[i] == m.Server {
+				v.server = &named[i]
 			}
-			if m.Entry != nil && r.Node == m.Entry.Node && r.Role == m.Entry.Role && r.Cookie == m.Entry.Cookie && r.PodSrc == m.Entry.PodSrc {
-				v.entry = r
+			if &conns[i] == m.Entry {
+				v.entry = &named[i]
 			}
 		}
 		if v.server != nil && v.entry != nil {

@@ -28,7 +28,8 @@ import (
 // ClusterIPs and still go through kube-proxy's DNAT (and SNAT under
 // Cluster).
 //
-// Per family {IPv4, IPv6, dual (each family)} one cluster; inside it per
+// Per family {IPv4, IPv6, dual (each family)} × network {flat, flannel
+// VXLAN} one cluster; inside it per
 // kube-proxy mode {iptables, nftables} × policy {Cluster, Local}
 // (socketLBCell): every ClusterIP connection is named (the ClusterIP as
 // dialled, Service, pod that answered per its X-Pod header, entry node =
@@ -44,14 +45,16 @@ import (
 // all, so a connect the translator missed would fail there.
 func TestSocketLBRealControlPlane(t *testing.T) {
 	for _, fam := range []testbed.Family{testbed.FamilyIPv4, testbed.FamilyIPv6, testbed.FamilyDual} {
-		t.Run(string(fam), func(t *testing.T) { socketLBFamily(t, fam, testbed.Overlay("")) })
+		for _, ov := range []testbed.Overlay{testbed.OverlayFlat, testbed.OverlayFlannel} {
+			t.Run(string(fam)+"/"+overlayName(ov), func(t *testing.T) { socketLBFamily(t, fam, ov) })
+		}
 	}
 }
 
 // socketLBFamily runs every (mode, policy) cell on one cluster of family
 // fam with overlay ov.
 func socketLBFamily(t *testing.T, fam testbed.Family, ov testbed.Overlay) {
-	c := upK8s(t, "lbs"+string(fam)[len(fam)-1:], k8s.Options{Mode: testbed.ModeIPTables, Policy: testbed.PolicyCluster,
+	c := upK8s(t, "lbs"+string(fam)[len(fam)-1:]+overlayName(ov)[:1], k8s.Options{Mode: testbed.ModeIPTables, Policy: testbed.PolicyCluster,
 		Family: fam, Overlay: ov, SocketLB: true})
 	set, named := startNamedAgents(t, c, nodeagents.Options{})
 	for _, a := range set.Agents {

@@ -36,6 +36,8 @@ var (
 		{testbed.FamilyIPv6, testbed.OverlayFlat, bothModes, bothPolicies},
 		{testbed.FamilyDual, testbed.OverlayFlat, bothModes, bothPolicies},
 		{testbed.FamilyIPv4, testbed.OverlayFlannel, bothModes, bothPolicies},
+		{testbed.FamilyIPv6, testbed.OverlayFlannel, bothModes, bothPolicies},
+		{testbed.FamilyDual, testbed.OverlayFlannel, bothModes, bothPolicies},
 	}
 )
 

@@ -55,7 +55,7 @@ func TestSocketLBRealControlPlane(t *testing.T) {
 // fam with overlay ov.
 func socketLBFamily(t *testing.T, fam testbed.Family, ov testbed.Overlay) {
 	c := upK8s(t, "lbs"+string(fam)[len(fam)-1:]+overlayName(ov)[:1], k8s.Options{Mode: testbed.ModeIPTables, Policy: testbed.PolicyCluster,
-		Family: fam, Overlay: ov, SocketLB: true})
+		Family: fam, Overlay: ov, SocketLB: true, UDPService: true})
 	set, named := startNamedAgents(t, c, nodeagents.Options{})
 	for _, a := range set.Agents {
 		if !slices.Contains(a.Programs(), "connect_dst") {
@@ -66,7 +66,7 @@ func socketLBFamily(t *testing.T, fam testbed.Family, ov testbed.Overlay) {
 	for _, mode := range []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables} {
 		for _, policy := range []testbed.Policy{testbed.PolicyCluster, testbed.PolicyLocal} {
 			t.Run(fmt.Sprintf("%s/%s", mode, policy), func(t *testing.T) {
-				socketLBCell(t, c, named, mode, policy)
+				socketLBCell(t, c, set, named, mode, policy)
 			})
 		}
 	}
@@ -92,7 +92,7 @@ func socketLBFamily(t *testing.T, fam testbed.Family, ov testbed.Overlay) {
 // socketLBCell switches kube-proxy's mode and web's policy, then checks
 // the ClusterIP (socket-LB), NodePort (kube-proxy) and direct legs in every
 // family of the cluster.
-func socketLBCell(t *testing.T, c *k8s.Cluster, named *namedRecords, mode testbed.ProxyMode, policy testbed.Policy) {
+func socketLBCell(t *testing.T, c *k8s.Cluster, set *nodeagents.Set, named *namedRecords, mode testbed.ProxyMode, policy testbed.Policy) {
 	ctx := context.Background()
 	if err := c.SetMode(ctx, mode); err != nil {
 		t.Fatal(err)
@@ -105,6 +105,7 @@ func socketLBCell(t *testing.T, c *k8s.Cluster, named *namedRecords, mode testbe
 	for _, f := range c.TB.Families() {
 		like := testbed.FamilyAddr(f)
 		t.Run(string(f)+"/ClusterIP", func(t *testing.T) { socketLBClusterIP(t, c, named, f, 12) })
+		t.Run(string(f)+"/UDPClusterIP", func(t *testing.T) { socketLBUDP(t, c, set, f, 8) })
 		t.Run(string(f)+"/NodePort", func(t *testing.T) {
 			np := familyEntries(c, policy, like)[1]
 			exps := np.run(t, 4)
@@ -124,7 +125,7 @@ func socketLBClusterIP(t *testing.T, c *k8s.Cluster, named *namedRecords, f test
 	ctx := context.Background()
 	tb := c.TB
 	vip, _ := tb.Web().ClusterAddrIn(testbed.FamilyAddr(f))
-	waitTranslatorSynced(t, c, vip)
+	waitTranslatorSynced(t, c, socketlb.TCP, vip, testbed.ServiceWeb, testbed.PodPort)
 	slb := c.SocketLB()
 	before, err := slb.Translated()
 	if err != nil {
@@ -196,24 +197,25 @@ func checkSocketLBView(t *testing.T, v view, res testbed.Result, vip netip.AddrP
 }
 
 // waitTranslatorSynced waits until the translator's map holds exactly the
-// ready endpoints the API server lists for web in vip's family.
-func waitTranslatorSynced(t *testing.T, c *k8s.Cluster, vip netip.AddrPort) {
+// ready endpoints the API server lists for Service svc in vip's family
+// (port: the pods' target port).
+func waitTranslatorSynced(t *testing.T, c *k8s.Cluster, proto socketlb.Proto, vip netip.AddrPort, svc string, port uint16) {
 	t.Helper()
 	ctx := context.Background()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		eps, err := c.WebEndpoints(ctx)
+		eps, err := c.Endpoints(ctx, svc)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var want []netip.AddrPort
 		for _, e := range eps {
 			if e.Ready && e.IP.Is4() == vip.Addr().Is4() {
-				want = append(want, netip.AddrPortFrom(e.IP, testbed.PodPort))
+				want = append(want, netip.AddrPortFrom(e.IP, port))
 			}
 		}
 		slices.SortFunc(want, netip.AddrPort.Compare)
-		got, err := c.SocketLB().Backends(socketlb.TCP, vip)
+		got, err := c.SocketLB().Backends(proto, vip)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -221,10 +223,55 @@ func waitTranslatorSynced(t *testing.T, c *k8s.Cluster, vip netip.AddrPort) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("translator holds %v for %v, the API server's ready endpoints are %v", got, vip, want)
+			t.Fatalf("translator holds %v for %v, the API server's ready endpoints of %s are %v", got, vip, svc, want)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// socketLBUDP: n exchanges from the client pod, each from a fresh
+// connected socket, with Service dns's ClusterIP of family f, translated at
+// connect() (the UDP Service of the real API server beside the real
+// kube-proxy, whose rules never see them): the translator counted every
+// one, and each merged UDP flow is named as translated from the ClusterIP
+// with the pod that answered, no SNAT, exact bytes (checkSocketLBUDP).
+func socketLBUDP(t *testing.T, c *k8s.Cluster, set *nodeagents.Set, f testbed.Family, n int) {
+	t.Helper()
+	svc, ok := c.UDP()
+	if !ok {
+		t.Fatal("the cluster has no UDP Service")
+	}
+	vip, _ := svc.ClusterAddrIn(testbed.FamilyAddr(f))
+	waitTranslatorSynced(t, c, socketlb.UDP, vip, k8s.UDPService, testbed.UDPPort)
+	slb := c.SocketLB()
+	before, err := slb.Counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exps []testbed.Result
+	for i := range n {
+		res := testbed.UDPExchange(context.Background(), c.TB.ClientPod.Netns, vip, 20+i*13, 60+i*29)
+		if res.Err != nil {
+			t.Fatalf("exchange %d with %v: %v", i, vip, res.Err)
+		}
+		exps = append(exps, res)
+	}
+	after, err := slb.Counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.UDP-before.UDP != uint64(n) {
+		t.Fatalf("the translator rewrote %d UDP connects, want %d", after.UDP-before.UDP, n)
+	}
+	ms := waitUDPMerged(set, exps)
+	good, pods := 0, map[string]int{}
+	for _, res := range exps {
+		if checkSocketLBUDP(t, c.TB, ms, res, vip) {
+			good++
+			pods[res.Pod]++
+		}
+	}
+	t.Logf("%s UDP ClusterIP %v via socket-LB: %d of %d flows right; pods %v", f, vip, good, n, pods)
 }
 
 // socketLBDirect: connections from the client pod straight to each web

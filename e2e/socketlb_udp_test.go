@@ -148,7 +148,8 @@ func checkSocketLBUDP(t *testing.T, cl *testbed.Cluster, ms []flow.Merged, res t
 	if c == nil {
 		return false
 	}
-	check(m.Key.Dst == netip.AddrPortFrom(pod.IP, testbed.UDPPort), "pod side %v, pod %s is %v", m.Key.Dst, pod.Name, pod.IP)
+	podIP := pod.IPIn(res.Local.Addr())
+	check(m.Key.Dst == netip.AddrPortFrom(podIP, testbed.UDPPort), "pod side %v, pod %s is %v", m.Key.Dst, pod.Name, podIP)
 	check(res.SeenRemote == res.Local && m.Key.Src == res.Local && !m.SNAT, "SNAT %v / pod side source %v, the pod saw %v, the client is %v", m.SNAT, m.Key.Src, res.SeenRemote, res.Local)
 	check(c.NAT == nil, "client flow joined a conntrack entry %+v", c.NAT)
 	check(c.BytesToServer == uint64(res.Sent) && c.BytesToClient == uint64(res.Received) &&

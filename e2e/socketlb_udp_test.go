@@ -33,14 +33,16 @@ func TestSocketLBUDP(t *testing.T) {
 	cl := upCluster(t, "lbsu", testbed.ModeSocketLB, testbed.PolicyCluster)
 	var backends []netip.AddrPort
 	for _, p := range cl.Pods {
-		s, err := testbed.StartUDPServer(p.Netns, p.Name)
+		s, err := testbed.StartUDPServer(p.Netns, "udp4", p.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
 		backends = append(backends, netip.AddrPortFrom(p.IP, testbed.UDPPort))
 	}
-	vip := testbed.DNSLike.ClusterAddr()
+	// A ClusterIP of the service range that no NAT rule knows: only the
+	// translator makes it reachable.
+	vip := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.53"), 53)
 	slb := cl.SocketLB()
 	if err := slb.SetService(socketlb.UDP, vip, backends); err != nil {
 		t.Fatal(err)
@@ -64,7 +66,7 @@ func TestSocketLBUDP(t *testing.T) {
 	ctx := context.Background()
 	before, _ := slb.Counts()
 	const n = 15
-	var exps []testbed.UDPResult
+	var exps []testbed.Result
 	for i := range n {
 		res := testbed.UDPExchange(ctx, cl.ClientPod.Netns, vip, 20+i*13, 60+i*29)
 		if res.Err != nil {
@@ -108,7 +110,7 @@ func TestSocketLBUDP(t *testing.T) {
 
 // waitUDPMerged waits (flows are emitted once idle) until every exchange
 // has its merged UDP record.
-func waitUDPMerged(set *nodeagents.Set, exps []testbed.UDPResult) []flow.Merged {
+func waitUDPMerged(set *nodeagents.Set, exps []testbed.Result) []flow.Merged {
 	deadline := time.Now().Add(8 * time.Second)
 	for {
 		ms := flow.Merge(set.Records())
@@ -125,7 +127,7 @@ func waitUDPMerged(set *nodeagents.Set, exps []testbed.UDPResult) []flow.Merged 
 	}
 }
 
-func checkSocketLBUDP(t *testing.T, cl *testbed.Cluster, ms []flow.Merged, res testbed.UDPResult, vip netip.AddrPort) bool {
+func checkSocketLBUDP(t *testing.T, cl *testbed.Cluster, ms []flow.Merged, res testbed.Result, vip netip.AddrPort) bool {
 	t.Helper()
 	id := fmt.Sprintf("%v->%v (pod %s)", res.Local, res.Remote, res.Pod)
 	m, ok := findUDP(ms, res)
@@ -162,4 +164,15 @@ func checkSocketLBUDP(t *testing.T, cl *testbed.Cluster, ms []flow.Merged, res t
 		check(!c.SocketLB && !c.Dialed.IsValid() && m.Entry == nil, "direct flow marked translated: dialed %v entry %+v", c.Dialed, m.Entry)
 	}
 	return good
+}
+
+// findUDP is res's merged UDP flow (the client's socket tuple, the address
+// it dialled) with the server side joined.
+func findUDP(ms []flow.Merged, res testbed.Result) (flow.Merged, bool) {
+	for _, m := range ms {
+		if m.Transport == flow.TransportUDP && m.Client == res.Local && m.Target == res.Remote && m.Server != nil {
+			return m, true
+		}
+	}
+	return flow.Merged{}, false
 }

@@ -30,7 +30,6 @@ type udpCluster struct {
 }
 
 var (
-	bothModes    = []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables}
 	bothPolicies = []testbed.Policy{testbed.PolicyCluster, testbed.PolicyLocal}
 	udpClusters  = []udpCluster{
 		{testbed.FamilyIPv4, testbed.OverlayFlat, bothModes, bothPolicies},
@@ -235,22 +234,34 @@ func udpSend(t *testing.T, from string, target netip.AddrPort, entryNode string,
 		if res.Err != nil {
 			t.Fatalf("exchange %d with %v: %v", i, target, res.Err)
 		}
-		j := slices.IndexFunc(exps, func(e udpExp) bool { return e.res.Local == res.Local && e.res.Remote == res.Remote })
-		if j < 0 {
-			exps = append(exps, udpExp{expectation{res: res, entryNode: entryNode, snat: snat,
-				svc: k8s.Namespace + "/" + k8s.UDPService}, 1})
-			continue
+		var err error
+		x := udpExp{expectation{res: res, entryNode: entryNode, snat: snat, svc: k8s.Namespace + "/" + k8s.UDPService}, 1}
+		if exps, err = mergeExchange(exps, x); err != nil {
+			t.Fatal(err)
 		}
-		e := &exps[j]
-		if e.res.Pod != res.Pod {
-			t.Fatalf("%v->%v: one flow answered by %s and %s", res.Local, res.Remote, e.res.Pod, res.Pod)
-		}
-		e.res.Sent += res.Sent
-		e.res.Received += res.Received
-		e.res.End = res.End
-		e.n++
 	}
 	return exps
+}
+
+// mergeExchange adds exchange x to exps: as a flow of its own, or to the
+// flow with the same tuple (a fresh socket the kernel gave a closed one's
+// source port: to conntrack and the capture the same flow), which must have
+// been answered by the same pod.
+func mergeExchange(exps []udpExp, x udpExp) ([]udpExp, error) {
+	res := x.res
+	j := slices.IndexFunc(exps, func(e udpExp) bool { return e.res.Local == res.Local && e.res.Remote == res.Remote })
+	if j < 0 {
+		return append(exps, x), nil
+	}
+	e := &exps[j]
+	if e.res.Pod != res.Pod {
+		return exps, fmt.Errorf("%v->%v: one flow answered by %s and %s", res.Local, res.Remote, e.res.Pod, res.Pod)
+	}
+	e.res.Sent += res.Sent
+	e.res.Received += res.Received
+	e.res.End = res.End
+	e.n += x.n
+	return exps, nil
 }
 
 // checkUDPNamed waits for each flow's named records (those of flows that

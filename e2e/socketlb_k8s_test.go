@@ -105,7 +105,7 @@ func socketLBCell(t *testing.T, c *k8s.Cluster, set *nodeagents.Set, named *name
 	for _, f := range c.TB.Families() {
 		like := testbed.FamilyAddr(f)
 		t.Run(string(f)+"/ClusterIP", func(t *testing.T) { socketLBClusterIP(t, c, named, f, 12) })
-		t.Run(string(f)+"/UDPClusterIP", func(t *testing.T) { socketLBUDP(t, c, set, f, 8) })
+		t.Run(string(f)+"/UDPClusterIP", func(t *testing.T) { socketLBUDP(t, c, set, named, f, 8) })
 		t.Run(string(f)+"/NodePort", func(t *testing.T) {
 			np := familyEntries(c, policy, like)[1]
 			exps := np.run(t, 4)
@@ -233,9 +233,11 @@ func waitTranslatorSynced(t *testing.T, c *k8s.Cluster, proto socketlb.Proto, vi
 // connected socket, with Service dns's ClusterIP of family f, translated at
 // connect() (the UDP Service of the real API server beside the real
 // kube-proxy, whose rules never see them): the translator counted every
-// one, and each merged UDP flow is named as translated from the ClusterIP
-// with the pod that answered, no SNAT, exact bytes (checkSocketLBUDP).
-func socketLBUDP(t *testing.T, c *k8s.Cluster, set *nodeagents.Set, f testbed.Family, n int) {
+// one, each merged UDP flow is translated from the ClusterIP with the pod
+// that answered, no SNAT, exact bytes (checkSocketLBUDP), and each flow's
+// named records carry Service dns, entry clusterip on the client's node,
+// the pod, no SNAT and the cross-node flag (checkAllNamed).
+func socketLBUDP(t *testing.T, c *k8s.Cluster, set *nodeagents.Set, named *namedRecords, f testbed.Family, n int) {
 	t.Helper()
 	svc, ok := c.UDP()
 	if !ok {
@@ -271,7 +273,12 @@ func socketLBUDP(t *testing.T, c *k8s.Cluster, set *nodeagents.Set, f testbed.Fa
 			pods[res.Pod]++
 		}
 	}
-	t.Logf("%s UDP ClusterIP %v via socket-LB: %d of %d flows right; pods %v", f, vip, good, n, pods)
+	var nexps []expectation
+	for _, res := range exps {
+		nexps = append(nexps, expectation{res: res, entryNode: c.TB.ClientPod.Node.Name, svc: k8s.Namespace + "/" + k8s.UDPService})
+	}
+	nameOK := checkAllNamed(t, named, nexps, "clusterip", podRS(t, c))
+	t.Logf("%s UDP ClusterIP %v via socket-LB: %d of %d flows right, %d named right; pods %v", f, vip, good, n, nameOK, pods)
 }
 
 // socketLBDirect: connections from the client pod straight to each web

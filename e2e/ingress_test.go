@@ -70,6 +70,38 @@ func TestIngressNginx(t *testing.T) {
 	if !ok {
 		t.Errorf("aggregate edge per backend pod [requests, connections] = %v, want %v for both", got, truth)
 	}
+	// Link precision as exported: every outbound connection joined to the
+	// aggregate edge (exactly the lbpath.ingress.connections points, any
+	// outcome), none linked per request (stated as 0, not absent).
+	links := ingressLinks(sink.Points())
+	t.Logf("lbpath.ingress.links by lbpath.link %v; lbpath.ingress.connections (any outcome) %v", links, links[""])
+	if pr, seen := links["per_request"]; !seen || pr != 0 {
+		t.Errorf("lbpath.ingress.links{per_request} = %v (exported: %v), want an exported 0", pr, seen)
+	}
+	if links["aggregate"] != links[""] || links[""] < float64(total) {
+		t.Errorf("lbpath.ingress.links{aggregate} = %v, want the %v outbound edge connections (≥ %d requests, one upstream connection each)", links["aggregate"], links[""], total)
+	}
+}
+
+// ingressLinks sums the newest cumulative point of each
+// lbpath.ingress.links series by lbpath.link over all agents, and under ""
+// those of lbpath.ingress.connections (every outcome).
+func ingressLinks(points []otlpsink.Point) map[string]float64 {
+	last := map[string]otlpsink.Point{}
+	for _, p := range points {
+		if p.Metric == exporter.MetricIngressLinks || p.Metric == exporter.MetricIngressConns {
+			last[fmt.Sprint(p.Metric, p.Resource, p.Attrs)] = p
+		}
+	}
+	out := map[string]float64{}
+	for _, p := range last {
+		k := ""
+		if p.Metric == exporter.MetricIngressLinks {
+			k = fmt.Sprint(p.Attrs["lbpath.link"])
+		}
+		out[k] += p.Value
+	}
+	return out
 }
 
 // ingressLoad runs clients concurrent keep-alive clients from the external

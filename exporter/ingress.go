@@ -33,8 +33,28 @@ func (g *generation) initIngress(m metric.Meter) error {
 	if err == nil {
 		err = e2
 	}
+	g.ingressLinks, e2 = m.Int64Counter(MetricIngressLinks, metric.WithUnit("{link}"),
+		metric.WithDescription("How an ingress proxy's outbound connections are joined to the inbound side: per_request (an exact span link to the client→proxy connection; none are made) or aggregate (the proxy pod → backend Service → backend pod edge only)"))
+	if err == nil {
+		err = e2
+	}
+	if err == nil {
+		// Stated, not omitted: a reader of the metric sees that lbpath
+		// made no per-request link, rather than guessing from an absence.
+		g.ingressLinks.Add(context.Background(), 0, metric.WithAttributeSet(linkPerRequest))
+	}
 	return err
 }
+
+// Link precision of the ingress hop. No inbound→outbound link is exact for
+// a proxy that interleaves requests in one worker (nginx) or hands writes
+// to other goroutines (Go proxies), so every outbound connection is joined
+// to the aggregate edge only and no span link is made
+// (docs/ARCHITECTURE.md "Ingress proxies").
+var (
+	linkPerRequest = attribute.NewSet(attribute.String("lbpath.link", "per_request"))
+	linkAggregate  = attribute.NewSet(attribute.String("lbpath.link", "aggregate"))
+)
 
 func ingressAttrs(h *kube.IngressHop, pod *kube.Pod, svc *kube.Service) []attribute.KeyValue {
 	a := []attribute.KeyValue{
@@ -61,4 +81,5 @@ func (g *generation) recordIngressRequest(ctx context.Context, r *path.Request) 
 func (g *generation) recordIngressConnection(ctx context.Context, p *path.Path) {
 	a := append(ingressAttrs(p.Ingress, p.Pod, p.Service), attribute.String("lbpath.outcome", string(p.Conn.Outcome)))
 	g.ingressConnections.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(a...)))
+	g.ingressLinks.Add(ctx, 1, metric.WithAttributeSet(linkAggregate))
 }

@@ -97,6 +97,7 @@ const (
 	MetricIngressRequests    = "lbpath.ingress.requests"
 	MetricIngressDuration    = "lbpath.ingress.request.duration"
 	MetricIngressConns       = "lbpath.ingress.connections"
+	MetricIngressLinks       = "lbpath.ingress.links"
 )
 
 // init creates the per-pod instruments of a generation.

@@ -100,6 +100,7 @@ type generation struct {
 	ingressRequests    metric.Int64Counter
 	ingressDuration    metric.Float64Histogram
 	ingressConnections metric.Int64Counter
+	ingressLinks       metric.Int64Counter
 }
 
 // series admits attribute sets, owns the current generation and produces

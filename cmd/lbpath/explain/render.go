@@ -232,6 +232,7 @@ func (r *Report) Render(out io.Writer) error {
 	}
 
 	r.renderSignals(&b) // lbsignals.go
+	r.renderIngress(&b) // ingress.go
 
 	for _, d := range r.Deploys {
 		fmt.Fprintf(&b, "\nDEPLOY %s  latest rollout %s (from %s), %s ago\n", d.Deployment, orDash(d.After.Hash), orDash(d.Before.Hash), ago(d.Since))

@@ -331,7 +331,10 @@ func TestRolloutAttribution(t *testing.T) {
 		before[k] = v // pods of both revisions (deleted ones keep their old entry)
 	}
 
-	time.Sleep(3 * time.Second) // JoinWait + metadata wait
+	// Records complete after JoinWait and the metadata wait (a client the
+	// index does not know, like the testbed's client pod, which has no API
+	// object, is waited for up to the whole metadata wait).
+	waitViews(t, named, results, 10*time.Second)
 	recs := named.all()
 	// Which IPs changed hands is the kubelet's own record of what it
 	// assigned, not what the client happened to reach: a misattribution

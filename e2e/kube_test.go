@@ -259,8 +259,17 @@ func checkNamed(t testing.TB, v view, e expectation, entry string, pods map[stri
 	if en.Entry != entry || en.EntryNode != e.entryNode {
 		t.Errorf("%s: entry %q on %q, want %q on %q", id, en.Entry, en.EntryNode, entry, e.entryNode)
 	}
+	// Ground truth first: the address the pod saw says whether a node
+	// rewrote the client; the policy's expectation must agree with it, so a
+	// wrong SNAT below is lbpath's, not the datapath's.
+	// (Its address, not its port: the kernel remaps a client's port on its
+	// own when the reply tuple would clash with another entry's, and the
+	// pod still sees the client.)
+	if res.SeenRemote.IsValid() && (res.SeenRemote.Addr() != res.Local.Addr()) != e.snat {
+		t.Errorf("%s: testbed: pod saw %v, want SNAT %v by policy", id, res.SeenRemote, e.snat)
+	}
 	if v.m.SNAT != e.snat {
-		t.Errorf("%s: SNAT %v, want %v", id, v.m.SNAT, e.snat)
+		t.Errorf("%s: SNAT %v, want %v (pod saw %v)", id, v.m.SNAT, e.snat, res.SeenRemote)
 	}
 	if cross := e.entryNode != want[1]; en.CrossNode != cross {
 		t.Errorf("%s: entry record cross-node %v, want %v", id, en.CrossNode, cross)

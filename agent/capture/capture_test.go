@@ -335,12 +335,10 @@ func TestRingBufferLossIsCounted(t *testing.T) {
 	if drops < missing {
 		t.Errorf("%d events missing but only %d counted as dropped", missing, drops)
 	}
-	// Unrelated TCP sockets on the host also generate (and lose) events.
-	// When none showed up, the counter must match our loss exactly; when
-	// some did, it can only be higher.
-	if others == 0 && drops != missing {
-		t.Errorf("no other traffic, yet drops %d != missing %d", drops, missing)
-	}
+	// No upper bound: the programs see every TCP socket of the host, and
+	// with the ring full an unrelated socket's events are dropped too —
+	// counted, yet never read, so "others" cannot show them (an exact
+	// equality failed on a busy host with 1167 drops for 1166 missing).
 }
 
 // The connect record's layout matches connect.bpf.c's struct connect_event

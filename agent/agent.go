@@ -21,6 +21,7 @@ import (
 	"github.com/lbpath/lbpath/agent/path"
 	"github.com/lbpath/lbpath/agent/podns"
 	"github.com/lbpath/lbpath/exporter"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -163,13 +164,16 @@ type Stats struct {
 
 // Agent is one running node agent.
 type Agent struct {
-	cfg      Config
-	log      *slog.Logger
-	out      Outputs
-	capture  *capture.Capture
-	ct       *conntrack.Listener
-	table    *flow.Table
-	watcher  *kube.Watcher
+	cfg     Config
+	log     *slog.Logger
+	out     Outputs
+	capture *capture.Capture
+	ct      *conntrack.Listener
+	table   *flow.Table
+	watcher *kube.Watcher
+	// gateways starts the Gateway API watch (nil with a given clientset:
+	// it needs a dynamic client from the same configuration).
+	gateways func(context.Context)
 	pipeline *path.Pipeline
 	exp      *exporter.Exporter
 	api      *kube.APIStats
@@ -228,15 +232,23 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 			kc = *cfg.Kube
 		}
 		api := &kube.APIStats{}
+		var dyn dynamic.Interface
 		if cs == nil {
 			var err error
 			if cs, err = kc.Client(api); err != nil {
+				return nil, err
+			}
+			if dyn, err = kc.Dynamic(api); err != nil {
 				return nil, err
 			}
 		}
 		w, err := kube.NewWatcher(cs, kc, log)
 		if err != nil {
 			return nil, err
+		}
+		if dyn != nil {
+			disc := cs.Discovery()
+			a.gateways = func(ctx context.Context) { w.WatchGateways(ctx, disc, dyn, kc.GatewayRecheck) }
 		}
 		api.Fresh = &w.Fresh
 		a.api = api
@@ -464,6 +476,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	if a.watcher != nil {
 		a.watcher.Run(ctx)
+		if a.gateways != nil {
+			a.gateways(ctx)
+		}
 	}
 	if a.podns != nil {
 		go a.podns.Run(ctx)

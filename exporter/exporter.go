@@ -501,8 +501,12 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 		// The hop behind an ingress proxy: which Ingress route and proxy
 		// pod sent it. No span link to the inbound connection: which
 		// one caused it is not known per request (docs/ARCHITECTURE.md).
-		a = append(a, attribute.String("lbpath.ingress.name", h.Ingress), attribute.String("lbpath.ingress.route", h.Route),
+		a = append(a, attribute.String("lbpath.ingress.kind", h.Kind), attribute.String("lbpath.ingress.name", h.Ingress),
+			attribute.String("lbpath.ingress.route", h.Route),
 			attribute.String("lbpath.ingress.proxy_pod", h.ProxyPod), attribute.String("lbpath.ingress.proxy_service", h.ProxyService))
+		if h.HTTPRoute != "" {
+			a = append(a, attribute.String("lbpath.ingress.httproute", h.HTTPRoute))
+		}
 	}
 	a = append(a, podAttrs(p.Pod, p.Service)...)
 	if p.Pod == nil && p.PodNode != "" {

@@ -14,8 +14,8 @@ import (
 // pod → backend Service → backend pod. Requests and their latency come from
 // the backend pod's node (its accepting socket's request turns, the client
 // being a proxy pod); connections from the proxy pod's node (its outbound
-// client sockets). Their attributes are Kubernetes names only: Ingress,
-// route, proxy pod, backend Service and pod. They are not admitted through
+// client sockets). Their attributes are Kubernetes names only: Ingress or
+// Gateway (and HTTPRoute), route, proxy pod, backend Service and pod. They are not admitted through
 // --max-series-per-metric (known gap: bounded by the Ingress routes times
 // proxy and backend pods, not by a limit).
 func (g *generation) initIngress(m metric.Meter) error {
@@ -58,10 +58,14 @@ var (
 
 func ingressAttrs(h *kube.IngressHop, pod *kube.Pod, svc *kube.Service) []attribute.KeyValue {
 	a := []attribute.KeyValue{
+		attribute.String("lbpath.ingress.kind", h.Kind),
 		attribute.String("lbpath.ingress.name", h.Ingress),
 		attribute.String("lbpath.ingress.class", h.Class),
 		attribute.String("lbpath.ingress.route", h.Route),
 		attribute.String("lbpath.ingress.proxy_pod", h.ProxyPod),
+	}
+	if h.HTTPRoute != "" {
+		a = append(a, attribute.String("lbpath.ingress.httproute", h.HTTPRoute))
 	}
 	if svc != nil {
 		a = append(a, attribute.String("k8s.namespace.name", svc.Namespace), attribute.String("k8s.service.name", svc.Name))

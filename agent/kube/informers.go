@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -31,6 +32,9 @@ type Config struct {
 	Resync time.Duration
 	// Index bounds the address history.
 	Index IndexConfig
+	// GatewayRecheck is how often the agent asks whether the Gateway API
+	// is served while its CRDs are absent; default a minute.
+	GatewayRecheck time.Duration
 }
 
 // RESTConfig builds the client configuration: the kubeconfig when given,
@@ -84,6 +88,21 @@ func (c countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
+// Dynamic builds a JSON dynamic client (for the Gateway API's custom
+// resources, which have no protobuf) whose requests are counted in st.
+func (c Config) Dynamic(st *APIStats) (dynamic.Interface, error) {
+	rc, err := c.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	rc.Wrap(func(rt http.RoundTripper) http.RoundTripper { return countingTransport{next: rt, st: st} })
+	d, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	return d, nil
+}
+
 // Client builds a clientset from the configuration whose requests are
 // counted in st.
 func (c Config) Client(st *APIStats) (kubernetes.Interface, error) {
@@ -130,6 +149,8 @@ type Watcher struct {
 	Ingress       *Ingresses
 	IngressErrors atomic.Uint64
 	ingressSynced []cache.InformerSynced
+	// gatewayWatching: the Gateway API is served and watched (gateway.go).
+	gatewayWatching atomic.Bool
 }
 
 // NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices

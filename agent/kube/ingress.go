@@ -21,11 +21,17 @@ type IngressRoute struct {
 	Host, Path string
 	// Service is the backend's namespace/name.
 	Service string
+	// HTTPRoute is the Gateway API HTTPRoute (namespace/name) the path is
+	// from; "" for an Ingress's.
+	HTTPRoute string
 }
 
 // Ingress is the agent's view of an Ingress: its class, the addresses its
 // controller published in status (the proxy's LoadBalancer), and routes.
 type Ingress struct {
+	// Kind is KindGateway for a Gateway and its HTTPRoutes, else an
+	// Ingress ("" or KindIngress).
+	Kind            string
 	Namespace, Name string
 	// Class is the IngressClass name ("" when none applies).
 	Class  string
@@ -39,9 +45,16 @@ func (i *Ingress) Key() string { return i.Namespace + "/" + i.Name }
 // IngressHop names the proxy hop of a connection from an ingress proxy pod
 // to a backend Service.
 type IngressHop struct {
-	// Ingress is the Ingress's namespace/name, Class its IngressClass,
-	// Controller that class's spec.controller.
+	// Kind is KindIngress or KindGateway.
+	Kind string
+	// Ingress is the Ingress's (or Gateway's) namespace/name, Class its
+	// IngressClass (GatewayClass), Controller that class's
+	// spec.controller (spec.controllerName).
 	Ingress, Class, Controller string
+	// HTTPRoute is the Gateway's HTTPRoute (namespace/name) with the one
+	// path to the backend, "*" when several HTTPRoutes lead there; "" for
+	// an Ingress.
+	HTTPRoute string
 	// ProxyService is the LoadBalancer Service in front of the proxy
 	// (namespace/name): the one whose LB IP the Ingress's status holds.
 	ProxyService string
@@ -61,14 +74,20 @@ type Ingresses struct {
 	mu           sync.RWMutex
 	controllers  map[string]string // class → controller
 	defaultClass string
-	byKey        map[string]*Ingress
+	byKey        map[string]*Ingress // Ingresses by namespace/name, Gateways by gatewayKey
+	// The Gateway API (gateway.go): class → controller, Gateways by
+	// namespace/name (without routes), HTTPRoutes' paths by route key.
+	gwControllers map[string]string
+	gateways      map[string]*Ingress
+	httpRoutes    map[string][]gatewayRoute
 	// Lookups and Hits count IngressHop calls and named hops.
 	Lookups, Hits atomic.Uint64
 }
 
 // NewIngresses returns an empty table.
 func NewIngresses() *Ingresses {
-	return &Ingresses{controllers: map[string]string{}, byKey: map[string]*Ingress{}}
+	return &Ingresses{controllers: map[string]string{}, byKey: map[string]*Ingress{},
+		gwControllers: map[string]string{}, gateways: map[string]*Ingress{}, httpRoutes: map[string][]gatewayRoute{}}
 }
 
 // SetClass records an IngressClass.
@@ -163,7 +182,7 @@ func (x *Index) IngressHop(g *Ingresses, pod *Pod, backend *Service) (*IngressHo
 	sort.Strings(keys)
 	for _, k := range keys {
 		ing := g.byKey[k]
-		route := routeTo(ing, backend.Key())
+		route, httpRoute := routeTo(ing, backend.Key())
 		if route == "" || len(ing.LBIPs) == 0 {
 			continue
 		}
@@ -171,34 +190,42 @@ func (x *Index) IngressHop(g *Ingresses, pod *Pod, backend *Service) (*IngressHo
 		if proxy == "" {
 			continue
 		}
-		class := ing.Class
-		if class == "" {
-			class = g.defaultClass
-		}
 		g.Hits.Add(1)
-		return &IngressHop{Ingress: k, Class: class, Controller: g.controllers[class], ProxyService: proxy,
-			ProxyPod: pod.Namespace + "/" + pod.Name, Route: route}, true
+		hop := &IngressHop{Kind: KindIngress, Ingress: ing.Namespace + "/" + ing.Name, Class: ing.Class,
+			HTTPRoute: httpRoute, ProxyService: proxy, ProxyPod: pod.Namespace + "/" + pod.Name, Route: route}
+		if ing.Kind == KindGateway {
+			hop.Kind, hop.Controller = KindGateway, g.gwControllers[ing.Class]
+			return hop, true
+		}
+		if hop.Class == "" {
+			hop.Class = g.defaultClass
+		}
+		hop.Controller = g.controllers[hop.Class]
+		return hop, true
 	}
 	return nil, false
 }
 
 // routeTo is the one route of ing to service ("host/path"), "*" for
-// several, "" for none.
-func routeTo(ing *Ingress, service string) string {
-	out := ""
+// several, "" for none; and the HTTPRoute it is from ("*" for several).
+func routeTo(ing *Ingress, service string) (route, httpRoute string) {
 	for _, r := range ing.Routes {
 		if r.Service != service {
 			continue
 		}
-		if out != "" {
-			return "*"
+		if route != "" {
+			route = "*"
+			if httpRoute != r.HTTPRoute {
+				httpRoute = "*"
+			}
+			continue
 		}
-		out = r.Host + r.Path
-		if out == "" {
-			out = "/"
+		route, httpRoute = r.Host+r.Path, r.HTTPRoute
+		if route == "" {
+			route = "/"
 		}
 	}
-	return out
+	return route, httpRoute
 }
 
 // proxyService is the Service whose LB IPs include one of lbIPs and that

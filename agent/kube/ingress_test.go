@@ -55,7 +55,7 @@ func TestIngressHop(t *testing.T) {
 	g.Set(IngressFrom(stripped.(*networkingv1.Ingress)))
 
 	h, ok := x.IngressHop(g, proxy, web)
-	want := IngressHop{Ingress: "default/shop", Class: "nginx", Controller: "k8s.io/ingress-nginx",
+	want := IngressHop{Kind: KindIngress, Ingress: "default/shop", Class: "nginx", Controller: "k8s.io/ingress-nginx",
 		ProxyService: "default/ingress-nginx", ProxyPod: "default/proxy-1", Route: "shop.example/web"}
 	if !ok || *h != want {
 		t.Errorf("web: got %+v %v, want %+v", h, ok, want)

@@ -264,7 +264,8 @@ func TestAgentLeastPrivilege(t *testing.T) {
 func TestRBACIsReadOnly(t *testing.T) {
 	d := decodeMain(t)
 	want := map[string]bool{"/pods": true, "/services": true, "/nodes": true, "discovery.k8s.io/endpointslices": true, "apps/replicasets": true,
-		"networking.k8s.io/ingressclasses": true, "networking.k8s.io/ingresses": true}
+		"networking.k8s.io/ingressclasses": true, "networking.k8s.io/ingresses": true,
+		"gateway.networking.k8s.io/gatewayclasses": true, "gateway.networking.k8s.io/gateways": true, "gateway.networking.k8s.io/httproutes": true}
 	got := map[string]bool{}
 	for _, r := range named(t, d.cr, agentRole, crMeta).Rules {
 		verbs := slices.Clone(r.Verbs)

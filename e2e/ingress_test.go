@@ -15,6 +15,7 @@ import (
 	"github.com/lbpath/lbpath/internal/otlpsink"
 	"github.com/lbpath/lbpath/testbed"
 	"github.com/lbpath/lbpath/testbed/k8s"
+	"github.com/lbpath/lbpath/testbed/nodeagents"
 	"github.com/lbpath/lbpath/testbed/testbedtest"
 )
 
@@ -30,6 +31,13 @@ import (
 // connection). No per-request link is made (see docs/ARCHITECTURE.md), so
 // per-request precision is reported as n/a, the edge's precision and
 // recall are printed.
+//
+// Then the Gateway API, in the same cluster and with the same agents: the
+// agents start before its CRDs exist (they must say so and name the rest),
+// UpGateway installs the real CRDs, a Gateway, an HTTPRoute and a second
+// real nginx as the Gateway's data plane; the agents find the API on their
+// own and the Gateway's edge must match its own ground truth the same way,
+// with kind Gateway and the HTTPRoute named.
 func TestIngressNginx(t *testing.T) {
 	c := upK8s(t, "lbing", k8s.Options{PoolSize: 6})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -39,19 +47,48 @@ func TestIngressNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	sink := testbedtest.Sink(t)
-	set := startExportingAgents(t, c, sink.GRPCAddr)
+	set, _ := startNamedAgents(t, c, nodeagents.Options{GatewayRecheck: 500 * time.Millisecond,
+		Export: &exporter.Config{Endpoint: sink.GRPCAddr, Insecure: true, MetricInterval: time.Second}})
 	for _, a := range set.Agents {
-		if !waitFor(t, 20*time.Second, func() bool { return a.Watcher().IngressSynced() && a.Watcher().Ingress.Len() == 1 }) {
+		if !waitFor(t, 30*time.Second, func() bool { return a.Watcher().IngressSynced() && a.Watcher().Ingress.Len() == 1 }) {
 			t.Fatal("an agent never learnt the Ingress")
 		}
+		if st := a.Watcher().GatewayState(); st != "absent" {
+			t.Errorf("Gateway API state %q before its CRDs exist, want absent", st)
+		}
 	}
+	checkProxyEdge(t, c, sink, ing, k8s.Namespace+"/"+k8s.IngressName, "Ingress")
 
-	truth, total := ingressLoad(t, c, ing, 32, 20)
-	t.Logf("ground truth: %d requests, per backend pod %v", total, truth)
+	gw, err := c.UpGateway(ctx, k8s.IngressOptions{Dir: t.TempDir(), Node: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range set.Agents {
+		if !waitFor(t, 30*time.Second, func() bool { return a.Watcher().GatewayState() == "watching" && a.Watcher().Ingress.Len() == 2 }) {
+			t.Fatalf("an agent never learnt the Gateway (state %s, %d proxies known)", a.Watcher().GatewayState(), a.Watcher().Ingress.Len())
+		}
+	}
+	checkProxyEdge(t, c, sink, gw, k8s.Namespace+"/"+k8s.GatewayName, "Gateway")
+	for _, p := range sink.Points() {
+		if p.Metric == exporter.MetricIngressRequests && p.Attrs["lbpath.ingress.name"] == k8s.Namespace+"/"+k8s.GatewayName &&
+			p.Attrs["lbpath.ingress.httproute"] != k8s.Namespace+"/"+k8s.HTTPRouteName {
+			t.Errorf("Gateway edge point names HTTPRoute %v, want %s/%s", p.Attrs["lbpath.ingress.httproute"], k8s.Namespace, k8s.HTTPRouteName)
+			break
+		}
+	}
+}
+
+// checkProxyEdge sends 32 concurrent clients × 20 requests through proxy
+// px and checks its aggregate edge (lbpath.ingress.name name, kind) per
+// backend pod against the answers, and the link precision as exported.
+func checkProxyEdge(t *testing.T, c *k8s.Cluster, sink *otlpsink.Sink, px *k8s.Ingress, name, kind string) {
+	t.Helper()
+	truth, total := ingressLoad(t, c, px, 32, 20)
+	t.Logf("%s %s ground truth: %d requests, per backend pod %v", kind, name, total, truth)
 
 	var got map[string][2]float64
 	ok := waitFor(t, 30*time.Second, func() bool {
-		got = ingressEdge(sink.Points())
+		got = ingressEdge(sink.Points(), name, kind)
 		for pod, n := range truth {
 			if got[pod] != [2]float64{float64(n), float64(n)} {
 				return false
@@ -65,10 +102,10 @@ func TestIngressNginx(t *testing.T) {
 			named += min(v[0], float64(truth[pod]))
 		}
 	}
-	t.Logf("nginx: aggregate edge precision %.4f recall %.4f (requests named to their backend pod / made); per-request links: none made (n/a)",
-		precision(named, got), named/float64(total))
+	t.Logf("%s via nginx: aggregate edge precision %.4f recall %.4f (requests named to their backend pod / made); per-request links: none made (n/a)",
+		kind, precision(named, got), named/float64(total))
 	if !ok {
-		t.Errorf("aggregate edge per backend pod [requests, connections] = %v, want %v for both", got, truth)
+		t.Errorf("%s %s: aggregate edge per backend pod [requests, connections] = %v, want %v for both", kind, name, got, truth)
 	}
 	// Link precision as exported: every outbound connection joined to the
 	// aggregate edge (exactly the lbpath.ingress.connections points, any
@@ -163,8 +200,9 @@ func ingressGet(hc *http.Client, url string) (string, error) {
 
 // ingressEdge reads the aggregate edge per backend pod from the newest
 // cumulative point of each series: [lbpath.ingress.requests,
-// lbpath.ingress.connections that closed ok] of Ingress shop.
-func ingressEdge(points []otlpsink.Point) map[string][2]float64 {
+// lbpath.ingress.connections that closed ok] of the Ingress or Gateway
+// name of kind.
+func ingressEdge(points []otlpsink.Point, name, kind string) map[string][2]float64 {
 	type series struct {
 		metric, pod string
 		v           float64
@@ -174,7 +212,7 @@ func ingressEdge(points []otlpsink.Point) map[string][2]float64 {
 		if p.Metric != exporter.MetricIngressRequests && p.Metric != exporter.MetricIngressConns {
 			continue
 		}
-		if p.Attrs["lbpath.ingress.name"] != k8s.Namespace+"/"+k8s.IngressName {
+		if p.Attrs["lbpath.ingress.name"] != name || p.Attrs["lbpath.ingress.kind"] != kind {
 			continue
 		}
 		if p.Metric == exporter.MetricIngressConns && p.Attrs["lbpath.outcome"] != string(flow.OutcomeOK) {

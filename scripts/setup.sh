@@ -29,3 +29,6 @@ if [ ${#need[@]} -gt 0 ]; then
   [ -z "$policy" ] || rm -f "$policy"
 fi
 command -v go >/dev/null 2>&1 || { echo "setup: Go is not installed (need Go 1.26)" >&2; exit 1; }
+# The Gateway API's CRDs (testbed/k8s UpGateway reads them from the module
+# cache; keep in step with k8s.GatewayAPIVersion).
+go mod download sigs.k8s.io/gateway-api@v1.6.3

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -91,11 +92,13 @@ func (c *Cluster) UpIngress(ctx context.Context, opt IngressOptions) (*Ingress, 
 	if err != nil {
 		return nil, err
 	}
-	conf, err := c.nginxConf(ctx, ing, opt.Dir)
+	conf, err := c.nginxConf(ctx, ingressRoutes(ing), opt.Dir)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.createProxy(ctx, opt, conf); err != nil {
+	proxy := nginxProxy{name: IngressProxy, labels: map[string]string{"app.kubernetes.io/name": "ingress-nginx"},
+		node: opt.Node, dir: opt.Dir, conf: conf, lbIP: IngressLBIP}
+	if err := c.createProxy(ctx, proxy); err != nil {
 		return nil, err
 	}
 	if err := c.TB.RouteLBIP(IngressLBIP); err != nil {
@@ -107,6 +110,9 @@ func (c *Cluster) UpIngress(ctx context.Context, opt IngressOptions) (*Ingress, 
 		return nil, err
 	}
 	if _, err := c.waitReady(ctx, APIDeployment, int(opt.APIReplicas)); err != nil {
+		return nil, err
+	}
+	if err := c.waitLBAnswers(ctx, out.LB); err != nil {
 		return nil, err
 	}
 	ing.Status.LoadBalancer.Ingress = []networkingv1.IngressLoadBalancerIngress{{IP: IngressLBIP.String()}}
@@ -125,13 +131,17 @@ func (c *Cluster) createAPI(ctx context.Context, replicas int32) error {
 		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: c.standInTemplate(labels)},
 	}
-	if _, err := c.Client.AppsV1().Deployments(Namespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+	if _, err := c.Client.AppsV1().Deployments(Namespace).Create(ctx, d, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		return nil // an Ingress and a Gateway share the backends
+	} else if err != nil {
 		return fmt.Errorf("ingress: create Deployment %s: %w", APIDeployment, err)
 	}
-	return c.createService(ctx, APIDeployment, corev1.ServiceTypeClusterIP, labels)
+	return c.createService(ctx, APIDeployment, corev1.ServiceTypeClusterIP, labels, netip.Addr{})
 }
 
-func (c *Cluster) createService(ctx context.Context, name string, typ corev1.ServiceType, selector map[string]string) error {
+// createService creates Service name (port 80 → the pod port); a
+// LoadBalancer's status publishes lbIP.
+func (c *Cluster) createService(ctx context.Context, name string, typ corev1.ServiceType, selector map[string]string, lbIP netip.Addr) error {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: name},
 		Spec: corev1.ServiceSpec{Type: typ, Selector: selector, Ports: []corev1.ServicePort{{
@@ -144,7 +154,7 @@ func (c *Cluster) createService(ctx context.Context, name string, typ corev1.Ser
 	if typ != corev1.ServiceTypeLoadBalancer {
 		return nil
 	}
-	created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: IngressLBIP.String()}}
+	created.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lbIP.String()}}
 	if _, err := c.Client.CoreV1().Services(Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("ingress: publish LB IP of Service %s: %w", name, err)
 	}
@@ -177,22 +187,37 @@ func (c *Cluster) createIngress(ctx context.Context) (*networkingv1.Ingress, err
 	return created, nil
 }
 
-// nginxConf renders the Ingress's rules into an nginx configuration in dir,
-// as an ingress controller would, with each backend reached through its
-// Service's ClusterIP (kube-proxy picks the pod). nginx's defaults are
-// kept where they matter to the path: one worker, HTTP/1.0 to the upstream
-// without keep-alive, so every proxied request is its own connection.
-func (c *Cluster) nginxConf(ctx context.Context, ing *networkingv1.Ingress, dir string) (string, error) {
-	var loc strings.Builder
+// proxyRoute is one prefix path of a proxy's configuration and the
+// Service (in Namespace) and port it proxies to.
+type proxyRoute struct {
+	path, service string
+	port          int32
+}
+
+// ingressRoutes are the Ingress's paths.
+func ingressRoutes(ing *networkingv1.Ingress) []proxyRoute {
+	var out []proxyRoute
 	for _, r := range ing.Spec.Rules {
 		for _, p := range r.HTTP.Paths {
-			b := p.Backend.Service
-			svc, err := c.Client.CoreV1().Services(Namespace).Get(ctx, b.Name, metav1.GetOptions{})
-			if err != nil {
-				return "", fmt.Errorf("ingress: backend Service %s: %w", b.Name, err)
-			}
-			fmt.Fprintf(&loc, "    location %s {\n      proxy_pass http://%s:%d;\n    }\n", p.Path, svc.Spec.ClusterIP, b.Port.Number)
+			out = append(out, proxyRoute{p.Path, p.Backend.Service.Name, p.Backend.Service.Port.Number})
 		}
+	}
+	return out
+}
+
+// nginxConf renders routes into an nginx configuration in dir, as an
+// ingress or Gateway controller would, with each backend reached through
+// its Service's ClusterIP (kube-proxy picks the pod). nginx's defaults are
+// kept where they matter to the path: one worker, HTTP/1.0 to the upstream
+// without keep-alive, so every proxied request is its own connection.
+func (c *Cluster) nginxConf(ctx context.Context, routes []proxyRoute, dir string) (string, error) {
+	var loc strings.Builder
+	for _, r := range routes {
+		svc, err := c.Client.CoreV1().Services(Namespace).Get(ctx, r.service, metav1.GetOptions{})
+		if err != nil {
+			return "", fmt.Errorf("proxy: backend Service %s: %w", r.service, err)
+		}
+		fmt.Fprintf(&loc, "    location %s {\n      proxy_pass http://%s:%d;\n    }\n", r.path, svc.Spec.ClusterIP, r.port)
 	}
 	conf := fmt.Sprintf(`user root;
 worker_processes 1;
@@ -221,25 +246,58 @@ http {
 	return path, nil
 }
 
-func (c *Cluster) createProxy(ctx context.Context, opt IngressOptions, conf string) error {
-	labels := map[string]string{"app.kubernetes.io/name": "ingress-nginx"}
+// nginxProxy is an nginx proxy Deployment (one pod on node) and its
+// LoadBalancer Service at lbIP.
+type nginxProxy struct {
+	name      string
+	labels    map[string]string
+	node      int
+	dir, conf string
+	lbIP      netip.Addr
+}
+
+func (c *Cluster) createProxy(ctx context.Context, p nginxProxy) error {
+	labels := p.labels
 	one := int32(1)
 	d := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: IngressProxy, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: p.name, Labels: labels},
 		Spec: appsv1.DeploymentSpec{Replicas: &one, Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
-				NodeSelector: map[string]string{HostnameLabel: c.TB.Node(opt.Node).Name},
+				NodeSelector: map[string]string{HostnameLabel: c.TB.Node(p.node).Name},
 				Containers: []corev1.Container{{
 					Name: "controller", Image: HostProcessImage,
-					Command: []string{"nginx", "-e", "stderr", "-p", opt.Dir, "-c", conf, "-g", "daemon off;"},
+					Command: []string{"nginx", "-e", "stderr", "-p", p.dir, "-c", p.conf, "-g", "daemon off;"},
 					Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: testbed.PodPort, Protocol: corev1.ProtocolTCP}},
 				}},
 			}}},
 	}
 	if _, err := c.Client.AppsV1().Deployments(Namespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("ingress: create Deployment %s: %w", IngressProxy, err)
+		return fmt.Errorf("proxy: create Deployment %s: %w", p.name, err)
 	}
-	return c.createService(ctx, IngressProxy, corev1.ServiceTypeLoadBalancer, labels)
+	return c.createService(ctx, p.name, corev1.ServiceTypeLoadBalancer, labels, p.lbIP)
+}
+
+// waitLBAnswers waits until the proxy answers a TCP connect on its LB IP
+// from the external client: endpoints turn ready before kube-proxy has
+// written the new LoadBalancer Service's rules, and a client's first SYN
+// before then is dropped (a controller reports Programmed only once its
+// data plane answers, too). The probe connections never reach a backend.
+func (c *Cluster) waitLBAnswers(ctx context.Context, lb netip.AddrPort) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		dctx, dcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		conn, err := testbed.DialFrom(dctx, c.TB.Client.Netns, lb)
+		dcancel()
+		if err == nil {
+			return conn.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("proxy: %v never answered from the client: %w (last %v)", lb, ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // waitReady waits until Service name has n ready endpoints and returns the

@@ -37,6 +37,9 @@ type Options struct {
 	Flow flow.Config
 	// Kubeconfig, when set, names connections from that API server.
 	Kubeconfig string
+	// GatewayRecheck is how often agents ask whether the Gateway API is
+	// served while it is not (kube.Config.GatewayRecheck).
+	GatewayRecheck time.Duration
 	// Metadata bounds the wait for names.
 	Metadata path.PipelineConfig
 	// Export, when set, sends each agent's spans and metrics over OTLP.
@@ -70,7 +73,7 @@ func Start(cl *testbed.Cluster, opt Options, log *slog.Logger) (*Set, error) {
 		cfg := agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n, opt.PodCIDRScope), Flow: opt.Flow,
 			Metadata: opt.Metadata, Export: opt.Export, UDP: opt.UDP, Path: opt.Names}
 		if opt.Kubeconfig != "" {
-			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig}
+			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig, GatewayRecheck: opt.GatewayRecheck}
 		}
 		a, err := agent.New(cfg, log, agent.Outputs{Connection: s.add, Path: opt.Path, Request: opt.Request})
 		if err != nil {

@@ -15,9 +15,9 @@ import (
 // the backend pod's node (its accepting socket's request turns, the client
 // being a proxy pod); connections from the proxy pod's node (its outbound
 // client sockets). Their attributes are Kubernetes names only: Ingress or
-// Gateway (and HTTPRoute), route, proxy pod, backend Service and pod. They are not admitted through
-// --max-series-per-metric (known gap: bounded by the Ingress routes times
-// proxy and backend pods, not by a limit).
+// Gateway (and HTTPRoute), route, proxy pod, backend Service and pod.
+// Their attribute sets are admitted per family like every per-pod
+// metric's (--max-series-per-metric, series.go).
 func (g *generation) initIngress(m metric.Meter) error {
 	var err, e2 error
 	g.ingressRequests, err = m.Int64Counter(MetricIngressRequests, metric.WithUnit("{request}"),
@@ -76,14 +76,44 @@ func ingressAttrs(h *kube.IngressHop, pod *kube.Pod, svc *kube.Service) []attrib
 	return a
 }
 
-func (g *generation) recordIngressRequest(ctx context.Context, r *path.Request) {
-	set := metric.WithAttributeSet(attribute.NewSet(ingressAttrs(r.Ingress, r.Pod, r.Service)...))
-	g.ingressRequests.Add(ctx, 1, set)
-	g.ingressDuration.Record(ctx, r.Req.Latency.Seconds(), set)
+// recordIngressRequest adds a request behind a proxy to the edge, its
+// attribute set admitted like every per-pod set (--max-series-per-metric).
+// Called under s.gate's read lock.
+func (s *series) recordIngressRequest(ctx context.Context, r *path.Request) {
+	k := setKey{request: true, ingress: ingressKey(r.Ingress)}
+	k.pod, k.svc = keyOf(r.Pod, r.Service)
+	sets := s.admit(famIngReq, k, func() [3]attribute.Set {
+		return [3]attribute.Set{attribute.NewSet(ingressAttrs(r.Ingress, r.Pod, r.Service)...)}
+	})
+	if sets == nil {
+		sets = &overflowSets
+		s.overflow[mIngressRequests].Add(1)
+		s.overflow[mIngressDuration].Add(1)
+	}
+	set := metric.WithAttributeSet(sets[0])
+	s.gen.ingressRequests.Add(ctx, 1, set)
+	s.gen.ingressDuration.Record(ctx, r.Req.Latency.Seconds(), set)
 }
 
-func (g *generation) recordIngressConnection(ctx context.Context, p *path.Path) {
-	a := append(ingressAttrs(p.Ingress, p.Pod, p.Service), attribute.String("lbpath.outcome", string(p.Conn.Outcome)))
-	g.ingressConnections.Add(ctx, 1, metric.WithAttributeSet(attribute.NewSet(a...)))
-	g.ingressLinks.Add(ctx, 1, metric.WithAttributeSet(linkAggregate))
+// recordIngressConnection adds a proxy's outbound connection to the edge.
+// Its link is counted whatever the admission: the link is about the join,
+// not the series. Called under s.gate's read lock.
+func (s *series) recordIngressConnection(ctx context.Context, p *path.Path) {
+	k := setKey{outcome: p.Conn.Outcome, ingress: ingressKey(p.Ingress)}
+	k.pod, k.svc = keyOf(p.Pod, p.Service)
+	sets := s.admit(famIngConn, k, func() [3]attribute.Set {
+		a := append(ingressAttrs(p.Ingress, p.Pod, p.Service), attribute.String("lbpath.outcome", string(p.Conn.Outcome)))
+		return [3]attribute.Set{attribute.NewSet(a...)}
+	})
+	if sets == nil {
+		sets = &overflowSets
+		s.overflow[mIngressConns].Add(1)
+	}
+	s.gen.ingressConnections.Add(ctx, 1, metric.WithAttributeSet(sets[0]))
+	s.gen.ingressLinks.Add(ctx, 1, metric.WithAttributeSet(linkAggregate))
+}
+
+// ingressKey is the part of a hop its metrics' attributes carry.
+func ingressKey(h *kube.IngressHop) kube.IngressHop {
+	return kube.IngressHop{Kind: h.Kind, Ingress: h.Ingress, Class: h.Class, HTTPRoute: h.HTTPRoute, Route: h.Route, ProxyPod: h.ProxyPod}
 }

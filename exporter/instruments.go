@@ -44,6 +44,7 @@ type setKey struct {
 	cross     bool
 	request   bool
 	transport string // flow.Connection.Transport: "" (TCP) or "udp"
+	ingress   kube.IngressHop
 }
 
 type podKey struct {
@@ -290,7 +291,7 @@ func (in *instruments) record(p *path.Path) {
 	all := metric.WithAttributeSet(sets[0])
 	g.connections.Add(ctx, 1, all)
 	if p.Ingress != nil && c.Role == flow.RoleClient {
-		g.recordIngressConnection(ctx, p)
+		s.recordIngressConnection(ctx, p)
 	}
 	if full {
 		g.connDuration.Record(ctx, c.Duration().Seconds(), all)
@@ -376,6 +377,6 @@ func (in *instruments) recordRequest(r *path.Request) {
 	s.gen.requests.Add(ctx, 1, set)
 	s.gen.requestDuration.Record(ctx, r.Req.Latency.Seconds(), set)
 	if r.Ingress != nil {
-		s.gen.recordIngressRequest(ctx, r)
+		s.recordIngressRequest(ctx, r)
 	}
 }

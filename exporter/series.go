@@ -52,6 +52,8 @@ const resetMinStale = 64
 const (
 	famConn = iota
 	famReq
+	famIngReq  // lbpath.ingress.requests and .request.duration
+	famIngConn // lbpath.ingress.connections
 	nFamilies
 )
 
@@ -64,12 +66,16 @@ const (
 	mRetransmits
 	mRequests
 	mRequestDuration
+	mIngressRequests
+	mIngressDuration
+	mIngressConns
 	nSeriesMetrics
 )
 
 var seriesMetricNames = [nSeriesMetrics]string{
 	MetricConnections, MetricBytes, MetricConnectionDuration, MetricRTT, MetricRetransmits,
 	MetricRequests, MetricRequestDuration,
+	MetricIngressRequests, MetricIngressDuration, MetricIngressConns,
 }
 
 // seriesEntry is one admitted attribute set: all, to_server, to_client.

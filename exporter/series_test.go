@@ -490,3 +490,61 @@ func TestLargeCollectionDelivered(t *testing.T) {
 		t.Errorf("%d request duration series received, want %d", n, pods)
 	}
 }
+
+// TestIngressSeriesCapped: the ingress edge's metrics are bounded by
+// --max-series-per-metric like every per-pod metric: with a limit of 5,
+// eight backend pods behind one proxy leave five named series per ingress
+// metric and the rest in the overflow series, nothing lost, and
+// lbpath.agent.series_overflow counts exactly what was folded. Every
+// outbound connection still counts as an aggregate link.
+func TestIngressSeriesCapped(t *testing.T) {
+	sink := startSink(t)
+	const max = 5
+	e := seriesExporter(t, sink, func(c *Config) { c.MaxSeries = max; c.Temporality = TemporalityCumulative })
+	hop := &kube.IngressHop{Kind: kube.KindGateway, Ingress: "default/shop-gw", Class: "nginx", HTTPRoute: "default/shop",
+		ProxyService: "default/shop-gw", ProxyPod: "default/gw-1", Route: "/web"}
+	for i := range 8 {
+		p := podN(i)
+		for range 2 {
+			e.Request(&path.Request{Req: flow.Request{Latency: time.Millisecond}, Pod: p, Service: svc, Ingress: hop})
+		}
+		out := serverPath(p, time.Millisecond)
+		out.Conn.Role = flow.RoleClient
+		out.Ingress = hop
+		e.Path(out)
+	}
+	pts := collect(t, e, sink)
+	for name, per := range map[string]float64{MetricIngressRequests: 2, MetricIngressDuration: 2, MetricIngressConns: 1} {
+		if got := selfValue(t, pts, MetricSeriesOverflow, name); got != 3*per {
+			t.Errorf("%s{%s} = %v, want %v", MetricSeriesOverflow, name, got, 3*per)
+		}
+		named, total, overflow := 0, 0.0, 0.0
+		for _, p := range byMetric(pts, name) {
+			v := p.Value
+			if p.Count > 0 {
+				v = float64(p.Count)
+			}
+			total += v
+			if isOverflow(p) {
+				overflow += v
+				continue
+			}
+			named++
+			if p.Attrs["lbpath.ingress.kind"] != kube.KindGateway || p.Attrs["lbpath.ingress.httproute"] != "default/shop" {
+				t.Errorf("%s point %v lacks the Gateway's kind or HTTPRoute", name, p.Attrs)
+			}
+		}
+		if named != max || overflow != 3*per || total != 8*per {
+			t.Errorf("%s: %d named series, overflow %v, total %v; want %d, %v, %v", name, named, overflow, total, max, 3*per, 8*per)
+		}
+	}
+	links := 0.0
+	for _, p := range byMetric(pts, MetricIngressLinks) {
+		if p.Attrs["lbpath.link"] == "aggregate" {
+			links += p.Value
+		}
+	}
+	if links != 8 {
+		t.Errorf("aggregate links %v, want all 8 outbound connections", links)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"maps"
 	"math"
 	"os/exec"
 	"strings"
@@ -107,6 +108,28 @@ func TestKubeDemo(t *testing.T) {
 	}
 	if !strings.Contains(rep.hotPod, hot) || !r.Has(explain.KindHotPod, strings.TrimPrefix(rep.hotPod, "default/")) {
 		t.Errorf("explain's hot pod is not the one the table shows (%s):\n%s", rep.hotPod, out.String())
+	}
+	// Issue 15: the INGRESS section names exactly the web pods that
+	// answered through the Ingress (the client's X-Pod), on route /web.
+	// Counts are Prometheus increase() estimates, so the set of pods is
+	// compared, not the numbers.
+	wantPods := map[string]bool{}
+	for pod := range rep.ingress {
+		if strings.HasPrefix(pod, "web-") {
+			wantPods[pod] = true
+		}
+	}
+	gotPods := map[string]bool{}
+	if r.Ingress != nil {
+		for _, b := range r.Ingress.Backends {
+			if b.Route != "/web" || b.Ingress != "default/shop" {
+				t.Errorf("INGRESS backend %+v: want route /web of default/shop", b)
+			}
+			gotPods[b.Pod] = true
+		}
+	}
+	if len(wantPods) == 0 || !maps.Equal(gotPods, wantPods) {
+		t.Errorf("INGRESS backend pods %v, want those that answered %v:\n%s", gotPods, wantPods, out.String())
 	}
 	// Issue 13's precise latency: the new version answers 25 ms later, and
 	// with the agents' exponential histograms the deploy verdict's p50

@@ -21,6 +21,7 @@ import (
 	"github.com/lbpath/lbpath/agent/path"
 	"github.com/lbpath/lbpath/cmd/lbpath/explain"
 	"github.com/lbpath/lbpath/exporter"
+	"github.com/lbpath/lbpath/testbed"
 	"github.com/lbpath/lbpath/testbed/collectorproc"
 	"github.com/lbpath/lbpath/testbed/k8s"
 	"github.com/lbpath/lbpath/testbed/nodeagents"
@@ -32,6 +33,9 @@ type kubeReport struct {
 	hotPod    string
 	explained *explain.Report
 	pods      map[string]*kubePodRow
+	// ingress: requests each backend pod answered through the Ingress
+	// (ground truth from the client).
+	ingress map[string]int
 }
 
 type kubePodRow struct {
@@ -176,6 +180,15 @@ func kubeDemo(ctx context.Context, opt demoOptions, out, errOut io.Writer) (*kub
 		}
 	}
 	ka.CloseIdleConnections()
+	dir, err := os.MkdirTemp("", "lbpath-demo-ingress-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir) // after Down (deferred earlier) stops nginx
+	ingTruth, err := ingressPhase(ctx, c, set, dir, out, opt.Connections/2)
+	if err != nil {
+		return nil, err
+	}
 
 	// Give the pipeline time to decide (agents export every second, the
 	// processors need min_samples on both sides of the rollout).
@@ -187,7 +200,8 @@ func kubeDemo(ctx context.Context, opt demoOptions, out, errOut io.Writer) (*kub
 		}
 		time.Sleep(time.Second)
 	}
-	rep := &kubeReport{pods: map[string]*kubePodRow{}}
+	waitIngressSeries(ctx, prom, ingTruth)
+	rep := &kubeReport{pods: map[string]*kubePodRow{}, ingress: ingTruth}
 	mu.Lock()
 	rep.table(recs, reqs)
 	mu.Unlock()
@@ -203,6 +217,67 @@ func kubeDemo(ctx context.Context, opt demoOptions, out, errOut io.Writer) (*kub
 	}
 	fmt.Fprintf(out, "\nlbpath demo: finished in %.0fs; tearing down\n", time.Since(start).Seconds())
 	return rep, nil
+}
+
+// ingressPhase puts a real nginx Ingress in front of web (and a second
+// backend, api) behind its own LoadBalancer Service and sends n requests
+// through its LB IP, alternating /web and /api. It returns the requests
+// each backend pod answered (the pod's X-Pod header), the ground truth the
+// INGRESS section of `lbpath explain` is read against. Web keeps its
+// ClientIP affinity: every request the proxy forwards comes from the proxy
+// pod's one address, so they all land on one web pod — a hot backend pod
+// the edge shows and the LB never sees.
+func ingressPhase(ctx context.Context, c *k8s.Cluster, set *nodeagents.Set, dir string, out io.Writer, n int) (map[string]int, error) {
+	fmt.Fprintf(out, "lbpath demo: phase 3 — an Ingress (a real nginx pod behind its own LoadBalancer %v) routes /web → web and /api → api; %d requests through it\n",
+		k8s.IngressLBIP, n)
+	ing, err := c.UpIngress(ctx, k8s.IngressOptions{Dir: dir})
+	if err != nil {
+		return nil, err
+	}
+	for i, a := range set.Agents {
+		for deadline := time.Now().Add(30 * time.Second); a.Watcher().Ingress.Len() == 0; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("agent %d never learnt the Ingress", i+1)
+			}
+		}
+	}
+	hc := c.TB.HTTPClient(c.TB.Client.Netns, true)
+	truth := map[string]int{}
+	for i := range n {
+		p := k8s.PathWeb
+		if i%2 == 1 {
+			p = k8s.PathAPI
+		}
+		resp, err := hc.Get(fmt.Sprintf("http://%s%s/%d", ing.LB, p, i))
+		if err != nil {
+			return nil, fmt.Errorf("request through the Ingress: %w", err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		truth[resp.Header.Get(testbed.HeaderPod)]++
+		// Spread over several export intervals: Prometheus's increase()
+		// reads a counter from its second sample on.
+		time.Sleep(60 * time.Millisecond)
+	}
+	hc.CloseIdleConnections()
+	return truth, nil
+}
+
+// waitIngressSeries waits (at most 30 s) until Prometheus holds every web
+// request the Ingress forwarded, so explain's INGRESS section is complete.
+func waitIngressSeries(ctx context.Context, prom *prometheus.Server, truth map[string]int) {
+	want := 0
+	for pod, n := range truth {
+		if strings.HasPrefix(pod, testbed.ServiceWeb+"-") {
+			want += n
+		}
+	}
+	q := `sum(lbpath_ingress_requests_total{k8s_service_name="web"})`
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if v, err := prom.Query(ctx, q, time.Now()); err == nil && len(v) > 0 && int(v[0].Value) >= want {
+			return
+		}
+	}
 }
 
 func (r *kubeReport) table(recs []path.Record, reqs []path.Request) {
@@ -282,4 +357,14 @@ func (r *kubeReport) print(out io.Writer) {
 			quantile(p.requests, 0.5), quantile(p.requests, 0.99))
 	}
 	tw.Flush()
+	var pods []string
+	for p := range r.ingress {
+		pods = append(pods, p)
+	}
+	sort.Strings(pods)
+	fmt.Fprintf(out, "\nThrough the Ingress, as the client saw it (X-Pod of each answer):")
+	for _, p := range pods {
+		fmt.Fprintf(out, " %s:%d", p, r.ingress[p])
+	}
+	fmt.Fprintln(out)
 }

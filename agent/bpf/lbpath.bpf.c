@@ -51,6 +51,7 @@ enum counter {
 #define F_ERROR 4 // an error was reported on the socket (inet_sk_error_report)
 
 struct conn {
+	__u64 cookie; // the socket's cookie, taken once when tracking starts
 	__u64 start_ns;
 	__u64 req_start_ns; // first read of the request being served (server side)
 	__u64 req_bytes;    // bytes read for it so far
@@ -99,12 +100,23 @@ struct event {
 // Forces the type into BTF so bpf2go generates a Go struct for it.
 const struct event *unused_event __attribute__((unused));
 
+// Per-socket state lives in the socket itself (socket local storage): a
+// lookup is a pointer load and a cache-slot check, where a hash map keyed by
+// the socket cookie cost a cookie helper call and a hash lookup on every
+// read and write of every TCP socket (issue 14). The kernel frees an entry
+// with its socket; the programs delete it at TCP_CLOSE.
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64); // socket cookie
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct conn);
 } conns SEC(".maps");
+
+// max_conns bounds how many sockets are tracked at once (the agent's
+// --max-connections; socket storage itself has no bound); live_conns counts
+// them. A socket beyond the bound is counted (C_CONNS_FULL), not tracked.
+volatile const __u32 max_conns = 65536;
+__u64 live_conns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -139,7 +151,7 @@ static __always_inline void count(__u32 slot)
 // fill_tuple reads the socket's addresses with direct loads: sk is a
 // BTF-typed pointer in tp_btf programs, so these compile to plain (CO-RE
 // relocated) memory loads instead of bpf_probe_read_kernel calls.
-static __always_inline void fill_tuple(struct event *e, const struct sock *sk, const struct tcp_sock *tp)
+static __always_inline void fill_tuple(struct event *e, const struct sock *sk, __u16 sport)
 {
 	__u16 family = sk->__sk_common.skc_family;
 	e->family = family;
@@ -159,14 +171,38 @@ static __always_inline void fill_tuple(struct event *e, const struct sock *sk, c
 		d32[2] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[2];
 		d32[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
 	}
-	// skc_num is already 0 at TCP_CLOSE; inet_sport survives.
-	if (tp)
-		e->sport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
-	else
-		e->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	e->sport = sport;
 	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	e->netns = sk->__sk_common.skc_net.net->ns.inum;
 	e->netns_cookie = sk->__sk_common.skc_net.net->net_cookie;
+}
+
+// track starts tracking sk: its storage, its cookie and start time. A
+// socket already tracked keeps its entry (SYN_SENT reported again).
+static __always_inline void track(const struct sock *sk, __u8 side)
+{
+	if (live_conns >= max_conns) {
+		count(C_CONNS_FULL);
+		return;
+	}
+	struct conn *c = bpf_sk_storage_get(&conns, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!c) {
+		count(C_CONNS_FULL);
+		return;
+	}
+	if (c->start_ns)
+		return;
+	c->cookie = bpf_get_socket_cookie((void *)sk);
+	c->start_ns = bpf_ktime_get_ns();
+	c->side = side;
+	__sync_fetch_and_add(&live_conns, 1);
+}
+
+// untrack drops sk's entry; a CLOSE reported twice finds none the second time.
+static __always_inline void untrack(const struct sock *sk)
+{
+	if (bpf_sk_storage_delete(&conns, (void *)sk) == 0)
+		__sync_fetch_and_add(&live_conns, -1);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -183,17 +219,8 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	__u64 now = bpf_ktime_get_ns();
-
 	if (newstate == TCP_SYN_SENT || newstate == TCP_SYN_RECV) {
-		struct conn c = {
-			.start_ns = now,
-			.side = newstate == TCP_SYN_SENT ? SIDE_CLIENT : SIDE_SERVER,
-		};
-		if (bpf_map_update_elem(&conns, &cookie, &c, BPF_NOEXIST) != 0 &&
-		    !bpf_map_lookup_elem(&conns, &cookie))
-			count(C_CONNS_FULL);
+		track(sk, newstate == TCP_SYN_SENT ? SIDE_CLIENT : SIDE_SERVER);
 		return 0;
 	}
 
@@ -205,7 +232,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	else
 		return 0;
 
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	struct conn *c = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
 	if (!c) {
 		if (type == EV_CLOSE)
 			count(C_CLOSE_UNTRACKED);
@@ -216,12 +243,12 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	if (!e) {
 		count(C_RB_DROP_STATE);
 		if (type == EV_CLOSE)
-			bpf_map_delete_elem(&conns, &cookie);
+			untrack(sk);
 		return 0;
 	}
-	e->cookie = cookie;
+	e->cookie = c->cookie;
 	e->start_ns = c->start_ns;
-	e->ts_ns = now;
+	e->ts_ns = bpf_ktime_get_ns();
 	e->type = type;
 	e->side = c->side;
 	e->flags = c->flags;
@@ -235,7 +262,11 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		e->err = sk->sk_err_soft;
 
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
-	fill_tuple(e, sk, tp);
+	// skc_num is already 0 at TCP_CLOSE; inet_sport survives.
+	if (tp)
+		fill_tuple(e, sk, bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport));
+	else
+		fill_tuple(e, sk, bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport)));
 	if (tp) {
 		// bytes_acked/bytes_received count sequence space: the client's
 		// SYN, our FIN once acked and the peer's FIN take one each. Report
@@ -266,14 +297,13 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 	bpf_ringbuf_submit(e, wakeup_flags());
 
 	if (type == EV_CLOSE)
-		bpf_map_delete_elem(&conns, &cookie);
+		untrack(sk);
 	return 0;
 }
 
 static __always_inline void mark(const struct sock *sk, __u8 flag)
 {
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	struct conn *c = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
 	if (c)
 		c->flags |= flag;
 }
@@ -281,10 +311,8 @@ static __always_inline void mark(const struct sock *sk, __u8 flag)
 SEC("tp_btf/inet_sk_error_report")
 int BPF_PROG(on_error, const struct sock *sk)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	// Only TCP sockets have an entry.
+	struct conn *c = bpf_sk_storage_get(&conns, (void *)sk, 0, 0);
 	if (!c)
 		return 0;
 	// On this kernel an ICMP error during SYN_SENT reports the error before
@@ -487,10 +515,8 @@ int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0 || (flags & MSG_PEEK))
 		return 0;
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	// Only tracked TCP sockets have an entry: one load for every other socket.
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
 	if (!c || c->side != SIDE_SERVER)
 		return 0;
 	if (c->phase != PHASE_REQUEST) {
@@ -507,10 +533,7 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0)
 		return 0;
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
+	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
 	if (!c || c->side != SIDE_SERVER || c->phase != PHASE_REQUEST)
 		return 0;
 	c->phase = PHASE_RESPONSE;
@@ -520,7 +543,7 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 		count(C_RB_DROP_REQUEST);
 		return 0;
 	}
-	e->cookie = cookie;
+	e->cookie = c->cookie;
 	e->start_ns = c->req_start_ns;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->bytes_acked = 0;
@@ -532,7 +555,8 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 	e->side = SIDE_SERVER;
 	e->oldstate = 0;
 	e->flags = 0;
-	fill_tuple(e, sk, bpf_skc_to_tcp_sock(sk));
+	// The socket is open: skc_num is its local port, no helper needed.
+	fill_tuple(e, sk, sk->__sk_common.skc_num);
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;

@@ -15,6 +15,7 @@ import (
 
 type LbpathConn struct {
 	_          structs.HostLayout
+	Cookie     uint64
 	StartNs    uint64
 	ReqStartNs uint64
 	ReqBytes   uint64
@@ -75,6 +76,8 @@ const (
 	LbpathProgOnRstTx      = "on_rst_tx"
 	LbpathProgOnSend       = "on_send"
 	LbpathProgOnState      = "on_state"
+	LbpathVarLiveConns     = "live_conns"
+	LbpathVarMaxConns      = "max_conns"
 	LbpathVarUnusedEvent   = "unused_event"
 )
 
@@ -145,6 +148,8 @@ type LbpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbpathVariableSpecs struct {
+	LiveConns   *ebpf.VariableSpec `ebpf:"live_conns"`
+	MaxConns    *ebpf.VariableSpec `ebpf:"max_conns"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
@@ -187,6 +192,8 @@ func (m *LbpathMaps) Close() error {
 //
 // It can be passed to LoadLbpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbpathVariables struct {
+	LiveConns   *ebpf.Variable `ebpf:"live_conns"`
+	MaxConns    *ebpf.Variable `ebpf:"max_conns"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 }
 

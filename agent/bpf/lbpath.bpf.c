@@ -515,7 +515,10 @@ int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0 || (flags & MSG_PEEK))
 		return 0;
-	// Only tracked TCP sockets have an entry: one load for every other socket.
+	// Only tracked TCP sockets have an entry: a socket with no local
+	// storage at all (UDP, unix, untracked TCP) leaves after one load.
+	if (!sk->sk_bpf_storage)
+		return 0;
 	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
 	if (!c || c->side != SIDE_SERVER)
 		return 0;
@@ -531,7 +534,7 @@ int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0)
+	if (ret <= 0 || !sk->sk_bpf_storage)
 		return 0;
 	struct conn *c = bpf_sk_storage_get(&conns, sk, 0, 0);
 	if (!c || c->side != SIDE_SERVER || c->phase != PHASE_REQUEST)

@@ -118,11 +118,7 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 		spec.Maps["events"].MaxEntries = cfg.RingBufferBytes
 	}
 	if cfg.MaxConnections != 0 {
-		// Per-socket state is socket local storage, which has no size of
-		// its own: the programs count live entries against this bound.
-		if err := spec.Variables["max_conns"].Set(cfg.MaxConnections); err != nil {
-			return nil, fmt.Errorf("set max_conns: %w", err)
-		}
+		spec.Maps["conns"].MaxEntries = cfg.MaxConnections
 	}
 
 	// Maps first, shared by all programs, so one program failing to load

@@ -190,6 +190,10 @@ static __always_inline void fill_tuple(struct event *e, const struct sock *sk, c
 	e->netns_cookie = sk->__sk_common.skc_net.net->net_cookie;
 }
 
+// request_timing is 0 when the agent runs without the read/write hooks
+// (--no-request-timing): server sockets then need no request state.
+volatile const __u8 request_timing = 1;
+
 // track_requests gives a new server socket its request timing state. The
 // kernel frees it with the socket: deleting it at close would free it
 // through RCU on the spot, measured dearer here.
@@ -231,7 +235,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 				count(C_CONNS_FULL);
 			return 0;
 		}
-		if (newstate == TCP_SYN_RECV)
+		if (newstate == TCP_SYN_RECV && request_timing)
 			track_requests(sk, cookie);
 		return 0;
 	}

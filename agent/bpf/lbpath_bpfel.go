@@ -82,6 +82,7 @@ const (
 	LbpathProgOnRstTx      = "on_rst_tx"
 	LbpathProgOnSend       = "on_send"
 	LbpathProgOnState      = "on_state"
+	LbpathVarRequestTiming = "request_timing"
 	LbpathVarUnusedEvent   = "unused_event"
 )
 
@@ -153,7 +154,8 @@ type LbpathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbpathVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	RequestTiming *ebpf.VariableSpec `ebpf:"request_timing"`
+	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
 // LbpathObjects contains all objects after they have been loaded into the kernel.
@@ -197,7 +199,8 @@ func (m *LbpathMaps) Close() error {
 //
 // It can be passed to LoadLbpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbpathVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	RequestTiming *ebpf.Variable `ebpf:"request_timing"`
+	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 }
 
 // LbpathPrograms contains all programs after they have been loaded into the kernel.

@@ -120,6 +120,12 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 	if cfg.MaxConnections != 0 {
 		spec.Maps["conns"].MaxEntries = cfg.MaxConnections
 	}
+	if cfg.NoRequestTiming {
+		// Server sockets then get no request state (socket storage).
+		if err := spec.Variables["request_timing"].Set(uint8(0)); err != nil {
+			return nil, fmt.Errorf("set request_timing: %w", err)
+		}
+	}
 
 	// Maps first, shared by all programs, so one program failing to load
 	// does not take the others with it.

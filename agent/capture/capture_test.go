@@ -490,3 +490,59 @@ func TestMaxConnectionsIsCounted(t *testing.T) {
 		t.Errorf("Run: %v", err)
 	}
 }
+
+// Request timing state (socket storage) is given to accepted sockets only,
+// and to none when request timing is off: the read/write hooks let every
+// socket without it go after one load.
+func TestRequestStateOnlyOnServerSockets(t *testing.T) {
+	testenv.Root(t)
+	for _, off := range []bool{false, true} {
+		c, err := Open(Config{NoRequestTiming: off}, slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		has := func(conn net.Conn) (found bool, cookieOK bool) {
+			raw, err := conn.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw.Control(func(fd uintptr) {
+				var st bpf.LbpathReqstate
+				if err := c.maps.Maps["reqs"].Lookup(int32(fd), &st); err != nil {
+					return
+				}
+				found = true
+				cookie, err := unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+				cookieOK = err == nil && cookie == st.Cookie
+			})
+			return found, cookieOK
+		}
+		srvHas, cookieOK := has(srv)
+		cliHas, _ := has(cl)
+		if cliHas {
+			t.Errorf("request timing off=%v: the client socket has request state", off)
+		}
+		if srvHas == off {
+			t.Errorf("request timing off=%v: the accepted socket has request state: %v", off, srvHas)
+		}
+		if srvHas && !cookieOK {
+			t.Errorf("the accepted socket's request state does not hold its cookie")
+		}
+		cl.Close()
+		srv.Close()
+		ln.Close()
+		c.Close()
+	}
+}

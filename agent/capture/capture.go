@@ -60,7 +60,8 @@ type Counters struct {
 	// RingBufferDrops is per program: events lost because the ring buffer was full.
 	RingBufferDrops map[string]uint64
 	// ConnTableFull counts connections not tracked because the kernel
-	// connection table was full.
+	// connection table was full, and server sockets whose request timing
+	// state the kernel could not allocate (their requests go unrecorded).
 	ConnTableFull uint64
 	// CloseUntracked counts closes of sockets the agent never saw open
 	// (opened before it started, or not tracked).

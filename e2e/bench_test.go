@@ -51,6 +51,13 @@ func BenchmarkKernelCostPerEvent(b *testing.B) {
 	}
 	b.StopTimer()
 	after, _ := set.Agents[0].Capture().ProgramStats()
+	reportProgramStats(b, before, after, "conn")
+}
+
+// reportProgramStats reports each program's ns per run and runs per unit
+// (one b.N iteration: a connection, a request) between two ProgramStats
+// readings, and the total BPF time per unit.
+func reportProgramStats(b *testing.B, before, after map[string]ebpf.ProgramStats, unit string) {
 	var names []string
 	for n := range after {
 		names = append(names, n)
@@ -63,8 +70,8 @@ func BenchmarkKernelCostPerEvent(b *testing.B) {
 		totalNs += rt
 		if runs > 0 {
 			b.ReportMetric(float64(rt.Nanoseconds())/float64(runs), "ns/run-"+n)
-			b.ReportMetric(float64(runs)/float64(b.N), "runs/conn-"+n)
+			b.ReportMetric(float64(runs)/float64(b.N), "runs/"+unit+"-"+n)
 		}
 	}
-	b.ReportMetric(float64(totalNs.Nanoseconds())/float64(b.N), "bpf-ns/conn")
+	b.ReportMetric(float64(totalNs.Nanoseconds())/float64(b.N), "bpf-ns/"+unit)
 }

@@ -3,4 +3,4 @@
 // agent needs no clang).
 package bpf
 
-//go:generate go tool bpf2go -tags linux -target bpfel -type event -type conn Lbpath lbpath.bpf.c -- -I/usr/include -O2 -g -Wall
+//go:generate go tool bpf2go -tags linux -target bpfel -type event -type conn -type reqstate Lbpath lbpath.bpf.c -- -I/usr/include -O2 -g -Wall

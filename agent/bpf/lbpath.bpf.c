@@ -52,14 +52,26 @@ enum counter {
 
 struct conn {
 	__u64 start_ns;
-	__u64 req_start_ns; // first read of the request being served (server side)
-	__u64 req_bytes;    // bytes read for it so far
-	__u32 requests;     // request/response turns completed
-	__s32 err;          // last error reported on the socket (inet_sk_error_report)
+	__s32 err; // last error reported on the socket (inet_sk_error_report)
 	__u8 side;
 	__u8 flags;
-	__u8 phase; // PHASE_*: where the server socket is in its request/response turn
-	__u8 _pad[5];
+	__u8 _pad[2];
+};
+
+// Request timing state of an accepted (server) socket, in the socket's own
+// local storage: the read/write hooks run on every socket call of the node,
+// and a socket without local storage leaves them after one load, where a
+// lookup by cookie in `conns` cost a helper call and a hash lookup on every
+// call of every TCP socket (issue 14). Only server sockets get one: storage
+// is allocated per socket, measured dearer than a preallocated hash entry,
+// so per-connection state stays in `conns`.
+struct reqstate {
+	__u64 cookie;   // the socket's cookie, for the records
+	__u64 start_ns; // first read of the request being served
+	__u64 bytes;    // bytes read for it so far
+	__u32 requests; // request/response turns completed
+	__u8 phase;     // PHASE_*: where the socket is in its request/response turn
+	__u8 _pad[3];
 };
 
 #define PHASE_IDLE 0
@@ -107,6 +119,13 @@ struct {
 } conns SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct reqstate);
+} reqs SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
@@ -139,7 +158,7 @@ static __always_inline void count(__u32 slot)
 // fill_tuple reads the socket's addresses with direct loads: sk is a
 // BTF-typed pointer in tp_btf programs, so these compile to plain (CO-RE
 // relocated) memory loads instead of bpf_probe_read_kernel calls.
-static __always_inline void fill_tuple(struct event *e, const struct sock *sk, const struct tcp_sock *tp)
+static __always_inline void fill_tuple(struct event *e, const struct sock *sk, const struct tcp_sock *tp, __u16 sport)
 {
 	__u16 family = sk->__sk_common.skc_family;
 	e->family = family;
@@ -160,13 +179,33 @@ static __always_inline void fill_tuple(struct event *e, const struct sock *sk, c
 		d32[3] = sk->__sk_common.skc_v6_daddr.in6_u.u6_addr32[3];
 	}
 	// skc_num is already 0 at TCP_CLOSE; inet_sport survives.
-	if (tp)
+	if (sport)
+		e->sport = sport;
+	else if (tp)
 		e->sport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
 	else
 		e->sport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	e->netns = sk->__sk_common.skc_net.net->ns.inum;
 	e->netns_cookie = sk->__sk_common.skc_net.net->net_cookie;
+}
+
+// request_timing is 0 when the agent runs without the read/write hooks
+// (--no-request-timing): server sockets then need no request state.
+volatile const __u8 request_timing = 1;
+
+// track_requests gives a new server socket its request timing state. The
+// kernel frees it with the socket: deleting it at close would free it
+// through RCU on the spot, measured dearer here.
+static __always_inline void track_requests(const struct sock *sk, __u64 cookie)
+{
+	struct reqstate *r = bpf_sk_storage_get(&reqs, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!r) {
+		// Out of memory for it: the connection is tracked, its requests not.
+		count(C_CONNS_FULL);
+		return;
+	}
+	r->cookie = cookie;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -191,9 +230,13 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 			.start_ns = now,
 			.side = newstate == TCP_SYN_SENT ? SIDE_CLIENT : SIDE_SERVER,
 		};
-		if (bpf_map_update_elem(&conns, &cookie, &c, BPF_NOEXIST) != 0 &&
-		    !bpf_map_lookup_elem(&conns, &cookie))
-			count(C_CONNS_FULL);
+		if (bpf_map_update_elem(&conns, &cookie, &c, BPF_NOEXIST) != 0) {
+			if (!bpf_map_lookup_elem(&conns, &cookie))
+				count(C_CONNS_FULL);
+			return 0;
+		}
+		if (newstate == TCP_SYN_RECV && request_timing)
+			track_requests(sk, cookie);
 		return 0;
 	}
 
@@ -235,7 +278,7 @@ int BPF_PROG(on_state, const struct sock *sk, const int oldstate, const int news
 		e->err = sk->sk_err_soft;
 
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
-	fill_tuple(e, sk, tp);
+	fill_tuple(e, sk, tp, 0);
 	if (tp) {
 		// bytes_acked/bytes_received count sequence space: the client's
 		// SYN, our FIN once acked and the peer's FIN take one each. Report
@@ -485,54 +528,51 @@ int BPF_PROG(on_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || (flags & MSG_PEEK))
+	// Only tracked server sockets have an entry; a socket without any
+	// local storage (clients, UDP, unix, untracked) leaves after one load.
+	if (ret <= 0 || (flags & MSG_PEEK) || !sk->sk_bpf_storage)
 		return 0;
-	if (sk->sk_protocol != IPPROTO_TCP)
+	struct reqstate *r = bpf_sk_storage_get(&reqs, sk, 0, 0);
+	if (!r)
 		return 0;
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (!c || c->side != SIDE_SERVER)
-		return 0;
-	if (c->phase != PHASE_REQUEST) {
-		c->phase = PHASE_REQUEST;
-		c->req_start_ns = bpf_ktime_get_ns();
-		c->req_bytes = 0;
+	if (r->phase != PHASE_REQUEST) {
+		r->phase = PHASE_REQUEST;
+		r->start_ns = bpf_ktime_get_ns();
+		r->bytes = 0;
 	}
-	c->req_bytes += ret;
+	r->bytes += ret;
 	return 0;
 }
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0)
+	if (ret <= 0 || !sk->sk_bpf_storage)
 		return 0;
-	if (sk->sk_protocol != IPPROTO_TCP)
+	struct reqstate *r = bpf_sk_storage_get(&reqs, sk, 0, 0);
+	if (!r || r->phase != PHASE_REQUEST)
 		return 0;
-	__u64 cookie = bpf_get_socket_cookie((void *)sk);
-	struct conn *c = bpf_map_lookup_elem(&conns, &cookie);
-	if (!c || c->side != SIDE_SERVER || c->phase != PHASE_REQUEST)
-		return 0;
-	c->phase = PHASE_RESPONSE;
-	c->requests++;
+	r->phase = PHASE_RESPONSE;
+	r->requests++;
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(C_RB_DROP_REQUEST);
 		return 0;
 	}
-	e->cookie = cookie;
-	e->start_ns = c->req_start_ns;
+	e->cookie = r->cookie;
+	e->start_ns = r->start_ns;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->bytes_acked = 0;
-	e->bytes_received = c->req_bytes;
+	e->bytes_received = r->bytes;
 	e->srtt_us = 0;
-	e->total_retrans = c->requests;
+	e->total_retrans = r->requests;
 	e->err = 0;
 	e->type = EV_REQUEST;
 	e->side = SIDE_SERVER;
 	e->oldstate = 0;
 	e->flags = 0;
-	fill_tuple(e, sk, bpf_skc_to_tcp_sock(sk));
+	// The socket is open: skc_num is its local port, no helper needed.
+	fill_tuple(e, sk, 0, sk->__sk_common.skc_num);
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 	bpf_ringbuf_submit(e, wakeup_flags());
 	return 0;

@@ -14,16 +14,12 @@ import (
 )
 
 type LbpathConn struct {
-	_          structs.HostLayout
-	StartNs    uint64
-	ReqStartNs uint64
-	ReqBytes   uint64
-	Requests   uint32
-	Err        int32
-	Side       uint8
-	Flags      uint8
-	Phase      uint8
-	Pad        [5]uint8
+	_       structs.HostLayout
+	StartNs uint64
+	Err     int32
+	Side    uint8
+	Flags   uint8
+	Pad     [2]uint8
 }
 
 type LbpathEvent struct {
@@ -58,6 +54,16 @@ type LbpathIcmp6Pending struct {
 	_     [7]byte
 }
 
+type LbpathReqstate struct {
+	_        structs.HostLayout
+	Cookie   uint64
+	StartNs  uint64
+	Bytes    uint64
+	Requests uint32
+	Phase    uint8
+	Pad      [3]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -66,6 +72,7 @@ const (
 	LbpathMapCounters      = "counters"
 	LbpathMapEvents        = "events"
 	LbpathMapIcmp6Pend     = "icmp6_pend"
+	LbpathMapReqs          = "reqs"
 	LbpathProgOnError      = "on_error"
 	LbpathProgOnFib6Lookup = "on_fib6_lookup"
 	LbpathProgOnIcmpSend   = "on_icmp_send"
@@ -75,6 +82,7 @@ const (
 	LbpathProgOnRstTx      = "on_rst_tx"
 	LbpathProgOnSend       = "on_send"
 	LbpathProgOnState      = "on_state"
+	LbpathVarRequestTiming = "request_timing"
 	LbpathVarUnusedEvent   = "unused_event"
 )
 
@@ -139,13 +147,15 @@ type LbpathMapSpecs struct {
 	Counters  *ebpf.MapSpec `ebpf:"counters"`
 	Events    *ebpf.MapSpec `ebpf:"events"`
 	Icmp6Pend *ebpf.MapSpec `ebpf:"icmp6_pend"`
+	Reqs      *ebpf.MapSpec `ebpf:"reqs"`
 }
 
 // LbpathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type LbpathVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	RequestTiming *ebpf.VariableSpec `ebpf:"request_timing"`
+	UnusedEvent   *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
 // LbpathObjects contains all objects after they have been loaded into the kernel.
@@ -172,6 +182,7 @@ type LbpathMaps struct {
 	Counters  *ebpf.Map `ebpf:"counters"`
 	Events    *ebpf.Map `ebpf:"events"`
 	Icmp6Pend *ebpf.Map `ebpf:"icmp6_pend"`
+	Reqs      *ebpf.Map `ebpf:"reqs"`
 }
 
 func (m *LbpathMaps) Close() error {
@@ -180,6 +191,7 @@ func (m *LbpathMaps) Close() error {
 		m.Counters,
 		m.Events,
 		m.Icmp6Pend,
+		m.Reqs,
 	)
 }
 
@@ -187,7 +199,8 @@ func (m *LbpathMaps) Close() error {
 //
 // It can be passed to LoadLbpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type LbpathVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	RequestTiming *ebpf.Variable `ebpf:"request_timing"`
+	UnusedEvent   *ebpf.Variable `ebpf:"unused_event"`
 }
 
 // LbpathPrograms contains all programs after they have been loaded into the kernel.

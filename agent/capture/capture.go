@@ -60,7 +60,8 @@ type Counters struct {
 	// RingBufferDrops is per program: events lost because the ring buffer was full.
 	RingBufferDrops map[string]uint64
 	// ConnTableFull counts connections not tracked because the kernel
-	// connection table was full.
+	// connection table was full, and server sockets whose request timing
+	// state the kernel could not allocate (their requests go unrecorded).
 	ConnTableFull uint64
 	// CloseUntracked counts closes of sockets the agent never saw open
 	// (opened before it started, or not tracked).
@@ -119,6 +120,12 @@ func Open(cfg Config, log *slog.Logger) (*Capture, error) {
 	}
 	if cfg.MaxConnections != 0 {
 		spec.Maps["conns"].MaxEntries = cfg.MaxConnections
+	}
+	if cfg.NoRequestTiming {
+		// Server sockets then get no request state (socket storage).
+		if err := spec.Variables["request_timing"].Set(uint8(0)); err != nil {
+			return nil, fmt.Errorf("set request_timing: %w", err)
+		}
 	}
 
 	// Maps first, shared by all programs, so one program failing to load

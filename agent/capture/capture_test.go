@@ -406,3 +406,141 @@ func mountTracefs(t *testing.T) {
 		}
 	})
 }
+
+// MaxConnections bounds the sockets tracked at once: beyond it a socket is
+// counted, not tracked, and the bound frees up again as sockets close (the
+// live count does not leak).
+func TestMaxConnectionsIsCounted(t *testing.T) {
+	testenv.Root(t)
+	const limit, n = 64, 100 // n connections: 2n sockets, far beyond the limit
+	c, err := Open(Config{MaxConnections: limit}, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	col := &collector{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, col.add, func(err error) { t.Errorf("decode: %v", err) }) }()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	var conns []net.Conn
+	for range n {
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, cl, s)
+	}
+	time.Sleep(100 * time.Millisecond)
+	opens := func() int {
+		col.mu.Lock()
+		defer col.mu.Unlock()
+		k := 0
+		for _, e := range col.events {
+			if e.Type == EventOpen && (e.Local.Port() == port || e.Remote.Port() == port) {
+				k++
+			}
+		}
+		return k
+	}
+	held := opens()
+	k, err := c.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d of %d sockets tracked, %d counted as beyond the limit", held, 2*n, k.ConnTableFull)
+	if held > limit {
+		t.Errorf("%d sockets tracked, limit %d", held, limit)
+	}
+	// Other sockets on the host can take slots and be counted too: ours
+	// must all be accounted for, by an open record or the counter.
+	if int(k.ConnTableFull) < 2*n-held {
+		t.Errorf("%d sockets untracked but only %d counted", 2*n-held, k.ConnTableFull)
+	}
+	for _, x := range conns {
+		x.Close()
+	}
+	time.Sleep(100 * time.Millisecond)
+	// The closes gave their slots back: a new connection is tracked.
+	cl, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	defer cl.Close()
+	clientPort := uint16(cl.LocalAddr().(*net.TCPAddr).Port)
+	waitFor(t, col, "open after the closes", func(e Event) bool { return e.Type == EventOpen && e.Local.Port() == clientPort })
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
+
+// Request timing state (socket storage) is given to accepted sockets only,
+// and to none when request timing is off: the read/write hooks let every
+// socket without it go after one load.
+func TestRequestStateOnlyOnServerSockets(t *testing.T) {
+	testenv.Root(t)
+	for _, off := range []bool{false, true} {
+		c, err := Open(Config{NoRequestTiming: off}, slog.Default())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		has := func(conn net.Conn) (found bool, cookieOK bool) {
+			raw, err := conn.(*net.TCPConn).SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw.Control(func(fd uintptr) {
+				var st bpf.LbpathReqstate
+				if err := c.maps.Maps["reqs"].Lookup(int32(fd), &st); err != nil {
+					return
+				}
+				found = true
+				cookie, err := unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE)
+				cookieOK = err == nil && cookie == st.Cookie
+			})
+			return found, cookieOK
+		}
+		srvHas, cookieOK := has(srv)
+		cliHas, _ := has(cl)
+		if cliHas {
+			t.Errorf("request timing off=%v: the client socket has request state", off)
+		}
+		if srvHas == off {
+			t.Errorf("request timing off=%v: the accepted socket has request state: %v", off, srvHas)
+		}
+		if srvHas && !cookieOK {
+			t.Errorf("the accepted socket's request state does not hold its cookie")
+		}
+		cl.Close()
+		srv.Close()
+		ln.Close()
+		c.Close()
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"golang.org/x/sys/unix"
 )
@@ -101,8 +102,39 @@ func CheckKernel() KernelCheck {
 	k.Requirements = append(k.Requirements,
 		Requirement{What: "bpf_get_socket_cookie in tp_btf programs", Since: KernelVersion{5, 12, 0}, Err: probeTPBTF(asm.FnGetSocketCookie)},
 		Requirement{What: "bpf_skc_to_tcp_sock in tp_btf programs", Since: KernelVersion{5, 9, 0}, Err: probeTPBTF(asm.FnSkcToTcpSock)},
+		Requirement{What: "bpf_sk_storage_get in tp_btf programs", Since: KernelVersion{5, 11, 0}, Err: probeTPBTFStorage()},
 	)
 	return k
+}
+
+// probeTPBTFStorage loads a tp_btf program at inet_sock_set_state that
+// creates socket local storage on the hook's struct sock *, as on_state
+// does for a server socket's request state.
+func probeTPBTFStorage() error {
+	// Socket storage maps must carry BTF for their key and value.
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.SkStorage, KeySize: 4, ValueSize: 8, Flags: unix.BPF_F_NO_PREALLOC,
+		Key: &btf.Int{Name: "int", Size: 4, Encoding: btf.Signed}, Value: &btf.Int{Name: "u64", Size: 8}})
+	if err != nil {
+		return fmt.Errorf("socket storage map: %w", err)
+	}
+	defer m.Close()
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.DWord), // r2 = ctx[0] = sk
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.Mov.Imm(asm.R4, 1), // BPF_SK_STORAGE_GET_F_CREATE
+		asm.FnSkStorageGet.Call(),
+		asm.Mov.Imm(asm.R0, 0),
+		asm.Return(),
+	}
+	p, err := ebpf.NewProgramWithOptions(&ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: "inet_sock_set_state",
+		License: "GPL", Instructions: insns,
+	}, ebpf.ProgramOptions{LogLevel: ebpf.LogLevelBranch})
+	if err != nil {
+		return err
+	}
+	return p.Close()
 }
 
 func checkBTF() error {

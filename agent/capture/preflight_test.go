@@ -21,8 +21,8 @@ func TestCheckKernelHere(t *testing.T) {
 	if err := k.Err(); err != nil {
 		t.Fatalf("this kernel has everything on_state uses, yet: %v", err)
 	}
-	if len(k.Requirements) != 5 {
-		t.Errorf("probed %d requirements, want 5 (BTF, ring buffer, tp_btf, two helpers): %+v", len(k.Requirements), k.Requirements)
+	if len(k.Requirements) != 6 {
+		t.Errorf("probed %d requirements, want 6 (BTF, ring buffer, tp_btf, three helpers): %+v", len(k.Requirements), k.Requirements)
 	}
 	if k.Version.Less(MinKernel) || k.Release == "" {
 		t.Errorf("version %v release %q", k.Version, k.Release)

@@ -31,6 +31,9 @@ type Config struct {
 	Resync time.Duration
 	// Index bounds the address history.
 	Index IndexConfig
+	// ExternalNameResolver is the DNS server (host:port) the agent asks
+	// for ExternalName Services' names; empty means the system resolver.
+	ExternalNameResolver string
 }
 
 // RESTConfig builds the client configuration: the kubeconfig when given,
@@ -124,6 +127,14 @@ type Watcher struct {
 
 	annMu     sync.Mutex
 	annLogged map[string]string // Service key → the errors last logged
+	extCfg    ExternalNameConfig
+}
+
+func externalNameConfig(cfg Config) ExternalNameConfig {
+	if cfg.ExternalNameResolver == "" {
+		return ExternalNameConfig{}
+	}
+	return ExternalNameConfig{Resolver: NewDNSResolver(cfg.ExternalNameResolver)}
 }
 
 // NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices
@@ -134,7 +145,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Watcher{Index: NewIndex(cfg.Index), log: log,
+	w := &Watcher{Index: NewIndex(cfg.Index), log: log, extCfg: externalNameConfig(cfg),
 		factory: informers.NewSharedInformerFactoryWithOptions(cs, cfg.Resync, informers.WithTransform(strip))}
 	add := func(resource string, inf cache.SharedIndexInformer, h cache.ResourceEventHandlerFuncs) error {
 		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
@@ -227,6 +238,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 // connections that cannot be named yet wait a bounded time in agent/path.
 func (w *Watcher) Run(ctx context.Context) {
 	w.factory.Start(ctx.Done())
+	go w.Index.ResolveExternalNames(ctx, w.extCfg, w.log)
 	// The initial lists of a large cluster leave tens of MiB of decoded
 	// garbage; return it to the kernel once instead of keeping it in RSS
 	// until the runtime's slow background scavenger gets to it.
@@ -321,6 +333,7 @@ func strip(o any) (any, error) {
 		s.Spec.ClusterIP = v.Spec.ClusterIP
 		s.Spec.Ports = v.Spec.Ports
 		s.Spec.ExternalIPs = v.Spec.ExternalIPs
+		s.Spec.ExternalName = v.Spec.ExternalName
 		s.Spec.ExternalTrafficPolicy = v.Spec.ExternalTrafficPolicy
 		s.Spec.HealthCheckNodePort = v.Spec.HealthCheckNodePort
 		s.Status.LoadBalancer = v.Status.LoadBalancer
@@ -481,6 +494,9 @@ func ServiceFrom(v *corev1.Service) *Service {
 		if a := parseIP(ip); a.IsValid() {
 			s.ExternalIPs = append(s.ExternalIPs, a)
 		}
+	}
+	if v.Spec.Type == corev1.ServiceTypeExternalName {
+		s.ExternalName = v.Spec.ExternalName
 	}
 	s.AnnotationErrors = samplingAnnotations(s, v.Annotations)
 	return s

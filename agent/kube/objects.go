@@ -100,9 +100,12 @@ type ServicePort struct {
 // Service is the stripped view of a Service.
 type Service struct {
 	Namespace, Name string
-	Type            string // ClusterIP, NodePort, LoadBalancer
-	ClusterIPs      []netip.Addr
-	Ports           []ServicePort
+	Type            string // ClusterIP, NodePort, LoadBalancer, ExternalName
+	// ExternalName is spec.externalName of a Service of type
+	// ExternalName: a DNS name the agent resolves itself (externalname.go).
+	ExternalName string
+	ClusterIPs   []netip.Addr
+	Ports        []ServicePort
 	// LBIngress are status.loadBalancer.ingress IPs.
 	LBIngress []netip.Addr
 	// LBHostnames are status.loadBalancer.ingress hostnames: a load
@@ -158,6 +161,10 @@ const (
 	// EntryExternalIP is a connection to one of the Service's
 	// spec.externalIPs (no load balancer is involved).
 	EntryExternalIP Entry = "externalip"
+	// EntryExternalName is a connection to an address the Service's
+	// spec.externalName resolved to when the agent last asked: a DNS
+	// name, not a translation (no ClusterIP, no NAT).
+	EntryExternalName Entry = "externalname"
 )
 
 // LBPending reports whether s is a LoadBalancer whose EXTERNAL-IP kubectl

@@ -39,6 +39,9 @@ type Record struct {
 	// NATNotVisible is the reason lbpath proved a Service translation it
 	// could not see (diagnosis nat_not_visible).
 	NATNotVisible string `json:"nat_not_visible,omitempty"`
+	// ServiceSource is externalname_resolved when Service is an
+	// ExternalName Service named from the agent's own DNS lookup.
+	ServiceSource string `json:"service_source,omitempty"`
 }
 
 // Record returns the JSON form of p.
@@ -46,7 +49,7 @@ func (p *Path) Record() Record {
 	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
 		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class,
-		NATNotVisible: p.NATNotVisible}
+		NATNotVisible: p.NATNotVisible, ServiceSource: p.ServiceSource}
 	r.SNAT = p.SNAT
 	r.PodSource, r.PodIPDisagrees = p.PodSource, p.PodIPDisagrees
 	if p.Service != nil {

@@ -245,6 +245,7 @@ func New(cfg Config, log *slog.Logger, out Outputs) (*Agent, error) {
 		pc.Node = cfg.Node
 		pc.Local = &a.local
 		pc.Current = w.CurrentAt
+		pc.Ingress = w.Ingress
 		a.podns = openPodns(cfg, log)
 		pc.Netns = a.podns
 		a.pipeline = path.NewPipeline(path.NewNamer(pc, w.Index), cfg.Metadata, a.emitPath, a.emitRequest)
@@ -413,6 +414,8 @@ func (a *Agent) Drops() []exporter.Drop {
 			exporter.Drop{Stage: "metadata", Reason: "externalname_lookup_failed", Count: a.watcher.Index.ExternalNames.Errors.Load()},
 			exporter.Drop{Stage: "metadata", Reason: "externalname_skipped", Count: a.watcher.Index.ExternalNames.Skipped.Load()},
 			exporter.Drop{Stage: "metadata", Reason: "externalname_ambiguous", Count: a.watcher.Index.ExternalNames.Ambiguous.Load()},
+			// Ingress routes unknown (RBAC or API): proxy hops unnamed.
+			exporter.Drop{Stage: "metadata", Reason: "ingress_watch_error", Count: a.watcher.IngressErrors.Load()},
 		)
 	}
 	return d

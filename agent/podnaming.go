@@ -33,6 +33,14 @@ func (a *Agent) socket(e *capture.Event) {
 	if a.podns != nil && e.Side == capture.SideServer && (e.Type == capture.EventOpen || e.Type == capture.EventClose) {
 		a.podns.Want(e.NetnsCookie)
 	}
+	if e.Type == capture.EventConnect && e.UDP {
+		// A connected UDP socket's translation: its flows are the UDP
+		// table's.
+		if a.udp.table != nil {
+			a.udp.table.Connect(e)
+		}
+		return
+	}
 	a.table.Socket(e)
 }
 

@@ -157,6 +157,7 @@ func (a *Agent) udpDrops() []exporter.Drop {
 		{Stage: "flow", Reason: "udp_nat_table_full", Count: s.Flow.NATTableFull.Load()},
 		{Stage: "flow", Reason: "udp_nat_expired", Count: s.Flow.NATExpired.Load()},
 		{Stage: "flow", Reason: "udp_open_table_full", Count: s.Flow.OpenTableFull.Load()},
+		{Stage: "flow", Reason: "udp_dialed_table_full", Count: s.Flow.DialedTableFull.Load()},
 	}
 }
 

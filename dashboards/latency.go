@@ -57,5 +57,5 @@ func podLatency() *dashboard.DashboardBuilder {
 			promQuery("A", mean(metricConnDuration, byPod, roleServer, mSvc), "{{k8s_pod_name}}"))).
 		WithPanel(ts("Bytes/s per pod", "TCP payload by direction (to_server: requests, to_client: responses).", "Bps", 24, 8,
 			promQuery("A", fmt.Sprintf("sum by (%s, lbpath_direction) (%s)", byPod, rate(metricBytes, roleServer, mSvc)), "{{k8s_pod_name}} {{lbpath_direction}}")))
-	return b
+	return withIngress(b) // ingress.go
 }

@@ -66,14 +66,7 @@ func checkAllNamed(t *testing.T, named *namedRecords, exps []expectation, entry 
 	deadline := time.Now().Add(8 * time.Second)
 	ok := 0
 	for _, e := range exps {
-		var v view
-		var found bool
-		for {
-			if v, found = findView(named.all(), e.res); found || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		v, found := waitView(named, e.res, deadline)
 		if !found {
 			t.Errorf("%v->%v (pod %s): no named records", e.res.Local, e.res.Remote, e.res.Pod)
 			continue
@@ -82,9 +75,24 @@ func checkAllNamed(t *testing.T, named *namedRecords, exps []expectation, entry 
 		checkNamed(sub, v, e, entry, pods)
 		if !sub.failed {
 			ok++
+			continue
 		}
+		logRelated(t, named.all(), e.res)
 	}
 	return ok
+}
+
+// logRelated logs every record that shares the connection's client socket
+// or the address the pod saw, so a failure shows what the agents reported.
+func logRelated(t *testing.T, recs []path.Record, res testbed.Result) {
+	t.Helper()
+	for _, r := range recs {
+		c := r.Connection
+		if c.Client == res.Local || c.PodSrc == res.Local || c.PodSrc == res.SeenRemote || c.Client == res.SeenRemote {
+			t.Logf("  record on %s: role %s client %v target %v pod-side %v->%v snat %v nat %+v start %s",
+				c.Node, c.Role, c.Client, c.Target, c.PodSrc, c.PodDst, c.SNAT, c.NAT, c.Start.Format("15:04:05.000"))
+		}
+	}
 }
 
 // countingT notes whether checkNamed reported an error for one connection.

@@ -69,6 +69,16 @@ type expectation struct {
 	res       testbed.Result
 	entryNode string
 	snat      bool
+	// svc is the Service addressed (namespace/name); "" is default/web.
+	svc string
+}
+
+// service is e's Service, namespace/name.
+func (e expectation) service() string {
+	if e.svc == "" {
+		return "default/web"
+	}
+	return e.svc
 }
 
 func findMerged(ms []flow.Merged, res testbed.Result) (flow.Merged, bool) {

@@ -115,14 +115,16 @@ func findView(named []path.Record, res testbed.Result) (view, bool) {
 		if m.Client != res.Local || m.Target != res.Remote || m.Server == nil {
 			continue
 		}
+		// Merge's records point into conns, which is named's order: the
+		// records are found by position. (A socket cookie does not tell
+		// them apart: a UDP server's one socket has every client's flow.)
 		v := view{m: m}
 		for i := range named {
-			r := &named[i]
-			if r.Node == m.Server.Node && r.Cookie == m.Server.Cookie && r.Role == flow.RoleServer {
-				v.server = r
+			if &conns[i] == m.Server {
+				v.server = &named[i]
 			}
-			if m.Entry != nil && r.Node == m.Entry.Node && r.Role == m.Entry.Role && r.Cookie == m.Entry.Cookie && r.PodSrc == m.Entry.PodSrc {
-				v.entry = r
+			if &conns[i] == m.Entry {
+				v.entry = &named[i]
 			}
 		}
 		if v.server != nil && v.entry != nil {
@@ -130,6 +132,16 @@ func findView(named []path.Record, res testbed.Result) (view, bool) {
 		}
 	}
 	return view{}, false
+}
+
+// waitView polls for res's view until it is found or deadline passes.
+func waitView(named *namedRecords, res testbed.Result, deadline time.Time) (view, bool) {
+	for {
+		if v, ok := findView(named.all(), res); ok || time.Now().After(deadline) {
+			return v, ok
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // podRS maps pod name → ReplicaSet name and node, from the API server.
@@ -239,7 +251,7 @@ func checkNamed(t testing.TB, v view, e expectation, entry string, pods map[stri
 		t.Errorf("%s: entry record names pod %q", id, en.Pod)
 	}
 	for _, r := range []*path.Record{s, en} {
-		if r.Service != "default/web" || r.Deployment != "web" || r.ReplicaSet != want[0] || r.PodNode != want[1] {
+		if r.Service != e.service() || r.Deployment != "web" || r.ReplicaSet != want[0] || r.PodNode != want[1] {
 			t.Errorf("%s: %s record names service %q deployment %q rs %q (want %q) pod node %q (want %q)",
 				id, r.Node, r.Service, r.Deployment, r.ReplicaSet, want[0], r.PodNode, want[1])
 		}
@@ -247,8 +259,17 @@ func checkNamed(t testing.TB, v view, e expectation, entry string, pods map[stri
 	if en.Entry != entry || en.EntryNode != e.entryNode {
 		t.Errorf("%s: entry %q on %q, want %q on %q", id, en.Entry, en.EntryNode, entry, e.entryNode)
 	}
+	// Ground truth first: the address the pod saw says whether a node
+	// rewrote the client; the policy's expectation must agree with it, so a
+	// wrong SNAT below is lbpath's, not the datapath's.
+	// (Its address, not its port: the kernel remaps a client's port on its
+	// own when the reply tuple would clash with another entry's, and the
+	// pod still sees the client.)
+	if res.SeenRemote.IsValid() && (res.SeenRemote.Addr() != res.Local.Addr()) != e.snat {
+		t.Errorf("%s: testbed: pod saw %v, want SNAT %v by policy", id, res.SeenRemote, e.snat)
+	}
 	if v.m.SNAT != e.snat {
-		t.Errorf("%s: SNAT %v, want %v", id, v.m.SNAT, e.snat)
+		t.Errorf("%s: SNAT %v, want %v (pod saw %v)", id, v.m.SNAT, e.snat, res.SeenRemote)
 	}
 	if cross := e.entryNode != want[1]; en.CrossNode != cross {
 		t.Errorf("%s: entry record cross-node %v, want %v", id, en.CrossNode, cross)
@@ -319,7 +340,10 @@ func TestRolloutAttribution(t *testing.T) {
 		before[k] = v // pods of both revisions (deleted ones keep their old entry)
 	}
 
-	time.Sleep(3 * time.Second) // JoinWait + metadata wait
+	// Records complete after JoinWait and the metadata wait (a client the
+	// index does not know, like the testbed's client pod, which has no API
+	// object, is waited for up to the whole metadata wait).
+	waitViews(t, named, results, 10*time.Second)
 	recs := named.all()
 	// Which IPs changed hands is the kubelet's own record of what it
 	// assigned, not what the client happened to reach: a misattribution

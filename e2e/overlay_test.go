@@ -29,29 +29,34 @@ var tunnelSource = map[testbed.Overlay]kube.NodeAddrSource{
 // entry node, SNAT and cross-node flag on both the entry node's and the
 // pod node's records, against the client's and the pod's own view.
 func TestOverlayFlannelVXLAN(t *testing.T) {
-	overlayMatrix(t, "lbof", testbed.OverlayFlannel, []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables})
+	overlayMatrix(t, "lbof", testbed.FamilyIPv4, testbed.OverlayFlannel, bothModes)
 }
 
 // TestOverlayCalicoVXLAN: the same with Calico's annotations
 // (projectcalico.org/IPv4VXLANTunnelAddr), kube-proxy in iptables mode.
 func TestOverlayCalicoVXLAN(t *testing.T) {
-	overlayMatrix(t, "lboc", testbed.OverlayCalico, []testbed.ProxyMode{testbed.ModeIPTables})
+	overlayMatrix(t, "lboc", testbed.FamilyIPv4, testbed.OverlayCalico, []testbed.ProxyMode{testbed.ModeIPTables})
 }
 
 // TestOverlayCiliumTunnel: the same with Cilium's router-IP annotation
 // (network.cilium.io/ipv4-cilium-host), kube-proxy in nftables mode.
 func TestOverlayCiliumTunnel(t *testing.T) {
-	overlayMatrix(t, "lboi", testbed.OverlayCilium, []testbed.ProxyMode{testbed.ModeNFTables})
+	overlayMatrix(t, "lboi", testbed.FamilyIPv4, testbed.OverlayCilium, []testbed.ProxyMode{testbed.ModeNFTables})
 }
 
 // TestOverlayFlatNetwork: the flat network under the same strict checks,
 // so node-address learning changed nothing there.
 func TestOverlayFlatNetwork(t *testing.T) {
-	overlayMatrix(t, "lbol", testbed.OverlayFlat, []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables})
+	overlayMatrix(t, "lbol", testbed.FamilyIPv4, testbed.OverlayFlat, bothModes)
 }
 
-func overlayMatrix(t *testing.T, prefix string, ov testbed.Overlay, modes []testbed.ProxyMode) {
-	c := upK8s(t, prefix, k8s.Options{Mode: modes[0], Policy: testbed.PolicyCluster, Overlay: ov})
+var bothModes = []testbed.ProxyMode{testbed.ModeIPTables, testbed.ModeNFTables}
+
+// overlayMatrix runs one cluster of family fam on overlay ov and, for each
+// kube-proxy mode in modes and both policies, checks every connection of
+// every entry in every family of the cluster (checkOverlay).
+func overlayMatrix(t *testing.T, prefix string, fam testbed.Family, ov testbed.Overlay, modes []testbed.ProxyMode) {
+	c := upK8s(t, prefix, k8s.Options{Mode: modes[0], Policy: testbed.PolicyCluster, Overlay: ov, Family: fam})
 	set, named := startNamedAgents(t, c, nodeagents.Options{})
 	for _, a := range set.Agents {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -73,44 +78,57 @@ func overlayMatrix(t *testing.T, prefix string, ov testbed.Overlay, modes []test
 				}
 				time.Sleep(1500 * time.Millisecond) // kube-proxy resyncs after the Service change
 				pods := podRS(t, c)
-				for _, en := range kubeEntries(c, policy) {
-					t.Run(en.name, func(t *testing.T) {
-						exps := en.run(t, 6)
-						deadline := time.Now().Add(10 * time.Second)
-						ok := 0
-						for _, e := range exps {
-							var v view
-							var found bool
-							for {
-								if v, found = findView(named.all(), e.res); found || time.Now().After(deadline) {
-									break
-								}
-								time.Sleep(100 * time.Millisecond)
-							}
-							if !found {
-								t.Errorf("%v->%v (pod %s): no named records", e.res.Local, e.res.Remote, e.res.Pod)
-								continue
-							}
-							if checkOverlay(t, c, ov, v, e, en.entry, pods) {
-								ok++
-							}
-							total[fmt.Sprintf("%s/%s/%s", mode, policy, en.name)]++
+				for _, f := range c.TB.Families() {
+					for _, en := range familyEntries(c, policy, testbed.FamilyAddr(f)) {
+						name := en.name
+						if fam != testbed.FamilyIPv4 {
+							name = string(f) + "/" + en.name
 						}
-						if ok != len(exps) {
-							t.Errorf("%d of %d connections attributed right", ok, len(exps))
-						}
-					})
+						t.Run(name, func(t *testing.T) {
+							ok, n := overlayEntry(t, c, ov, named, en, pods)
+							total[fmt.Sprintf("%s/%s/%s", mode, policy, name)] += n
+							if ok != n {
+								t.Errorf("%d of %d connections attributed right", ok, n)
+							}
+						})
+					}
 				}
 			})
 		}
 	}
-	t.Logf("overlay %q: connections checked per cell %v", ov, total)
+	sum := 0
+	for _, n := range total {
+		sum += n
+	}
+	t.Logf("%s overlay %q: %d connections checked, per cell %v", fam, ov, sum, total)
+}
+
+// overlayEntry sends through one entry and checks every connection; it
+// returns how many passed every check and how many were sent.
+func overlayEntry(t *testing.T, c *k8s.Cluster, ov testbed.Overlay, named *namedRecords, en kubeEntry, pods map[string][2]string) (int, int) {
+	exps := en.run(t, 6)
+	deadline := time.Now().Add(10 * time.Second)
+	ok := 0
+	for _, e := range exps {
+		v, found := waitView(named, e.res, deadline)
+		if !found {
+			t.Errorf("%v->%v (pod %s): no named records", e.res.Local, e.res.Remote, e.res.Pod)
+			continue
+		}
+		if checkOverlay(t, c, ov, v, e, en.entry, pods) {
+			ok++
+		}
+	}
+	return ok, len(exps)
 }
 
 // checkOverlay asserts one connection against ground truth and reports
 // whether every check passed. Ground truth: the pod that answered, the
 // address the pod saw (SNAT when it is not the client socket's), the node
-// the client's traffic was routed to.
+// the client's traffic was routed to. A cross-node SNAT must come from the
+// entry node's tunnel address of the connection's family (its LAN address
+// on the flat network), and the pod node must name the entry node by it
+// with the overlay's source.
 func checkOverlay(tt *testing.T, c *k8s.Cluster, ov testbed.Overlay, v view, e expectation, entry string, pods map[string][2]string) bool {
 	tt.Helper()
 	t := &countingTB{TB: tt}
@@ -138,16 +156,14 @@ func checkOverlay(tt *testing.T, c *k8s.Cluster, ov testbed.Overlay, v view, e e
 			t.Errorf("%s: pod node's record: snat %v entry %q cross %v, want true %q %v", id, s.SNAT, s.EntryNode, s.CrossNode, e.entryNode, cross)
 		}
 		if cross {
-			want := entryNode.IP
+			fam := res.Remote.Addr()
+			want := entryNode.IPIn(fam)
+			src := string(kube.NodeAddrInternalIP)
 			if ov != testbed.OverlayFlat {
-				want = entryNode.Tunnel.IP
+				want, src = entryNode.TunnelIn(fam).IP, string(tunnelSource[ov])
 			}
 			if res.SeenRemote.Addr() != want {
 				t.Errorf("%s: testbed: pod saw %v, want the entry node's %v", id, res.SeenRemote, want)
-			}
-			src := string(kube.NodeAddrInternalIP)
-			if ov != testbed.OverlayFlat {
-				src = string(tunnelSource[ov])
 			}
 			if s.ClientKind != string(path.PeerNode) || s.ClientName != e.entryNode || s.ClientNodeAddr != src {
 				t.Errorf("%s: pod node's record: client %s %q via %q, want node %q via %q", id, s.ClientKind, s.ClientName, s.ClientNodeAddr, e.entryNode, src)
@@ -216,7 +232,7 @@ func TestOverlayFlowMatrix(t *testing.T) {
 							}
 							checkConnection(t, cl, m, e)
 							for _, n := range cl.Nodes {
-								if e.res.SeenRemote.Addr() == n.Tunnel.IP {
+								if e.res.SeenRemote.Addr() == n.TunnelIn(e.res.Remote.Addr()).IP {
 									tunnel++
 								}
 							}

@@ -20,7 +20,7 @@ import (
 // and with connect.bpf.c, alternating rounds so drift of this shared
 // machine hits both; and getpid(), because enabling any syscall tracepoint
 // sends every syscall of every task through the tracing slow path. It also
-// reports the two programs' own run time (kernel.bpf_stats_enabled).
+// reports the three programs' own run time (kernel.bpf_stats_enabled).
 func BenchmarkSocketLBConnectCapture(b *testing.B) {
 	testenv.Root(b)
 	needTracefs(b)
@@ -64,7 +64,7 @@ func BenchmarkSocketLBConnectCapture(b *testing.B) {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var conn, pid [2]time.Duration // [without, with]
-	var progNs, progRuns [2]uint64 // sys_enter_connect, SYN_SENT
+	var progNs, progRuns [3]uint64 // sys_enter_connect, SYN_SENT, sys_exit_connect
 	const rounds = 3
 	b.ResetTimer()
 	for r := range 2 * rounds {
@@ -91,7 +91,7 @@ func BenchmarkSocketLBConnectCapture(b *testing.B) {
 		pid[i] += getpid(n)
 		b.StopTimer()
 		after, _ := c.ConnectProgramStats()
-		for k, name := range []string{"on_sys_connect", "on_connect_syn"} {
+		for k, name := range []string{"on_sys_connect", "on_connect_syn", "on_sys_connect_exit"} {
 			progNs[k] += uint64(after[name].Runtime - before[name].Runtime)
 			progRuns[k] += after[name].RunCount - before[name].RunCount
 		}
@@ -107,7 +107,7 @@ func BenchmarkSocketLBConnectCapture(b *testing.B) {
 	b.ReportMetric(float64(conn[1])/float64(conn[0]), "connect-ratio")
 	b.ReportMetric(float64(pid[0].Nanoseconds())/per, "ns/getpid-without")
 	b.ReportMetric(float64(pid[1].Nanoseconds())/per, "ns/getpid-with")
-	for k, name := range []string{"sys_enter_connect", "syn_sent"} {
+	for k, name := range []string{"sys_enter_connect", "syn_sent", "sys_exit_connect"} {
 		if progRuns[k] > 0 {
 			b.ReportMetric(float64(progNs[k])/float64(progRuns[k]), "ns/run-"+name)
 		}

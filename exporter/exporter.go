@@ -501,6 +501,13 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 	if p.NATNotVisible != "" {
 		a = append(a, attribute.String("lbpath.nat_not_visible.reason", p.NATNotVisible))
 	}
+	if h := p.Ingress; h != nil {
+		// The hop behind an ingress proxy: which Ingress route and proxy
+		// pod sent it. No span link to the inbound connection: which
+		// one caused it is not known per request (docs/ARCHITECTURE.md).
+		a = append(a, attribute.String("lbpath.ingress.name", h.Ingress), attribute.String("lbpath.ingress.route", h.Route),
+			attribute.String("lbpath.ingress.proxy_pod", h.ProxyPod), attribute.String("lbpath.ingress.proxy_service", h.ProxyService))
+	}
 	a = append(a, podAttrs(p.Pod, p.Service)...)
 	if p.Pod == nil && p.PodNode != "" {
 		a = append(a, attribute.String("k8s.node.name", p.PodNode))

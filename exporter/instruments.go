@@ -94,6 +94,10 @@ const (
 	MetricSeriesOverflow     = "lbpath.agent.series_overflow"
 	MetricSeriesResets       = "lbpath.agent.series_resets"
 	MetricNATNotVisible      = "lbpath.agent.nat_not_visible"
+	MetricIngressRequests    = "lbpath.ingress.requests"
+	MetricIngressDuration    = "lbpath.ingress.request.duration"
+	MetricIngressConns       = "lbpath.ingress.connections"
+	MetricIngressLinks       = "lbpath.ingress.links"
 )
 
 // init creates the per-pod instruments of a generation.
@@ -129,6 +133,7 @@ func (g *generation) init(m metric.Meter) error {
 	g.retransmits, e2 = m.Int64Counter(MetricRetransmits, metric.WithUnit("{segment}"),
 		metric.WithDescription("TCP segments retransmitted"))
 	must(e2)
+	must(g.initIngress(m))
 	if err != nil {
 		return fmt.Errorf("create instruments: %w", err)
 	}
@@ -284,6 +289,9 @@ func (in *instruments) record(p *path.Path) {
 	ctx := context.Background()
 	all := metric.WithAttributeSet(sets[0])
 	g.connections.Add(ctx, 1, all)
+	if p.Ingress != nil && c.Role == flow.RoleClient {
+		g.recordIngressConnection(ctx, p)
+	}
 	if full {
 		g.connDuration.Record(ctx, c.Duration().Seconds(), all)
 		if c.SRTTMicros > 0 {
@@ -367,4 +375,7 @@ func (in *instruments) recordRequest(r *path.Request) {
 	set := metric.WithAttributeSet(sets[0])
 	s.gen.requests.Add(ctx, 1, set)
 	s.gen.requestDuration.Record(ctx, r.Req.Latency.Seconds(), set)
+	if r.Ingress != nil {
+		s.gen.recordIngressRequest(ctx, r)
+	}
 }

@@ -96,6 +96,11 @@ type generation struct {
 	connDuration    metric.Float64Histogram
 	rtt             metric.Float64Histogram
 	retransmits     metric.Int64Counter
+	// The ingress proxy hop (ingress.go).
+	ingressRequests    metric.Int64Counter
+	ingressDuration    metric.Float64Histogram
+	ingressConnections metric.Int64Counter
+	ingressLinks       metric.Int64Counter
 }
 
 // series admits attribute sets, owns the current generation and produces

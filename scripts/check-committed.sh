@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fails when a tracked file is a build output: an executable or object file
 # (ELF, PE, Mach-O, ar archive), a Go test binary, or anything under .bin/.
-# The exceptions are the bpf2go outputs (agent/bpf/*_bpfel.o and the testbed's
-# socket-LB translator), committed by rule and checked against their sources
-# by check-generated.sh.
+# The exceptions are the bpf2go outputs (agent/bpf/*_bpfel.o, the testbed's
+# socket-LB translator and TC NodePort load balancer), committed by rule and
+# checked against their sources by check-generated.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,7 @@ magic() { od -An -tx1 -N8 -- "$1" | tr -d ' \n'; }
 bad=()
 while IFS= read -r -d '' f; do
   case "$f" in
-    agent/bpf/*_bpfel.o | testbed/socketlb/*_bpfel.o) continue ;;
+    agent/bpf/*_bpfel.o | testbed/socketlb/*_bpfel.o | testbed/tcnodeport/*_bpfel.o) continue ;;
     .bin/* | *.test | *.exe) bad+=("$f (build output by name)"); continue ;;
   esac
   [ -f "$f" ] || continue

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=()
-for pair in clang:clang llvm-strip:llvm bpftool:bpftool iptables:iptables nft:nftables conntrack:conntrack ip:iproute2 runc:runc /usr/lib/cni/bridge:containernetworking-plugins; do
+for pair in clang:clang llvm-strip:llvm bpftool:bpftool iptables:iptables nft:nftables conntrack:conntrack ip:iproute2 runc:runc /usr/lib/cni/bridge:containernetworking-plugins nginx:nginx; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -17,6 +17,15 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
+  # nginx is the testbed's ingress proxy (testbed/k8s UpIngress), started
+  # in a pod's namespace by the tests; on a host without a policy-rc.d,
+  # keep apt from starting it as a host service on port 80.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+  fi
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  [ -z "$policy" ] || rm -f "$policy"
 fi
 command -v go >/dev/null 2>&1 || { echo "setup: Go is not installed (need Go 1.26)" >&2; exit 1; }

@@ -38,7 +38,7 @@ echo "   ($(( $(date +%s) - t0 ))s so far)"
 echo "== tests (root e2e included)"
 log=$(mktemp)
 set +e
-LBPATH_REQUIRE_E2E=1 go test -p 1 -count=1 -timeout 25m -v ./... >"$log" 2>&1
+LBPATH_REQUIRE_E2E=1 go test -p 1 -count=1 -timeout 60m -v ./... >"$log" 2>&1
 rc=$?
 set -e
 grep -E '^(ok|FAIL|--- FAIL|panic:|\s+--- FAIL)' "$log" || true

@@ -35,7 +35,8 @@ type Result struct {
 	// NAT: Remote is the service address that was dialed.
 	Local, Remote netip.AddrPort
 	// Sent and Received count bytes written to and read from the TCP
-	// connection, HTTP headers included.
+	// connection, HTTP headers included (UDPExchange: the payload of the
+	// request and of the response datagram).
 	Sent, Received int64
 	// Status is the HTTP status code, 0 if no response arrived.
 	Status     int

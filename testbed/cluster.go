@@ -18,6 +18,7 @@ import (
 
 	"github.com/lbpath/lbpath/agent/netns"
 	"github.com/lbpath/lbpath/testbed/socketlb"
+	"github.com/lbpath/lbpath/testbed/tcnodeport"
 )
 
 // Addresses of the fixed parts of the topology.
@@ -67,6 +68,14 @@ type PodSpec struct {
 	// Delay makes the pod's server wait this long before answering, to
 	// play a slower version of an application.
 	Delay time.Duration
+	// UDP makes the pod serve UDP on UDPPort too (StartUDPServer), as a
+	// pod declaring a UDP containerPort does.
+	UDP bool
+	// Command, when set, runs this program (argv) inside the pod's
+	// network namespace in place of the in-process HTTP server: a real
+	// third-party server such as an ingress proxy. It must listen on
+	// PodPort; AddPod returns once it does. Delay does not apply.
+	Command []string
 }
 
 // Options configure Up. The zero value means the default two-node cluster in
@@ -197,9 +206,11 @@ type Node struct {
 	// PodCIDR) first.
 	IPs      []netip.Addr
 	PodCIDRs []netip.Prefix
-	// Tunnel is the node's VXLAN end with Options.Overlay; zero on the
-	// flat network.
-	Tunnel Tunnel
+	// Tunnel is the node's VXLAN end in the primary family with
+	// Options.Overlay; zero on the flat network. Tunnels has one per
+	// family, Tunnel first (TunnelIn picks by family).
+	Tunnel  Tunnel
+	Tunnels []Tunnel
 }
 
 // Pod is a pod namespace with one eth0 routed through its node.
@@ -243,10 +254,13 @@ type Cluster struct {
 
 	log *slog.Logger
 
-	mu         sync.Mutex
-	writer     NATWriter
-	state      ServiceState
-	lbNode     int
+	mu     sync.Mutex
+	writer NATWriter
+	state  ServiceState
+	lbNode int
+	// extraLB are LB IPs of Services the testbed does not model (a
+	// real kube-proxy serves them), routed like its own (RouteLBIP).
+	extraLB    []netip.Addr
 	servers    []*podServer
 	transports []*http.Transport
 	inodes     map[string]uint32 // netns name → inode we created
@@ -257,6 +271,11 @@ type Cluster struct {
 	hostLock *os.File
 	// slb is the socket load balancer in ModeSocketLB (socketlb.go).
 	slb *socketlb.Translator
+	// slbExternal: the translator's Services are fed by its caller
+	// (AttachSocketLB), not from state.
+	slbExternal bool
+	// tcnp are the TC NodePort load balancers attached (tcnodeport.go).
+	tcnp []*tcnodeport.LB
 	// nextVeth numbers the node-side veths of added pods; the static pods
 	// and the client pod use cali0…cali<len(Pods)>.
 	nextVeth int
@@ -265,8 +284,11 @@ type Cluster struct {
 // addedPod is a pod created at run time and the server answering in it.
 type addedPod struct {
 	pod    *Pod
-	server *podServer
+	server podRunner
 }
+
+// podRunner is what answers in a pod: the in-process server or a process.
+type podRunner interface{ stop() error }
 
 func netnsPath(name string) string { return filepath.Join(netnsDir, name) }
 
@@ -323,8 +345,6 @@ func newCluster(opt Options) *Cluster {
 			IP:      netip.AddrFrom4([4]byte{192, 168, 77, byte(10 + i)}),
 			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
 		})
-		n := c.Nodes[len(c.Nodes)-1]
-		n.Tunnel = tunnelFor(opt.Overlay, n)
 	}
 	perNode := map[int]int{}
 	for k, spec := range opt.Pods {
@@ -356,6 +376,11 @@ func newCluster(opt Options) *Cluster {
 	}
 	c.state = ServiceState{ClusterCIDR: ClusterCIDR, ServiceCIDR: ServiceCIDR, Services: []Service{web, empty}}
 	c.applyFamily()
+	for _, n := range c.Nodes {
+		if n.Tunnels = tunnelsFor(opt.Overlay, n); len(n.Tunnels) > 0 {
+			n.Tunnel = n.Tunnels[0]
+		}
+	}
 	return c
 }
 
@@ -534,7 +559,7 @@ func (c *Cluster) build(ctx context.Context) error {
 		}
 	}
 	for i, p := range c.Pods {
-		s, err := startPodServer(p, c.Opt.Pods[i].Delay)
+		s, err := startPodServer(p, c.Opt.Pods[i].Delay, c.Opt.Pods[i].UDP)
 		if err != nil {
 			return err
 		}
@@ -555,7 +580,11 @@ func (c *Cluster) Down() error {
 		return nil
 	}
 	c.down = true
-	servers, transports := c.servers, c.transports
+	var servers []podRunner
+	for _, s := range c.servers {
+		servers = append(servers, s)
+	}
+	transports := c.transports
 	c.servers, c.transports = nil, nil
 	for _, a := range c.added {
 		if a.server != nil { // nil while AddPod is still building it
@@ -569,6 +598,9 @@ func (c *Cluster) Down() error {
 	var errs []error
 	if err := c.stopSocketLB(); err != nil {
 		errs = append(errs, fmt.Errorf("detach socket-LB translator: %w", err))
+	}
+	if err := c.stopTCNodePort(); err != nil {
+		errs = append(errs, fmt.Errorf("detach TC NodePort: %w", err))
 	}
 	for _, tr := range transports {
 		tr.CloseIdleConnections()
@@ -652,6 +684,9 @@ func (c *Cluster) RouteLB(node int) error {
 			cmds = append(cmds, "route replace "+hostBits(ip)+" via "+c.Nodes[node-1].IPIn(ip).String())
 		}
 	}
+	for _, ip := range c.extraLB {
+		cmds = append(cmds, "route replace "+hostBits(ip)+" via "+c.Nodes[node-1].IPIn(ip).String())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := ipBatch(ctx, filepath.Base(c.Client.Netns), cmds); err != nil {
@@ -659,6 +694,19 @@ func (c *Cluster) RouteLB(node int) error {
 	}
 	c.lbNode = node
 	return nil
+}
+
+// RouteLBIP routes ip, the LB IP of a Service created in the API server
+// only (the real kube-proxy programs it), from the external client through
+// the current LB node, and keeps it routed with the others by RouteLB.
+func (c *Cluster) RouteLBIP(ip netip.Addr) error {
+	c.mu.Lock()
+	if !slices.Contains(c.extraLB, ip) {
+		c.extraLB = append(c.extraLB, ip)
+	}
+	node := c.lbNode
+	c.mu.Unlock()
+	return c.RouteLB(node)
 }
 
 // LBNode is the node the LoadBalancer IPs are currently routed through.

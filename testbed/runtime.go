@@ -154,7 +154,7 @@ func (c *Cluster) AddPodIPs(ctx context.Context, spec PodSpec, ips ...netip.Addr
 	c.added[spec.Name] = &addedPod{pod: pod}
 	c.mu.Unlock()
 
-	srv, err := c.buildPod(ctx, pod, spec.Delay)
+	srv, err := c.buildPod(ctx, pod, spec)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err == nil && c.down {
@@ -198,7 +198,7 @@ func (c *Cluster) checkNewPodLocked(pod *Pod) error {
 }
 
 // buildPod is the run-time twin of the pod part of build.
-func (c *Cluster) buildPod(ctx context.Context, pod *Pod, delay time.Duration) (*podServer, error) {
+func (c *Cluster) buildPod(ctx context.Context, pod *Pod, spec PodSpec) (podRunner, error) {
 	nsName := filepath.Base(pod.Netns)
 	if err := ipBatch(ctx, "", []string{"netns add " + nsName}); err != nil {
 		return nil, fmt.Errorf("create namespace: %w", err)
@@ -241,7 +241,14 @@ func (c *Cluster) buildPod(ctx context.Context, pod *Pod, delay time.Duration) (
 	if err := ipBatch(ctx, nsName, podCmds(pod)); err != nil {
 		return nil, fmt.Errorf("configure: %w", err)
 	}
-	return startPodServer(pod, delay)
+	if len(spec.Command) > 0 {
+		return startPodProcess(ctx, pod, spec.Command)
+	}
+	ps, err := startPodServer(pod, spec.Delay, spec.UDP)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return ps, nil
 }
 
 // RemovePod stops a pod added with AddPod and deletes its namespace, which

@@ -24,9 +24,25 @@ const (
 type podServer struct {
 	srv  *http.Server
 	done chan struct{}
+	udp  *UDPServer // nil unless the pod serves UDP (PodSpec.UDP)
 }
 
-func startPodServer(pod *Pod, delay time.Duration) (*podServer, error) {
+func startPodServer(pod *Pod, delay time.Duration, udp bool) (*podServer, error) {
+	ps, err := startHTTPServer(pod, delay)
+	if err != nil || !udp {
+		return ps, err
+	}
+	network := "udp4"
+	if pod.listenNetwork() == "tcp" {
+		network = "udp"
+	}
+	if ps.udp, err = StartUDPServer(pod.Netns, network, pod.Name); err != nil {
+		return nil, errors.Join(err, ps.stop())
+	}
+	return ps, nil
+}
+
+func startHTTPServer(pod *Pod, delay time.Duration) (*podServer, error) {
 	var ln net.Listener
 	err := netns.Do(pod.Netns, func() error {
 		var err error
@@ -63,5 +79,8 @@ func (ps *podServer) stop() error {
 		err = ps.srv.Close()
 	}
 	<-ps.done
+	if ps.udp != nil {
+		err = errors.Join(err, ps.udp.Close())
+	}
 	return err
 }

@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -67,34 +68,60 @@ func withoutClusterIPNAT(rules string, state ServiceState) string {
 	return b.String()
 }
 
-// startSocketLB attaches the translator and lets it act on every
-// namespace of this cluster (nodes and pods); called by build.
+// startSocketLB attaches the translator, lets it act on every namespace
+// of this cluster (nodes and pods) and feeds it the testbed's own
+// Services; called by build.
 func (c *Cluster) startSocketLB() error {
-	t, err := socketlb.Attach()
-	if err != nil {
+	if _, err := c.attachSocketLB(false); err != nil {
 		return err
-	}
-	c.mu.Lock()
-	c.slb = t
-	c.mu.Unlock()
-	for _, n := range c.Nodes {
-		if err := t.AllowNetns(n.Netns); err != nil {
-			return err
-		}
-	}
-	for _, p := range c.allPods() {
-		if err := t.AllowNetns(p.Netns); err != nil {
-			return err
-		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.syncSocketLBLocked()
 }
 
+// AttachSocketLB attaches the translator for a caller that feeds it the
+// Services itself (testbed/k8s, from the API server's EndpointSlices,
+// which this testbed's own endpoint lists do not follow). It acts on
+// every namespace of the cluster, nodes and pods, and on pods added later;
+// Down detaches it. The NAT writer keeps running: kube-proxy's rules stay
+// for NodePorts and LB IPs, as beside Cilium's socket-LB.
+func (c *Cluster) AttachSocketLB() (*socketlb.Translator, error) {
+	return c.attachSocketLB(true)
+}
+
+func (c *Cluster) attachSocketLB(external bool) (*socketlb.Translator, error) {
+	t, err := socketlb.Attach()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.slb != nil {
+		return nil, errors.Join(errors.New("socket-LB translator already attached"), t.Close())
+	}
+	var paths []string
+	for _, n := range c.Nodes {
+		paths = append(paths, n.Netns)
+	}
+	for _, p := range c.allPods() {
+		paths = append(paths, p.Netns)
+	}
+	for _, a := range c.added {
+		paths = append(paths, a.pod.Netns)
+	}
+	for _, p := range paths {
+		if err := t.AllowNetns(p); err != nil {
+			return nil, errors.Join(err, t.Close())
+		}
+	}
+	c.slb, c.slbExternal = t, external
+	return t, nil
+}
+
 // syncSocketLBLocked gives the translator every Service's endpoints.
 func (c *Cluster) syncSocketLBLocked() error {
-	if c.slb == nil {
+	if c.slb == nil || c.slbExternal {
 		return nil
 	}
 	for _, s := range c.state.Services {
@@ -102,7 +129,7 @@ func (c *Cluster) syncSocketLBLocked() error {
 		for _, e := range s.sortedEndpoints() {
 			bes = append(bes, e.AddrPort())
 		}
-		if err := c.slb.SetService(s.ClusterAddr(), bes); err != nil {
+		if err := c.slb.SetService(socketlb.TCP, s.ClusterAddr(), bes); err != nil {
 			return err
 		}
 	}

@@ -23,7 +23,9 @@ type ConnectConnectEvent struct {
 	Daddr        [16]uint8
 	Netns        uint32
 	Tgid         uint32
-	R0           uint32
+	Lport        uint16
+	Protocol     uint8
+	R0           uint8
 	R1           int32
 	DialedPort   uint16
 	Dport        uint16
@@ -51,6 +53,7 @@ const (
 	ConnectMapEvents             = "events"
 	ConnectProgOnConnectSyn      = "on_connect_syn"
 	ConnectProgOnSysConnect      = "on_sys_connect"
+	ConnectProgOnSysConnectExit  = "on_sys_connect_exit"
 	ConnectVarUnusedConnectEvent = "unused_connect_event"
 )
 
@@ -96,8 +99,9 @@ type ConnectSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ConnectProgramSpecs struct {
-	OnConnectSyn *ebpf.ProgramSpec `ebpf:"on_connect_syn"`
-	OnSysConnect *ebpf.ProgramSpec `ebpf:"on_sys_connect"`
+	OnConnectSyn     *ebpf.ProgramSpec `ebpf:"on_connect_syn"`
+	OnSysConnect     *ebpf.ProgramSpec `ebpf:"on_sys_connect"`
+	OnSysConnectExit *ebpf.ProgramSpec `ebpf:"on_sys_connect_exit"`
 }
 
 // ConnectMapSpecs contains maps before they are loaded into the kernel.
@@ -160,14 +164,16 @@ type ConnectVariables struct {
 //
 // It can be passed to LoadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ConnectPrograms struct {
-	OnConnectSyn *ebpf.Program `ebpf:"on_connect_syn"`
-	OnSysConnect *ebpf.Program `ebpf:"on_sys_connect"`
+	OnConnectSyn     *ebpf.Program `ebpf:"on_connect_syn"`
+	OnSysConnect     *ebpf.Program `ebpf:"on_sys_connect"`
+	OnSysConnectExit *ebpf.Program `ebpf:"on_sys_connect_exit"`
 }
 
 func (p *ConnectPrograms) Close() error {
 	return _ConnectClose(
 		p.OnConnectSyn,
 		p.OnSysConnect,
+		p.OnSysConnectExit,
 	)
 }
 

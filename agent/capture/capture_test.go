@@ -335,12 +335,10 @@ func TestRingBufferLossIsCounted(t *testing.T) {
 	if drops < missing {
 		t.Errorf("%d events missing but only %d counted as dropped", missing, drops)
 	}
-	// Unrelated TCP sockets on the host also generate (and lose) events.
-	// When none showed up, the counter must match our loss exactly; when
-	// some did, it can only be higher.
-	if others == 0 && drops != missing {
-		t.Errorf("no other traffic, yet drops %d != missing %d", drops, missing)
-	}
+	// No upper bound: the programs see every TCP socket of the host, and
+	// with the ring full an unrelated socket's events are dropped too —
+	// counted, yet never read, so "others" cannot show them (an exact
+	// equality failed on a busy host with 1167 drops for 1166 missing).
 }
 
 // The connect record's layout matches connect.bpf.c's struct connect_event
@@ -356,9 +354,9 @@ func TestDecodeConnect(t *testing.T) {
 	for name, off := range map[string]uintptr{"Dialed": unsafe.Offsetof(ev.Dialed), "Saddr": unsafe.Offsetof(ev.Saddr),
 		"Daddr": unsafe.Offsetof(ev.Daddr), "Netns": unsafe.Offsetof(ev.Netns), "DialedPort": unsafe.Offsetof(ev.DialedPort),
 		"Dport": unsafe.Offsetof(ev.Dport), "Family": unsafe.Offsetof(ev.Family), "Type": unsafe.Offsetof(ev.Type),
-		"DialedFamily": unsafe.Offsetof(ev.DialedFamily)} {
+		"DialedFamily": unsafe.Offsetof(ev.DialedFamily), "Lport": unsafe.Offsetof(ev.Lport), "Protocol": unsafe.Offsetof(ev.Protocol)} {
 		want := map[string]uintptr{"Dialed": 24, "Saddr": 40, "Daddr": 56, "Netns": 72, "DialedPort": 88, "Dport": 90,
-			"Family": 92, "Type": 94, "DialedFamily": 95}[name]
+			"Family": 92, "Type": 94, "DialedFamily": 95, "Lport": 80, "Protocol": 82}[name]
 		if off != want {
 			t.Errorf("%s at %d, decoder reads %d", name, off, want)
 		}
@@ -377,8 +375,17 @@ func TestDecodeConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	if e.Type != EventConnect || e.Cookie != 7 || e.Dialed.String() != "10.96.0.10:80" || e.Remote.String() != "10.244.2.10:8080" ||
-		e.Local.Addr().String() != "10.244.1.200" || e.Side != SideClient {
+		e.Local.Addr().String() != "10.244.1.200" || e.Side != SideClient || e.UDP {
 		t.Errorf("decoded %+v", e)
+	}
+	// A connected UDP socket's record: the bound local port, UDP set.
+	b[0] = 0
+	b[80], b[81], b[82] = 0x40, 0x9c, 17 // port 40000, IPPROTO_UDP
+	if err := Decode(b, &e); err != nil {
+		t.Fatal(err)
+	}
+	if !e.UDP || e.Cookie != 0 || e.Local.String() != "10.244.1.200:40000" || e.Dialed.String() != "10.96.0.10:80" {
+		t.Errorf("decoded UDP connect %+v", e)
 	}
 }
 

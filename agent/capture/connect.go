@@ -20,14 +20,18 @@ import (
 // (Cilium's socket-LB, GKE Dataplane V2). Emitted at SYN_SENT, before the
 // socket's OPEN and CLOSE in the same ring buffer. Local carries the
 // address only (the kernel binds the port after SYN_SENT); StartNs is the
-// connect() call, TimeNs the SYN.
+// connect() call, TimeNs the SYN. With UDP set it is a connected UDP
+// socket's connect(), taken at the syscall's exit: Cookie is 0 and Local
+// has the bound port, so the socket's UDP flow joins it by Netns and its
+// four-tuple.
 const EventConnect EventType = 16
 
-// Programs of connect.bpf.c; both or neither are attached.
+// Programs of connect.bpf.c; all or none are attached.
 const (
-	progSysConnect = "on_sys_connect"
-	progConnectSyn = "on_connect_syn"
-	connectCapture = "connect_dst" // name in Unavailable and Programs
+	progSysConnect  = "on_sys_connect"
+	progConnectSyn  = "on_connect_syn"
+	progConnectExit = "on_sys_connect_exit"
+	connectCapture  = "connect_dst" // name in Unavailable and Programs
 )
 
 // ConnectCounters are the connect() capture's counts since load.
@@ -44,6 +48,10 @@ type ConnectCounters struct {
 	Unchanged uint64
 	// Translated: connect() destinations rewritten, each reported.
 	Translated uint64
+	// UDPUnchanged and UDPTranslated are the same for connected UDP
+	// sockets (taken at the syscall's exit).
+	UDPUnchanged  uint64
+	UDPTranslated uint64
 }
 
 // connectProgs is the loaded connect() capture.
@@ -81,6 +89,12 @@ func openConnect(events *ebpf.Map, cache *btf.Cache) (*connectProgs, error) {
 		return nil, fmt.Errorf("attach %s: %w", progConnectSyn, err)
 	}
 	cp.links = append(cp.links, syn)
+	exit, err := link.Tracepoint("syscalls", "sys_exit_connect", coll.Programs[progConnectExit], nil)
+	if err != nil {
+		cp.close()
+		return nil, fmt.Errorf("attach syscalls/sys_exit_connect: %w", err)
+	}
+	cp.links = append(cp.links, exit)
 	return cp, nil
 }
 
@@ -97,7 +111,7 @@ func (cp *connectProgs) close() error {
 func (cp *connectProgs) counters() (ConnectCounters, error) {
 	var out ConnectCounters
 	m := cp.coll.Maps["connect_counters"]
-	for slot, dst := range []*uint64{&out.RingBufferDrops, &out.NoConnect, &out.FDMismatch, &out.Unchanged, &out.Translated} {
+	for slot, dst := range []*uint64{&out.RingBufferDrops, &out.NoConnect, &out.FDMismatch, &out.Unchanged, &out.Translated, &out.UDPUnchanged, &out.UDPTranslated} {
 		var per []uint64
 		if err := m.Lookup(uint32(slot), &per); err != nil {
 			return out, fmt.Errorf("read connect counter %d: %w", slot, err)
@@ -120,13 +134,13 @@ func (c *Capture) ConnectCounters() (ConnectCounters, bool, error) {
 }
 
 // ConnectProgramStats returns the run count and time of the connect()
-// capture's two programs (zero unless kernel.bpf_stats_enabled is on).
+// capture's three programs (zero unless kernel.bpf_stats_enabled is on).
 func (c *Capture) ConnectProgramStats() (map[string]ebpf.ProgramStats, error) {
 	out := map[string]ebpf.ProgramStats{}
 	if c.connect == nil {
 		return out, nil
 	}
-	for _, name := range []string{progSysConnect, progConnectSyn} {
+	for _, name := range []string{progSysConnect, progConnectSyn, progConnectExit} {
 		st, err := c.connect.coll.Programs[name].Stats()
 		if err != nil {
 			return nil, fmt.Errorf("stats of %s: %w", name, err)
@@ -144,6 +158,8 @@ func decodeConnect(b []byte, e *Event) error {
 	e.StartNs = le.Uint64(b[8:])
 	e.TimeNs = le.Uint64(b[16:])
 	e.Netns = le.Uint32(b[72:])
+	lport := le.Uint16(b[80:])
+	e.UDP = b[82] == syscall.IPPROTO_UDP
 	dialedPort := le.Uint16(b[88:])
 	dport := le.Uint16(b[90:])
 	family := le.Uint16(b[92:])
@@ -157,10 +173,10 @@ func decodeConnect(b []byte, e *Event) error {
 	}
 	switch family {
 	case syscall.AF_INET:
-		e.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[40:44])), 0)
+		e.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[40:44])), lport)
 		e.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[56:60])), dport)
 	case syscall.AF_INET6:
-		e.Local = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[40:56])).Unmap(), 0)
+		e.Local = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[40:56])).Unmap(), lport)
 		e.Remote = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[56:72])).Unmap(), dport)
 	default:
 		return fmt.Errorf("connect record: address family %d", family)

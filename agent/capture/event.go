@@ -116,6 +116,8 @@ type Event struct {
 	// Dialed is what the application passed to connect() (EventConnect
 	// only); Remote is then where the socket really goes.
 	Dialed netip.AddrPort
+	// UDP marks an EventConnect of a connected UDP socket.
+	UDP bool
 }
 
 // ErrShortRecord is returned by Decode for a record smaller than MinEventSize.

@@ -61,14 +61,28 @@ type Entry struct {
 	Original Tuple
 	// Reply is the tuple replies carry: backend → the address the backend
 	// answers to. Reversed, it is the tuple the backend's socket sees.
-	Reply  Tuple
-	DNAT   bool   // the destination was rewritten (Service → pod)
-	SNAT   bool   // the source was rewritten (client address lost)
-	Dumped bool   // found by a table dump (after start or an overflow), not an event
-	TimeNs uint64 // CLOCK_MONOTONIC when the agent received it
+	Reply Tuple
+	DNAT  bool // the destination was rewritten (Service → pod)
+	SNAT  bool // the source address was rewritten (client address lost)
+	// PortRemap: only the source port was rewritten. The kernel does it
+	// on its own when the translated reply tuple would clash with another
+	// entry's (the client reused a port towards the same backend through
+	// another address); the backend still sees the client's address.
+	PortRemap bool
+	Dumped    bool   // found by a table dump (after start or an overflow), not an event
+	TimeNs    uint64 // CLOCK_MONOTONIC when the agent received it
 	// Proto is the IP protocol: ProtoTCP (also the zero value's meaning)
 	// or ProtoUDP. flow.Table joins TCP entries, flow.UDPTable UDP ones.
 	Proto uint8
+}
+
+// srcRewrite tells an address rewrite (SNAT: the client's address is lost
+// to the backend) from a port-only rewrite (a clash remap: it is not).
+func srcRewrite(orig, replyDst netip.AddrPort) (snat, portRemap bool) {
+	if replyDst.Addr() != orig.Addr() {
+		return true, false
+	}
+	return false, replyDst.Port() != orig.Port()
 }
 
 // IP protocols an Entry can carry.
@@ -233,8 +247,8 @@ func fromFlow(f *ct.Flow, typ EntryType, e *Entry) bool {
 	}
 	// The tuples are the truth; status bits can lag on a destroy event.
 	e.DNAT = e.Reply.Src != e.Original.Dst
-	e.SNAT = e.Reply.Dst != e.Original.Src
-	return e.DNAT || e.SNAT
+	e.SNAT, e.PortRemap = srcRewrite(e.Original.Src, e.Reply.Dst)
+	return e.DNAT || e.SNAT || e.PortRemap
 }
 
 // TableStats is the kernel's own view of the node's conntrack table. When

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -171,5 +172,102 @@ func TestTableStats(t *testing.T) {
 	}
 	if after.Drops() != 0 {
 		t.Errorf("drops %d in a fresh namespace with one connection", after.Drops())
+	}
+}
+
+// TestPortRemapIsNotSNAT: the kernel's own clash remap is not SNAT. A
+// socket from 127.0.0.1:P to the DNAT target directly owns the reply tuple
+// 8080 → P; a second socket from the same 127.0.0.1:P through the DNAT
+// rule would need that reply tuple too, so nf_nat rewrites its source port.
+// The server sees the client's address with another port: the entry is a
+// DNAT with a port remap, and the client's address is not lost (SNAT false).
+// This is what a client reusing a port towards one pod through two Service
+// addresses (NodePort and LoadBalancer, say) gets on a real node.
+func TestPortRemapIsNotSNAT(t *testing.T) {
+	ns := natNetns(t)
+	seen := make(chan netip.AddrPort, 2)
+	var ln net.Listener
+	if err := netns.Do(ns, func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:8080"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			seen <- netip.MustParseAddrPort(c.RemoteAddr().String())
+			defer c.Close() // held until the test ends: the first entry must stay
+		}
+	}()
+
+	var mu sync.Mutex
+	var got []Entry
+	l := New(Config{Netns: ns}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx, func(e *Entry) { mu.Lock(); got = append(got, *e); mu.Unlock() }) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // let it subscribe
+
+	// Both sockets bind the same source: SO_REUSEADDR lets two
+	// non-listening TCP sockets share it.
+	reuse := func(network, address string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}
+	local := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40123}
+	var direct, viaNAT net.Conn
+	if err := netns.Do(ns, func() (err error) {
+		d := net.Dialer{LocalAddr: local, Control: reuse}
+		if direct, err = d.Dial("tcp4", "127.0.0.1:8080"); err != nil {
+			return err
+		}
+		viaNAT, err = d.Dial("tcp4", "10.99.0.1:80")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	defer viaNAT.Close()
+	first, second := <-seen, <-seen
+	if first != netip.MustParseAddrPort(local.String()) {
+		t.Fatalf("the direct connection's server saw %v, want %v", first, local)
+	}
+	if second.Addr() != first.Addr() || second.Port() == first.Port() {
+		t.Fatalf("the kernel did not remap the clashing port: server saw %v", second)
+	}
+
+	src := netip.MustParseAddrPort(local.String())
+	var e Entry
+	deadline := time.Now().Add(5 * time.Second)
+	for found := false; !found; {
+		mu.Lock()
+		for _, g := range got {
+			if g.Type == EntryNew && g.Original.Src == src && g.Original.Dst == netip.MustParseAddrPort("10.99.0.1:80") {
+				e, found = g, true
+			}
+		}
+		mu.Unlock()
+		if !found && time.Now().After(deadline) {
+			t.Fatalf("no entry for %v → 10.99.0.1:80; got %+v", src, got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !e.DNAT || e.SNAT || !e.PortRemap {
+		t.Errorf("DNAT=%v SNAT=%v PortRemap=%v, want DNAT and a port remap, no SNAT", e.DNAT, e.SNAT, e.PortRemap)
+	}
+	if ps := e.PodSide(); ps.Src != second {
+		t.Errorf("pod side source %v, want what the server saw, %v", ps.Src, second)
 	}
 }

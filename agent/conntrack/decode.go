@@ -162,6 +162,6 @@ func decodeEvent(msgType uint16, payload []byte, now uint64, e *Entry) (bool, er
 	e.Proto = protoOrig
 	// The tuples are the truth; status bits can lag on a destroy event.
 	e.DNAT = e.Reply.Src != e.Original.Dst
-	e.SNAT = e.Reply.Dst != e.Original.Src
-	return e.DNAT || e.SNAT, nil
+	e.SNAT, e.PortRemap = srcRewrite(e.Original.Src, e.Reply.Dst)
+	return e.DNAT || e.SNAT || e.PortRemap, nil
 }

@@ -60,6 +60,9 @@ type NAT struct {
 	Reply    conntrack.Tuple `json:"reply"`
 	DNAT     bool            `json:"dnat"`
 	SNAT     bool            `json:"snat"`
+	// PortRemap: the kernel rewrote only the client's source port (a
+	// clash with another entry); the client's address reached the pod.
+	PortRemap bool `json:"src_port_remapped,omitempty"`
 }
 
 // Connection is one TCP connection as one node saw it. Every field is

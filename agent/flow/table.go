@@ -77,7 +77,7 @@ type natRec struct {
 }
 
 func newNATRec(e *conntrack.Entry) *natRec {
-	return &natRec{entry: *e, nat: NAT{ID: e.ID, Original: e.Original, Reply: e.Reply, DNAT: e.DNAT, SNAT: e.SNAT}, seen: e.TimeNs}
+	return &natRec{entry: *e, nat: NAT{ID: e.ID, Original: e.Original, Reply: e.Reply, DNAT: e.DNAT, SNAT: e.SNAT, PortRemap: e.PortRemap}, seen: e.TimeNs}
 }
 
 type pendKind uint8

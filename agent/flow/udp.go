@@ -35,8 +35,9 @@ type UDPTable struct {
 	mu        sync.Mutex
 	natByPod  map[conntrack.Tuple]*natRec // key: pod side (reply reversed)
 	natByOrig map[conntrack.Tuple]*natRec
-	open      map[udpOpenKey]uint64 // flows whose first datagram was seen → when (ns)
-	fwd       []udpFwd              // forward candidates, by deadline
+	open      map[udpOpenKey]uint64     // flows whose first datagram was seen → when (ns)
+	fwd       []udpFwd                  // forward candidates, by deadline
+	dialed    map[udpDialKey]*udpDialed // connected sockets a socket-LB translated (udpsocketlb.go)
 	lastSweep uint64
 	scratch   Connection
 	reqScr    Request
@@ -64,6 +65,11 @@ type UDPStats struct {
 	NATTableFull  atomic.Uint64 // UDP NAT entries not stored: their joins are lost
 	OpenTableFull atomic.Uint64 // flows not tracked as open (table full): their NAT entry may be reported as forwarded too
 	NATExpired    atomic.Uint64 // NAT entries dropped by NATTTL without a destroy event
+	// SocketLB counts client flows whose Service a socket load balancer
+	// translated at connect(); DialedTableFull the translations not kept
+	// (table at MaxOpen), whose flows then read as direct.
+	SocketLB        atomic.Uint64
+	DialedTableFull atomic.Uint64
 }
 
 // NewUDPTable returns a UDP join table; cfg's JoinWait, NATTTL, MaxNAT and
@@ -164,6 +170,7 @@ func (t *UDPTable) Flow(f *capture.UDPFlow) {
 	} else {
 		t.Stats.NoNAT.Add(1)
 	}
+	t.applyDialed(f, c)
 	t.out(c)
 }
 
@@ -278,6 +285,7 @@ func (t *UDPTable) expire(now uint64) {
 				delete(t.open, k) // its record was lost (kernel table full at the time)
 			}
 		}
+		t.sweepDialed(now)
 	}
 }
 

@@ -79,10 +79,10 @@ type Index struct {
 	podByIP    map[netip.Addr]timeline[*Pod]
 	hostPort   map[netip.AddrPort]timeline[*Pod]
 	nodeByIP   map[netip.Addr]timeline[*Node]
-	svcByAddr  map[netip.AddrPort]timeline[*Service] // ClusterIP:port, LB IP:port
-	svcByNP    map[uint16]timeline[*Service]         // NodePort, on every node address
-	svcByHC    map[uint16]timeline[*Service]         // healthCheckNodePort, on every node address
-	epByAddr   map[netip.AddrPort]timeline[*svcEndpoint]
+	svcByAddr  map[protoAddr]timeline[*Service] // ClusterIP:port, LB IP:port
+	svcByNP    map[protoPort]timeline[*Service] // NodePort, on every node address
+	svcByHC    map[uint16]timeline[*Service]    // healthCheckNodePort (TCP), on every node address
+	epByAddr   map[protoAddr]timeline[*svcEndpoint]
 	pods       map[string]*Pod // namespace/name → current
 	nodes      map[string]*Node
 	svcs       map[string]*Service
@@ -99,8 +99,18 @@ type Index struct {
 // svcEndpoint is one endpoint of a Service as an EndpointSlice lists it.
 type svcEndpoint struct {
 	Service string // namespace/name
-	Port    uint16
+	Port    SlicePort
 	Endpoint
+}
+
+// SlicePort is one port of an EndpointSlice.
+type SlicePort struct {
+	Port     uint16
+	Protocol Protocol // "" is TCP
+}
+
+func (p SlicePort) key(ip netip.Addr) protoAddr {
+	return protoAddr{p.Protocol.norm(), netip.AddrPortFrom(ip, p.Port)}
 }
 
 // NewIndex returns an empty index.
@@ -116,8 +126,8 @@ func NewIndex(cfg IndexConfig) *Index {
 	}
 	return &Index{cfg: cfg,
 		podByIP: map[netip.Addr]timeline[*Pod]{}, hostPort: map[netip.AddrPort]timeline[*Pod]{},
-		nodeByIP: map[netip.Addr]timeline[*Node]{}, svcByAddr: map[netip.AddrPort]timeline[*Service]{},
-		svcByNP: map[uint16]timeline[*Service]{}, svcByHC: map[uint16]timeline[*Service]{}, epByAddr: map[netip.AddrPort]timeline[*svcEndpoint]{},
+		nodeByIP: map[netip.Addr]timeline[*Node]{}, svcByAddr: map[protoAddr]timeline[*Service]{},
+		svcByNP: map[protoPort]timeline[*Service]{}, svcByHC: map[uint16]timeline[*Service]{}, epByAddr: map[protoAddr]timeline[*svcEndpoint]{},
 		pods: map[string]*Pod{}, nodes: map[string]*Node{}, svcs: map[string]*Service{},
 		slices: map[string][]*svcEndpoint{}, svcSlices: map[string]map[string]bool{}, sliceSvc: map[string]string{}, rsToDeploy: map[string]string{},
 		extByIP: map[netip.Addr][]extSpan{}, extWake: make(chan struct{}, 1),
@@ -295,19 +305,16 @@ func (x *Index) DeleteNode(name string, now time.Time) {
 	}
 }
 
-func svcAddrs(s *Service) (addrs []netip.AddrPort, nodePorts []uint16) {
+func svcAddrs(s *Service) (addrs []protoAddr, nodePorts []protoPort) {
 	for _, p := range s.Ports {
-		for _, ip := range s.ClusterIPs {
-			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
-		}
-		for _, ip := range s.LBIngress {
-			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
-		}
-		for _, ip := range s.ExternalIPs {
-			addrs = append(addrs, netip.AddrPortFrom(ip, p.Port))
+		proto := p.Protocol.norm()
+		for _, ips := range [][]netip.Addr{s.ClusterIPs, s.LBIngress, s.ExternalIPs} {
+			for _, ip := range ips {
+				addrs = append(addrs, protoAddr{proto, netip.AddrPortFrom(ip, p.Port)})
+			}
 		}
 		if p.NodePort != 0 {
-			nodePorts = append(nodePorts, p.NodePort)
+			nodePorts = append(nodePorts, protoPort{proto, p.NodePort})
 		}
 	}
 	return addrs, nodePorts
@@ -371,8 +378,17 @@ func (x *Index) DeleteService(namespace, name string, now time.Time) {
 
 // SetEndpointSlice replaces the endpoints one EndpointSlice lists for its
 // Service (slice is namespace/name of the slice, service namespace/name of
-// its Service).
+// its Service), with TCP ports.
 func (x *Index) SetEndpointSlice(slice, service string, ports []uint16, eps []Endpoint, now time.Time) {
+	sp := make([]SlicePort, len(ports))
+	for i, p := range ports {
+		sp[i] = SlicePort{Port: p, Protocol: ProtocolTCP}
+	}
+	x.SetEndpointSlicePorts(slice, service, sp, eps, now)
+}
+
+// SetEndpointSlicePorts is SetEndpointSlice with each port's protocol.
+func (x *Index) SetEndpointSlicePorts(slice, service string, ports []SlicePort, eps []Endpoint, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.closeSlice(slice, now)
@@ -381,7 +397,7 @@ func (x *Index) SetEndpointSlice(slice, service string, ports []uint16, eps []En
 		for _, ep := range eps {
 			se := &svcEndpoint{Service: service, Port: port, Endpoint: ep}
 			list = append(list, se)
-			openSpan(x.epByAddr, netip.AddrPortFrom(ep.IP, port), se, now, sameEP, x.cfg, &x.Stats)
+			openSpan(x.epByAddr, port.key(ep.IP), se, now, sameEP, x.cfg, &x.Stats)
 		}
 	}
 	x.slices[slice] = list
@@ -403,7 +419,7 @@ func (x *Index) closeSlice(slice string, now time.Time) {
 		}
 	}
 	for _, se := range x.slices[slice] {
-		closeSpan(x.epByAddr, netip.AddrPortFrom(se.IP, se.Port), se, now, sameEP, x.cfg, &x.Stats)
+		closeSpan(x.epByAddr, se.Port.key(se.IP), se, now, sameEP, x.cfg, &x.Stats)
 	}
 	delete(x.slices, slice)
 }
@@ -496,12 +512,18 @@ func (x *Index) NodeByName(name string) (*Node, bool) {
 	return n, ok
 }
 
-// ServiceAt names the Service a connection to ap addressed at t, and how:
-// its ClusterIP, an LB ingress IP, or a NodePort on a node address.
+// ServiceAt names the Service a TCP connection to ap addressed at t, and
+// how: its ClusterIP, an LB ingress IP, or a NodePort on a node address.
 func (x *Index) ServiceAt(ap netip.AddrPort, t time.Time) (*Service, Entry, bool) {
+	return x.ServiceAtProto(ap, ProtocolTCP, t)
+}
+
+// ServiceAtProto is ServiceAt for a flow of protocol proto.
+func (x *Index) ServiceAtProto(ap netip.AddrPort, proto Protocol, t time.Time) (*Service, Entry, bool) {
+	proto = proto.norm()
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	if s, ok := x.svcByAddr[ap].at(t, x.cfg.Slack); ok {
+	if s, ok := x.svcByAddr[protoAddr{proto, ap}].at(t, x.cfg.Slack); ok {
 		entry := EntryClusterIP
 		if slices.Contains(s.ExternalIPs, ap.Addr()) {
 			entry = EntryExternalIP
@@ -513,7 +535,7 @@ func (x *Index) ServiceAt(ap netip.AddrPort, t time.Time) (*Service, Entry, bool
 		return s, entry, true
 	}
 	if _, _, isNode := x.nodeAtLocked(ap.Addr(), t); isNode {
-		if s, ok := x.svcByNP[ap.Port()].at(t, x.cfg.Slack); ok {
+		if s, ok := x.svcByNP[protoPort{proto, ap.Port()}].at(t, x.cfg.Slack); ok {
 			x.miss(true)
 			return s, EntryNodePort, true
 		}
@@ -532,11 +554,16 @@ func (x *Index) HealthCheckAt(port uint16, t time.Time) (*Service, bool) {
 	return s, ok
 }
 
-// EndpointAt returns the Service endpoint ap (pod IP:target port) was at t,
-// with its readiness as the EndpointSlice said.
+// EndpointAt returns the Service endpoint ap (pod IP:target port, TCP) was
+// at t, with its readiness as the EndpointSlice said.
 func (x *Index) EndpointAt(ap netip.AddrPort, t time.Time) (service string, ep Endpoint, ok bool) {
+	return x.EndpointAtProto(ap, ProtocolTCP, t)
+}
+
+// EndpointAtProto is EndpointAt for a port of protocol proto.
+func (x *Index) EndpointAtProto(ap netip.AddrPort, proto Protocol, t time.Time) (service string, ep Endpoint, ok bool) {
 	x.mu.RLock()
-	se, ok := x.epByAddr[ap].at(t, x.cfg.Slack)
+	se, ok := x.epByAddr[protoAddr{proto.norm(), ap}].at(t, x.cfg.Slack)
 	x.mu.RUnlock()
 	if !ok {
 		return "", Endpoint{}, false

@@ -128,6 +128,12 @@ type Watcher struct {
 	annMu     sync.Mutex
 	annLogged map[string]string // Service key → the errors last logged
 	extCfg    ExternalNameConfig
+
+	// Ingress holds IngressClasses and Ingresses (ingress.go);
+	// IngressErrors counts their failed list/watch cycles.
+	Ingress       *Ingresses
+	IngressErrors atomic.Uint64
+	ingressSynced []cache.InformerSynced
 }
 
 func externalNameConfig(cfg Config) ExternalNameConfig {
@@ -145,7 +151,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Watcher{Index: NewIndex(cfg.Index), log: log, extCfg: externalNameConfig(cfg),
+	w := &Watcher{Index: NewIndex(cfg.Index), log: log, extCfg: externalNameConfig(cfg), Ingress: NewIngresses(),
 		factory: informers.NewSharedInformerFactoryWithOptions(cs, cfg.Resync, informers.WithTransform(strip))}
 	add := func(resource string, inf cache.SharedIndexInformer, h cache.ResourceEventHandlerFuncs) error {
 		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
@@ -225,6 +231,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 				},
 			})
 		},
+		w.watchIngresses,
 	} {
 		if err := step(); err != nil {
 			return nil, err
@@ -281,6 +288,9 @@ func unwrap(o any) any {
 // informer cache: managed fields, annotations, and most of the spec. It is
 // idempotent, as client-go requires of transforms.
 func strip(o any) (any, error) {
+	if v, ok := stripIngress(o); ok {
+		return v, nil
+	}
 	switch v := o.(type) {
 	case *corev1.Pod:
 		p := &corev1.Pod{ObjectMeta: slimMeta(v.ObjectMeta, "pod-template-hash")}
@@ -450,7 +460,8 @@ func (w *Watcher) onNode(o any) {
 	w.Index.SetNode(n, time.Now())
 }
 
-// ServiceFrom converts an API Service to the index's view (TCP ports only).
+// ServiceFrom converts an API Service to the index's view (TCP and UDP
+// ports; SCTP ones are left out: the agent captures no SCTP).
 func ServiceFrom(v *corev1.Service) *Service {
 	s := &Service{Namespace: v.Namespace, Name: v.Name, Type: string(v.Spec.Type),
 		ExternalTrafficPolicy: string(v.Spec.ExternalTrafficPolicy), Created: v.CreationTimestamp.Time}
@@ -467,13 +478,11 @@ func ServiceFrom(v *corev1.Service) *Service {
 		}
 	}
 	for _, p := range v.Spec.Ports {
-		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+		proto, ok := captured(p.Protocol)
+		if !ok || p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
 			continue
 		}
-		if p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
-			continue
-		}
-		sp := ServicePort{Name: p.Name, Port: uint16(p.Port), NodePort: uint16(p.NodePort)}
+		sp := ServicePort{Name: p.Name, Port: uint16(p.Port), NodePort: uint16(p.NodePort), Protocol: proto}
 		if p.TargetPort.IntVal > 0 && p.TargetPort.IntVal < 65536 {
 			sp.TargetPort = uint16(p.TargetPort.IntVal)
 		}
@@ -540,10 +549,14 @@ func (w *Watcher) onSlice(o any) {
 	if svc == "" {
 		return
 	}
-	var ports []uint16
+	var ports []SlicePort
 	for _, p := range v.Ports {
-		if p.Port != nil && *p.Port > 0 && *p.Port < 65536 && (p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP) {
-			ports = append(ports, uint16(*p.Port))
+		var proto corev1.Protocol
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		if kp, ok := captured(proto); ok && p.Port != nil && *p.Port > 0 && *p.Port < 65536 {
+			ports = append(ports, SlicePort{Port: uint16(*p.Port), Protocol: kp})
 		}
 	}
 	var eps []Endpoint
@@ -566,7 +579,19 @@ func (w *Watcher) onSlice(o any) {
 			}
 		}
 	}
-	w.Index.SetEndpointSlice(v.Namespace+"/"+v.Name, v.Namespace+"/"+svc, ports, eps, time.Now())
+	w.Index.SetEndpointSlicePorts(v.Namespace+"/"+v.Name, v.Namespace+"/"+svc, ports, eps, time.Now())
+}
+
+// captured maps an API port protocol ("" is TCP) to the index's, and
+// reports whether the agent captures it.
+func captured(p corev1.Protocol) (Protocol, bool) {
+	switch p {
+	case "", corev1.ProtocolTCP:
+		return ProtocolTCP, true
+	case corev1.ProtocolUDP:
+		return ProtocolUDP, true
+	}
+	return "", false
 }
 
 func (w *Watcher) onRS(o any) {

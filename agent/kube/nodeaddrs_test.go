@@ -135,3 +135,125 @@ func TestIndexNodeAddresses(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeAddressesIPv6Overlays: in IPv6-only and dual-stack clusters each
+// CNI's IPv6 tunnel or router address is learnt with its source, as the
+// IPv4 one is: flannel's flannel-v6.1 holds the network address of the
+// IPv6 pod CIDR (derived, backend-v6-data names no address), Calico
+// annotates vxlan-v6.calico's address, Cilium its IPv6 router IP. Values are
+// what the testbed's overlays write (testbed/k8s OverlayAnnotations).
+func TestNodeAddressesIPv6Overlays(t *testing.T) {
+	in4 := corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "192.168.77.11"}
+	in6 := corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fd00:77::b"}
+	dual := []string{"10.244.1.0/24", "fd00:10:244:1::/64"}
+	only6 := []string{"fd00:10:244:1::/64"}
+	cases := []struct {
+		name string
+		node *corev1.Node
+		want []NodeAddress
+	}{
+		{"flannel dual-stack: flannel.1 and flannel-v6.1 hold each pod CIDR's network address",
+			apiNode("n1", map[string]string{
+				"flannel.alpha.coreos.com/backend-type":    "vxlan",
+				"flannel.alpha.coreos.com/backend-data":    `{"VNI":1,"VtepMAC":"0e:1b:9a:00:00:01"}`,
+				"flannel.alpha.coreos.com/backend-v6-data": `{"VNI":1,"VtepMAC":"0e:1b:9a:00:06:01"}`,
+				"flannel.alpha.coreos.com/public-ip":       "192.168.77.11",
+				"flannel.alpha.coreos.com/public-ipv6":     "fd00:77::b",
+			}, dual, in4, in6),
+			[]NodeAddress{na("192.168.77.11", NodeAddrInternalIP), na("fd00:77::b", NodeAddrInternalIP),
+				na("10.244.1.0", NodeAddrFlannelTunnel), na("fd00:10:244:1::", NodeAddrFlannelTunnel),
+				na("10.244.1.1", NodeAddrPodCIDRGateway), na("fd00:10:244:1::1", NodeAddrPodCIDRGateway)}},
+		{"flannel IPv6-only: no IPv4 annotations, the IPv6 network address",
+			apiNode("n1", map[string]string{
+				"flannel.alpha.coreos.com/backend-type":    "vxlan",
+				"flannel.alpha.coreos.com/backend-v6-data": `{"VNI":1,"VtepMAC":"0e:1b:9a:00:06:01"}`,
+				"flannel.alpha.coreos.com/public-ipv6":     "fd00:78::b",
+			}, only6, in6),
+			[]NodeAddress{na("fd00:77::b", NodeAddrInternalIP), na("fd00:78::b", NodeAddrFlannelPublicIP),
+				na("fd00:10:244:1::", NodeAddrFlannelTunnel), na("fd00:10:244:1::1", NodeAddrPodCIDRGateway)}},
+		{"calico IPv6-only: IPv6Address and vxlan-v6.calico's address",
+			apiNode("n1", map[string]string{
+				"projectcalico.org/IPv6Address":          "fd00:77::b/64",
+				"projectcalico.org/IPv6VXLANTunnelAddr":  "fd00:10:244:1::fa",
+				"projectcalico.org/VXLANTunnelMACAddrV6": "0e:1b:9a:00:06:01",
+			}, only6, in6),
+			[]NodeAddress{na("fd00:77::b", NodeAddrInternalIP), na("fd00:10:244:1::fa", NodeAddrCalicoTunnel),
+				na("fd00:10:244:1::1", NodeAddrPodCIDRGateway)}},
+		{"calico dual-stack: both tunnel addresses",
+			apiNode("n1", map[string]string{
+				"projectcalico.org/IPv4Address":         "192.168.77.11/24",
+				"projectcalico.org/IPv6Address":         "fd00:77::b/64",
+				"projectcalico.org/IPv4VXLANTunnelAddr": "10.244.1.250",
+				"projectcalico.org/IPv6VXLANTunnelAddr": "fd00:10:244:1::fa",
+			}, dual, in4, in6),
+			[]NodeAddress{na("192.168.77.11", NodeAddrInternalIP), na("fd00:77::b", NodeAddrInternalIP),
+				na("10.244.1.250", NodeAddrCalicoTunnel), na("fd00:10:244:1::fa", NodeAddrCalicoTunnel),
+				na("10.244.1.1", NodeAddrPodCIDRGateway), na("fd00:10:244:1::1", NodeAddrPodCIDRGateway)}},
+		{"cilium dual-stack: both router IPs, either prefix",
+			apiNode("n1", map[string]string{
+				"network.cilium.io/ipv4-cilium-host": "10.244.1.251",
+				"network.cilium.io/ipv4-pod-cidr":    "10.244.1.0/24",
+				"io.cilium.network.ipv6-cilium-host": "fd00:10:244:1::fb",
+				"network.cilium.io/ipv6-pod-cidr":    "fd00:10:244:1::/64",
+			}, dual, in4, in6),
+			[]NodeAddress{na("192.168.77.11", NodeAddrInternalIP), na("fd00:77::b", NodeAddrInternalIP),
+				na("fd00:10:244:1::fb", NodeAddrCiliumHost), na("10.244.1.251", NodeAddrCiliumHost),
+				na("10.244.1.1", NodeAddrPodCIDRGateway), na("fd00:10:244:1::1", NodeAddrPodCIDRGateway)}},
+		{"cilium IPv6-only: the IPv6 router IP",
+			apiNode("n1", map[string]string{"network.cilium.io/ipv6-cilium-host": "fd00:10:244:1::fb"}, only6, in6),
+			[]NodeAddress{na("fd00:77::b", NodeAddrInternalIP), na("fd00:10:244:1::fb", NodeAddrCiliumHost),
+				na("fd00:10:244:1::1", NodeAddrPodCIDRGateway)}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := NodeAddresses(c.node); !reflect.DeepEqual(got, c.want) {
+				t.Errorf("got  %v\nwant %v", got, c.want)
+			}
+			o, err := strip(c.node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := NodeAddresses(o.(*corev1.Node)); !reflect.DeepEqual(got, c.want) {
+				t.Errorf("after strip: got %v\nwant %v", got, c.want)
+			}
+		})
+	}
+}
+
+// TestIndexIPv6TunnelAddresses: the index names a dual-stack flannel node
+// by its IPv6 tunnel address with the derived source, and a pod holding
+// that address (an IPAM that hands out the network address) wins over the
+// convention, as for IPv4.
+func TestIndexIPv6TunnelAddresses(t *testing.T) {
+	x := NewIndex(IndexConfig{Slack: time.Millisecond})
+	t0 := time.Unix(1000, 0)
+	v := apiNode("node1", map[string]string{"flannel.alpha.coreos.com/backend-type": "vxlan"},
+		[]string{"10.244.1.0/24", "fd00:10:244:1::/64"},
+		corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "192.168.77.11"},
+		corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fd00:77::b"})
+	x.SetNode(&Node{Name: "node1", InternalIP: netip.MustParseAddr("192.168.77.11"), Addresses: NodeAddresses(v)}, t0)
+	v2 := apiNode("node2", map[string]string{"projectcalico.org/IPv6VXLANTunnelAddr": "fd00:10:244:2::fa"},
+		[]string{"fd00:10:244:2::/64"}, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fd00:77::c"})
+	x.SetNode(&Node{Name: "node2", InternalIP: netip.MustParseAddr("fd00:77::c"), Addresses: NodeAddresses(v2)}, t0)
+	at := t0.Add(time.Second)
+	for ip, want := range map[string]struct {
+		node string
+		src  NodeAddrSource
+	}{
+		"fd00:77::b": {"node1", NodeAddrInternalIP}, "fd00:10:244:1::": {"node1", NodeAddrFlannelTunnel},
+		"10.244.1.0": {"node1", NodeAddrFlannelTunnel}, "fd00:10:244:2::fa": {"node2", NodeAddrCalicoTunnel},
+		"fd00:77::c": {"node2", NodeAddrInternalIP},
+	} {
+		got, src, ok := x.NodeAddrAt(netip.MustParseAddr(ip), at)
+		if !ok || got.Name != want.node || src != want.src {
+			t.Errorf("%s: node %v source %q ok %v, want %s %q", ip, got, src, ok, want.node, want.src)
+		}
+	}
+	x.SetPod(&Pod{Namespace: "ns", Name: "p", UID: "u", Node: "node1", IP: netip.MustParseAddr("fd00:10:244:1::"), Ready: true}, t0)
+	if n, _, ok := x.NodeAddrAt(netip.MustParseAddr("fd00:10:244:1::"), at); ok {
+		t.Errorf("fd00:10:244:1:: held by a pod named as node %s", n.Name)
+	}
+	if _, src, ok := x.NodeAddrAt(netip.MustParseAddr("fd00:10:244:2::fa"), at); !ok || src != NodeAddrCalicoTunnel {
+		t.Errorf("annotated IPv6 tunnel address lost: %q %v", src, ok)
+	}
+}

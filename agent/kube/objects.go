@@ -89,12 +89,47 @@ func addrsOf(first netip.Addr, all []netip.Addr) []netip.Addr {
 	return out
 }
 
-// ServicePort is one TCP port of a Service.
+// ServicePort is one TCP or UDP port of a Service.
 type ServicePort struct {
 	Name       string
 	Port       uint16
 	NodePort   uint16
 	TargetPort uint16 // 0 when it is a named port
+	// Protocol is TCP or UDP; "" is TCP (the API's default).
+	Protocol Protocol
+}
+
+// Protocol is a port's protocol as the API spells it. The index keys
+// Services and endpoints by it: a UDP flow to ClusterIP:53 is named by
+// the Service's UDP port, never by a TCP port of the same number (kube-dns
+// has both; a NodePort number may be another Service's on the other
+// protocol only in the same Service).
+type Protocol string
+
+// Protocols the agent captures (SCTP ports are not indexed).
+const (
+	ProtocolTCP Protocol = "TCP"
+	ProtocolUDP Protocol = "UDP"
+)
+
+// norm maps "" (the API's default) to TCP.
+func (p Protocol) norm() Protocol {
+	if p == "" {
+		return ProtocolTCP
+	}
+	return p
+}
+
+// protoAddr is an index key: an address and port of one protocol.
+type protoAddr struct {
+	proto Protocol
+	ap    netip.AddrPort
+}
+
+// protoPort is a node port of one protocol.
+type protoPort struct {
+	proto Protocol
+	port  uint16
 }
 
 // Service is the stripped view of a Service.
@@ -165,6 +200,17 @@ const (
 	// spec.externalName resolved to when the agent last asked: a DNS
 	// name, not a translation (no ClusterIP, no NAT).
 	EntryExternalName Entry = "externalname"
+	// EntryExternalNotVisible: the pod was reached from outside the
+	// cluster through a translation lbpath proved but could not see
+	// (a TC/XDP eBPF NodePort or load balancer, DSR): one of the
+	// Service's external entries (NodePort, LoadBalancer, externalIP),
+	// which one and on which node unknown (agent/path natvisible.go).
+	EntryExternalNotVisible Entry = "external_not_visible"
+	// EntryUnknown: a client outside the cluster reached the pod at its
+	// own address and this node translated nothing; whether it dialled
+	// the pod directly or something it cannot see translated a Service
+	// on the way, lbpath cannot tell (agent/path natvisible.go).
+	EntryUnknown Entry = "unknown"
 )
 
 // LBPending reports whether s is a LoadBalancer whose EXTERNAL-IP kubectl

@@ -276,7 +276,8 @@ func (n *Namer) classify(p *Path, late bool) (Class, bool) {
 // Rejected SYNs count too (outcome refused): the load balancer's probe
 // arrived and nothing listened, as when kube-proxy is down.
 func (n *Namer) healthCheckOf(c *flow.Connection, server, client end) *kube.Service {
-	if server != endOwn || client.local() || client == endPod || c.Target != c.PodDst {
+	if server != endOwn || client.local() || client == endPod || c.Target != c.PodDst || c.Proto() != flow.TransportTCP {
+		// Health checks are HTTP: a UDP flow to the same port number is not one.
 		return nil
 	}
 	s, ok := n.idx.HealthCheckAt(c.PodDst.Port(), c.Start)

@@ -59,3 +59,69 @@ func TestNATNotVisibleServiceAddress(t *testing.T) {
 		t.Errorf("direct connection: entry %q diagnoses %+v", p.Entry, p.Diagnoses)
 	}
 }
+
+// A client outside the cluster at a pod's own address, nothing translated
+// on the pod's node (a TC NodePort with DSR delivered it): with the pod
+// network declared isolated that proves a translation lbpath cannot see;
+// without the declaration the entry is unknown, never direct. Either way
+// the decision waits until the client is certainly no pod.
+func TestNATNotVisibleExternalClient(t *testing.T) {
+	srv := netip.AddrPortFrom(podA, 8080)
+	for _, isolated := range []bool{true, false} {
+		x, local, fresh := cluster(t)
+		n := NewNamer(Config{Node: "node1", Local: local, Current: fresh.CurrentAt, IsolatedPodNetwork: isolated}, x)
+		c := conn(flow.RoleServer, client, srv)
+		if p, complete := n.Name(&c); complete {
+			t.Fatalf("isolated=%v: decided before the metadata wait (entry %q): the client could still be a new pod", isolated, p.Entry)
+		}
+		p, complete := n.NameLate(&c)
+		if !complete || p.Pod == nil || p.Pod.Name != "web-abc-1" || p.Service == nil || p.Service.Key() != "default/web" {
+			t.Fatalf("isolated=%v: complete %v pod %v service %v", isolated, complete, p.Pod, p.Service)
+		}
+		if p.Entry == kube.EntryDirect || p.EntryNode != "" || p.CrossNode || p.SNAT {
+			t.Errorf("isolated=%v: entry %q node %q cross %v snat %v: must not claim direct or an entry node", isolated, p.Entry, p.EntryNode, p.CrossNode, p.SNAT)
+		}
+		if isolated {
+			if p.Entry != kube.EntryExternalNotVisible || p.NATNotVisible != NATHiddenExternalClient || !has(p, DiagNATNotVisible) {
+				t.Errorf("isolated: entry %q reason %q diagnoses %+v", p.Entry, p.NATNotVisible, p.Diagnoses)
+			}
+			if r := p.Record(); r.Entry != "external_not_visible" || r.NATNotVisible != NATHiddenExternalClient {
+				t.Errorf("record entry %q nat_not_visible %q", r.Entry, r.NATNotVisible)
+			}
+		} else if p.Entry != kube.EntryUnknown || p.NATNotVisible != "" || has(p, DiagNATNotVisible) {
+			t.Errorf("not declared: entry %q reason %q diagnoses %+v: want unknown, unproven", p.Entry, p.NATNotVisible, p.Diagnoses)
+		}
+	}
+}
+
+// What stays direct with the pod network declared isolated: a client pod,
+// a node, the API server; a SNATed connection keeps its inference; a
+// conntrack-translated one is visible. And an index that was never
+// current proves nothing: unknown, not nat_not_visible.
+func TestNATNotVisibleExternalClientOnlyWhenProved(t *testing.T) {
+	srv := netip.AddrPortFrom(podA, 8080)
+	x, local, fresh := cluster(t)
+	x.SetPod(&kube.Pod{Namespace: "default", Name: "cpod", UID: "c", Node: "node1", IP: cpod.Addr(), Ready: true}, t0)
+	n := NewNamer(Config{Node: "node1", Local: local, Current: fresh.CurrentAt, IsolatedPodNetwork: true}, x)
+	for name, cl := range map[string]netip.AddrPort{"pod": cpod, "own node": netip.AddrPortFrom(node1, 41000), "apiserver": apiEP} {
+		c := conn(flow.RoleServer, cl, srv)
+		p, _ := n.NameLate(&c)
+		if p.Entry != kube.EntryDirect || p.NATNotVisible != "" {
+			t.Errorf("%s client: entry %q reason %q, want direct", name, p.Entry, p.NATNotVisible)
+		}
+	}
+	c := conn(flow.RoleServer, netip.AddrPortFrom(node2, 41000), srv)
+	if p, _ := n.NameLate(&c); !p.SNAT || p.NATNotVisible != "" || p.EntryNode != "node2" {
+		t.Errorf("SNATed by node2: snat %v reason %q entry node %q", p.SNAT, p.NATNotVisible, p.EntryNode)
+	}
+	c = conn(flow.RoleServer, client, srv)
+	c.Target, c.NAT = netip.AddrPortFrom(node1, 30080), &flow.NAT{DNAT: true}
+	if p, _ := n.NameLate(&c); p.Entry != kube.EntryNodePort || p.NATNotVisible != "" {
+		t.Errorf("translated by this node's conntrack: entry %q reason %q", p.Entry, p.NATNotVisible)
+	}
+	stale := NewNamer(Config{Node: "node1", Local: local, IsolatedPodNetwork: true}, x)
+	c = conn(flow.RoleServer, client, srv)
+	if p, _ := stale.NameLate(&c); p.Entry != kube.EntryUnknown || p.NATNotVisible != "" {
+		t.Errorf("index never current: entry %q reason %q, want unknown", p.Entry, p.NATNotVisible)
+	}
+}

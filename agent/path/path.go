@@ -93,6 +93,9 @@ type Path struct {
 	// ServiceSource is how Service was named when it was not from an
 	// address the cluster translates: ServiceSourceExternalName.
 	ServiceSource string
+	// Ingress names the proxy hop when the client is an ingress proxy
+	// pod and Service a backend its Ingress routes to.
+	Ingress *kube.IngressHop
 }
 
 // ServiceSourceExternalName: Service is an ExternalName Service whose
@@ -117,6 +120,16 @@ type Config struct {
 	// address is known to be no pod's unless the kernel says so (loopback,
 	// this node's own addresses).
 	Current func(time.Time) bool
+	// IsolatedPodNetwork declares that no host outside the cluster's
+	// nodes reaches a pod address without translation (no route to the
+	// pod CIDRs from outside, no load balancer with IP targets): a
+	// client outside the cluster at a pod's own address, untranslated
+	// here, then proves a translation lbpath cannot see
+	// (natvisible.go). Without it such a connection's entry is unknown.
+	IsolatedPodNetwork bool
+	// Ingress, when set, names the proxy hop of connections from an
+	// ingress proxy pod to a Service its Ingresses route to.
+	Ingress *kube.Ingresses
 }
 
 // Stats counts naming results: Named the cluster's connections named,
@@ -156,7 +169,7 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	p = Path{Conn: *c, EntryAddr: c.Target, SNAT: c.SNAT, EndpointReady: true, PodPort: c.PodDst.Port()}
 
 	// Entry: the address the client dialled.
-	if s, e, ok := n.idx.ServiceAt(c.Target, at); ok {
+	if s, e, ok := n.idx.ServiceAtProto(c.Target, protoOf(c.Transport), at); ok {
 		p.Service, p.Entry = s, e
 	} else if c.Target != c.PodDst {
 		n.Stats.ServiceUnknown.Add(1)
@@ -181,7 +194,7 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 		if node, ok := n.idx.NodeByName(p.Pod.Node); ok {
 			p.PodZone = node.Zone
 		}
-		if svc, ep, ok := n.idx.EndpointAt(c.PodDst, at); ok {
+		if svc, ep, ok := n.idx.EndpointAtProto(c.PodDst, protoOf(c.Transport), at); ok {
 			if p.Service == nil {
 				if s, ok := n.serviceByKey(svc); ok {
 					p.Service = s
@@ -227,6 +240,12 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 	if p.EntryNode != "" && p.PodNode != "" && p.EntryNode != p.PodNode {
 		p.CrossNode = true
 	}
+	if !n.externalEntry(&p, late) {
+		complete = false // is the client outside the cluster? Wait for the metadata.
+	}
+	if p.Client.Kind == PeerPod && !p.Client.Lost {
+		p.Ingress, _ = n.idx.IngressHop(n.cfg.Ingress, p.Client.Pod, p.Service)
+	}
 	n.diagnose(&p)
 	if complete {
 		n.Stats.Named.Add(1)
@@ -250,6 +269,15 @@ func (n *Namer) externalName(p *Path, at time.Time) {
 	if s, ok := n.idx.ExternalNameAt(c.Target.Addr(), at); ok {
 		p.Service, p.Entry, p.ServiceSource = s, kube.EntryExternalName, ServiceSourceExternalName
 	}
+}
+
+// protoOf is the Service port protocol of a record's transport ("" is
+// TCP): a UDP flow is named by UDP ports only.
+func protoOf(transport string) kube.Protocol {
+	if transport == flow.TransportUDP {
+		return kube.ProtocolUDP
+	}
+	return kube.ProtocolTCP
 }
 
 func (n *Namer) serviceByKey(key string) (*kube.Service, bool) {

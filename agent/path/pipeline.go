@@ -14,6 +14,9 @@ type Request struct {
 	Req     flow.Request
 	Pod     *kube.Pod
 	Service *kube.Service
+	// Ingress names the proxy hop when the request came from an ingress
+	// proxy pod (see Path.Ingress).
+	Ingress *kube.IngressHop
 }
 
 // PipelineConfig bounds the wait for metadata.
@@ -135,8 +138,13 @@ func (pl *Pipeline) Request(r *flow.Request) {
 	} else {
 		pl.Stats.RequestsUnattributed.Add(1)
 	}
-	if svc, _, ok := pl.namer.idx.EndpointAt(r.PodDst, at); ok {
+	if svc, _, ok := pl.namer.idx.EndpointAtProto(r.PodDst, protoOf(r.Transport), at); ok {
 		out.Service, _ = pl.namer.serviceByKey(svc)
+	}
+	if out.Service != nil && pl.namer.cfg.Ingress != nil {
+		if client, ok := pl.namer.idx.PodAt(r.PodSrc.Addr(), at); ok {
+			out.Ingress, _ = pl.namer.idx.IngressHop(pl.namer.cfg.Ingress, client, out.Service)
+		}
 	}
 	pl.req(&out)
 }

@@ -25,8 +25,8 @@ func TestNetnsNamesReusedIP(t *testing.T) {
 	at := t0.Add(time.Minute + 500*time.Millisecond) // in pod 3's span by the index
 	conn := func(cookie uint64) flow.Connection {
 		return flow.Connection{Node: "node1", Role: flow.RoleServer, Outcome: flow.OutcomeOK, Start: at, End: at.Add(time.Millisecond),
-			Client: netip.MustParseAddrPort("10.244.2.20:40000"), Target: netip.AddrPortFrom(podA, 8080),
-			PodSrc: netip.MustParseAddrPort("10.244.2.20:40000"), PodDst: netip.AddrPortFrom(podA, 8080), NetnsCookie: cookie}
+			Client: netip.AddrPortFrom(podC, 40000), Target: netip.AddrPortFrom(podA, 8080),
+			PodSrc: netip.AddrPortFrom(podC, 40000), PodDst: netip.AddrPortFrom(podA, 8080), NetnsCookie: cookie}
 	}
 	c := conn(101)
 	p, complete := n.Name(&c)

@@ -1,6 +1,9 @@
 package path
 
-import "github.com/lbpath/lbpath/agent/flow"
+import (
+	"github.com/lbpath/lbpath/agent/flow"
+	"github.com/lbpath/lbpath/agent/kube"
+)
 
 // Record is the JSON form of a Path: the Connection's fields plus the names
 // (all documented in docs/TELEMETRY.md).
@@ -42,6 +45,8 @@ type Record struct {
 	// ServiceSource is externalname_resolved when Service is an
 	// ExternalName Service named from the agent's own DNS lookup.
 	ServiceSource string `json:"service_source,omitempty"`
+	// Ingress names the ingress proxy hop (Path.Ingress).
+	Ingress *kube.IngressHop `json:"ingress,omitempty"`
 }
 
 // Record returns the JSON form of p.
@@ -49,7 +54,7 @@ func (p *Path) Record() Record {
 	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
 		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class,
-		NATNotVisible: p.NATNotVisible, ServiceSource: p.ServiceSource}
+		NATNotVisible: p.NATNotVisible, ServiceSource: p.ServiceSource, Ingress: p.Ingress}
 	r.SNAT = p.SNAT
 	r.PodSource, r.PodIPDisagrees = p.PodSource, p.PodIPDisagrees
 	if p.Service != nil {

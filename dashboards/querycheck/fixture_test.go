@@ -223,6 +223,17 @@ func buildFixtureWith(native bool) string {
 		f.add("lbpath_requests_total", pl, counter(perMin, p.from, p.to))
 		f.histogram("lbpath_request_duration_seconds", pl, requestBounds, perMin, p.latency, p.from, p.to)
 	}
+	// The web pods also serve requests an ingress proxy pod routes to them
+	// (Ingress shop/shop, route */web): the edge metrics at the backend pods.
+	for i, pc := range pods[:3] {
+		p := pc.p
+		ls := merge(agent, map[string]string{"lbpath_ingress_name": "shop/shop", "lbpath_ingress_class": "nginx",
+			"lbpath_ingress_route": "*/web", "lbpath_ingress_proxy_pod": "ingress/ingress-nginx-controller",
+			"k8s_namespace_name": p.ns, "k8s_service_name": p.svc, "k8s_pod_name": p.name})
+		perMin := float64(60 - 20*i)
+		f.add("lbpath_ingress_requests_total", ls, counter(perMin, p.from, p.to))
+		f.histogram("lbpath_ingress_request_duration_seconds", ls, requestBounds, perMin, p.latency, p.from, p.to)
+	}
 	// node-b forwarded 30/min of its LB traffic to the hot pod on node-a; the
 	// resource's k8s.node.name (node-b, the agent's node) overwrites the pod's
 	// node on these points in the exporter's output.

@@ -263,7 +263,8 @@ func TestAgentLeastPrivilege(t *testing.T) {
 
 func TestRBACIsReadOnly(t *testing.T) {
 	d := decodeMain(t)
-	want := map[string]bool{"/pods": true, "/services": true, "/nodes": true, "discovery.k8s.io/endpointslices": true, "apps/replicasets": true}
+	want := map[string]bool{"/pods": true, "/services": true, "/nodes": true, "discovery.k8s.io/endpointslices": true, "apps/replicasets": true,
+		"networking.k8s.io/ingressclasses": true, "networking.k8s.io/ingresses": true}
 	got := map[string]bool{}
 	for _, r := range named(t, d.cr, agentRole, crMeta).Rules {
 		verbs := slices.Clone(r.Verbs)

@@ -81,6 +81,17 @@ type Options struct {
 	// Overlay is the network between nodes (testbed.Overlay); default
 	// flat. The Nodes carry the annotations the overlay's CNI would set.
 	Overlay testbed.Overlay
+	// UDPService adds Service dns, UDP over web's pods (udp.go); the
+	// stand-in pods then serve UDP too. Not with RealNodes.
+	UDPService bool
+	// SocketLB runs the testbed's socket load balancer (testbed/socketlb,
+	// cgroup connect4/6 on the cgroup v2 root, as Cilium's socket-LB)
+	// beside kube-proxy, its maps fed from the API server's Services and
+	// ready EndpointSlice endpoints of both families (SocketLB()). ClusterIP
+	// connects from the testbed's namespaces are translated inside
+	// connect(); kube-proxy keeps serving NodePorts and LB IPs. Stand-in
+	// kubelet only.
+	SocketLB bool
 }
 
 // Cluster is a testbed driven by a real control plane: kube-apiserver and
@@ -106,6 +117,9 @@ type Cluster struct {
 
 	opt Options
 	log *slog.Logger
+	// policy is the externalTrafficPolicy SetPolicy last set.
+	policy testbed.Policy
+	slb    *slbFeed
 }
 
 func (o Options) withDefaults() Options {
@@ -141,6 +155,12 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
+	if opt.RealNodes && opt.UDPService {
+		return nil, errors.New("k8s testbed: UDPService needs the kubelet stand-in, not RealNodes")
+	}
+	if opt.RealNodes && opt.SocketLB {
+		return nil, errors.New("k8s options: SocketLB runs with the kubelet stand-in only (RealNodes' pods are in namespaces the translator is not told of)")
+	}
 	if opt.RealNodes {
 		if err := prepareReal(ctx, &opt); err != nil {
 			return nil, err
@@ -155,7 +175,7 @@ func Up(ctx context.Context, opt Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{TB: tb, opt: opt, log: opt.Logger}
+	c := &Cluster{TB: tb, opt: opt, log: opt.Logger, policy: opt.Policy}
 	if err := c.up(ctx); err != nil {
 		return nil, errors.Join(err, c.Down())
 	}
@@ -190,6 +210,13 @@ func (c *Cluster) up(ctx context.Context) error {
 	if err := c.SetMode(ctx, c.opt.Mode); err != nil {
 		return err
 	}
+	if c.opt.SocketLB {
+		// Before the kubelet: every pod it adds is then in the
+		// translator's namespaces from its start.
+		if err := c.startSocketLB(ctx); err != nil {
+			return err
+		}
+	}
 	if c.Kubelet, err = RunKubelet(ctx, c.Client, c.TB, KubeletOptions{
 		PoolSize: c.opt.PoolSize, TerminationGrace: c.opt.TerminationGrace, Logger: c.log,
 	}); err != nil {
@@ -207,6 +234,7 @@ func (c *Cluster) Down() error {
 	if c.Kubelet != nil {
 		c.Kubelet.Stop()
 	}
+	c.stopSocketLB()
 	if err := c.stopReal(); err != nil {
 		errs = append(errs, err)
 	}
@@ -314,6 +342,9 @@ func (c *Cluster) createServices(ctx context.Context) error {
 			return fmt.Errorf("publish LB IP of Service %s: %w", s.Name, err)
 		}
 	}
+	if c.opt.UDPService {
+		return c.createUDPService(ctx)
+	}
 	return nil
 }
 
@@ -366,6 +397,10 @@ func (c *Cluster) realTemplate(labels map[string]string) corev1.PodTemplateSpec 
 }
 
 func (c *Cluster) standInTemplate(labels map[string]string) corev1.PodTemplateSpec {
+	ports := []corev1.ContainerPort{{Name: "http", ContainerPort: testbed.PodPort, Protocol: corev1.ProtocolTCP}}
+	if c.opt.UDPService {
+		ports = append(ports, udpContainerPort())
+	}
 	return corev1.PodTemplateSpec{
 		ObjectMeta: metav1.ObjectMeta{Labels: labels},
 		Spec: corev1.PodSpec{
@@ -376,21 +411,28 @@ func (c *Cluster) standInTemplate(labels map[string]string) corev1.PodTemplateSp
 			Containers: []corev1.Container{{
 				Name:  WebContainer,
 				Image: "lbpath.invalid/podserver:v1", // never pulled
-				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: testbed.PodPort, Protocol: corev1.ProtocolTCP}},
+				Ports: ports,
 				Env:   []corev1.EnvVar{{Name: DelayEnv, Value: "0s"}},
 			}},
 		},
 	}
 }
 
-// SetPolicy sets Service web's externalTrafficPolicy; kube-proxy follows
-// within about a second.
+// SetPolicy sets the externalTrafficPolicy of Service web (and dns, with
+// Options.UDPService); kube-proxy follows within about a second.
 func (c *Cluster) SetPolicy(ctx context.Context, p testbed.Policy) error {
 	patch := fmt.Sprintf(`{"spec":{"externalTrafficPolicy":%q}}`, p)
-	if _, err := c.Client.CoreV1().Services(Namespace).Patch(ctx, testbed.ServiceWeb, types.StrategicMergePatchType,
-		[]byte(patch), metav1.PatchOptions{}); err != nil {
-		return fmt.Errorf("set externalTrafficPolicy of web to %s: %w", p, err)
+	names := []string{testbed.ServiceWeb}
+	if c.opt.UDPService {
+		names = append(names, UDPService)
 	}
+	for _, name := range names {
+		if _, err := c.Client.CoreV1().Services(Namespace).Patch(ctx, name, types.StrategicMergePatchType,
+			[]byte(patch), metav1.PatchOptions{}); err != nil {
+			return fmt.Errorf("set externalTrafficPolicy of %s to %s: %w", name, p, err)
+		}
+	}
+	c.policy = p
 	return nil
 }
 

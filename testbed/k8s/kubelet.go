@@ -28,6 +28,12 @@ import (
 // roll out a deliberately slower version.
 const DelayEnv = "LBPATH_DELAY"
 
+// HostProcessImage marks a container the stand-in runs as a host program
+// inside the pod's network namespace: its Command and Args, e.g. nginx from
+// Debian as an ingress proxy (see Ingress). The stand-in has no container
+// runtime; the program must listen on testbed.PodPort.
+const HostProcessImage = "lbpath.invalid/host-process"
+
 // HostnameLabel is the Node label a pod's nodeSelector may use to pick its
 // node, as on real clusters.
 const HostnameLabel = "kubernetes.io/hostname"
@@ -57,7 +63,8 @@ type Assignment struct {
 // Kubelet plays kube-scheduler and the kubelets of all testbed nodes: it
 // binds unscheduled pods to the least loaded node (or the one their
 // nodeSelector names), creates a pod namespace with an HTTP server through
-// testbed.Cluster.AddPod, and reports the pod Running and Ready; on deletion
+// testbed.Cluster.AddPod (serving UDP too when the pod declares a UDP
+// containerPort), and reports the pod Running and Ready; on deletion
 // it reports the pod not ready, removes the namespace and completes the
 // deletion. Only pods whose name is unique across namespaces are supported,
 // because testbed pods are named by pod name alone.
@@ -317,7 +324,11 @@ func (k *Kubelet) schedule(ctx context.Context, key string, pod *corev1.Pod) err
 // IP is handed out again at the next opportunity, and creates the sandbox.
 func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node int) (*runningPod, error) {
 	var delay time.Duration
+	var command []string
 	for _, c := range pod.Spec.Containers {
+		if c.Image == HostProcessImage && command == nil {
+			command = append(append([]string{}, c.Command...), c.Args...)
+		}
 		for _, e := range c.Env {
 			if e.Name == DelayEnv {
 				d, err := time.ParseDuration(e.Value)
@@ -327,6 +338,10 @@ func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node 
 				delay = d
 			}
 		}
+	}
+	udp, err := servesUDP(pod)
+	if err != nil {
+		return nil, err
 	}
 	n := k.tb.Node(node)
 	k.mu.Lock()
@@ -349,7 +364,7 @@ func (k *Kubelet) runPod(ctx context.Context, key string, pod *corev1.Pod, node 
 	if !ip.IsValid() {
 		return nil, fmt.Errorf("pod %s: all %d IPs of %s's pool are in use", key, k.opt.PoolSize, n.Name)
 	}
-	if _, err := k.tb.AddPodIPs(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay}, ips...); err != nil {
+	if _, err := k.tb.AddPodIPs(ctx, testbed.PodSpec{Name: pod.Name, Node: node, Delay: delay, UDP: udp, Command: command}, ips...); err != nil {
 		return nil, err
 	}
 	rp := &runningPod{uid: pod.UID, node: node, ip: ip, ips: ips}

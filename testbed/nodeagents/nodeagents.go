@@ -53,6 +53,9 @@ type Options struct {
 	// Only one cluster with those addresses may run (real nodes take the
 	// host link lock).
 	PodCIDRScope bool
+	// Names tunes each agent's naming and diagnoses (path.Config; the
+	// node and its addresses are set per agent).
+	Names path.Config
 }
 
 // Start runs an agent for every node of cl. Each agent attaches to its
@@ -65,7 +68,7 @@ func Start(cl *testbed.Cluster, opt Options, log *slog.Logger) (*Set, error) {
 	s := &Set{cancel: cancel}
 	for _, n := range cl.Nodes {
 		cfg := agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n, opt.PodCIDRScope), Flow: opt.Flow,
-			Metadata: opt.Metadata, Export: opt.Export, UDP: opt.UDP}
+			Metadata: opt.Metadata, Export: opt.Export, UDP: opt.UDP, Path: opt.Names}
 		if opt.Kubeconfig != "" {
 			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig}
 		}

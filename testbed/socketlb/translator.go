@@ -17,17 +17,38 @@ import (
 	"github.com/lbpath/lbpath/agent/netns"
 )
 
-// Translator is the attached connect4 program and its maps. Nothing is
+// Translator is the attached connect4 and connect6 programs and their maps. Nothing is
 // pinned: the cgroup link goes away with the process that holds it, so a
 // crashed test leaves no translator behind (the kernel detaches a bpf_link
 // when its last file descriptor closes).
 type Translator struct {
-	objs TranslatorObjects
-	lnk  link.Link
+	objs  TranslatorObjects
+	links []link.Link
 
 	mu     sync.Mutex
-	ids    map[netip.AddrPort]uint32 // service → id of its backends
+	ids    map[svcID]uint32 // service → id of its backends
 	nextID uint32
+}
+
+// Proto is a Service port's transport.
+type Proto uint8
+
+// The transports the translator serves (IPPROTO_*).
+const (
+	TCP Proto = unix.IPPROTO_TCP
+	UDP Proto = unix.IPPROTO_UDP
+)
+
+func (p Proto) String() string {
+	if p == UDP {
+		return "udp"
+	}
+	return "tcp"
+}
+
+type svcID struct {
+	proto Proto
+	vip   netip.AddrPort
 }
 
 // Attach loads the program and attaches it to the cgroup v2 root with a
@@ -37,7 +58,7 @@ func Attach() (*Translator, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Translator{ids: map[netip.AddrPort]uint32{}, nextID: 1}
+	t := &Translator{ids: map[svcID]uint32{}, nextID: 1}
 	if err := LoadTranslatorObjects(&t.objs, nil); err != nil {
 		return nil, fmt.Errorf("load socket-LB translator: %w", err)
 	}
@@ -47,11 +68,15 @@ func Attach() (*Translator, error) {
 		return nil, fmt.Errorf("open cgroup root: %w", err)
 	}
 	defer dir.Close()
-	t.lnk, err = link.AttachRawLink(link.RawLinkOptions{
-		Target: int(dir.Fd()), Program: t.objs.Sock4Connect, Attach: ebpf.AttachCGroupInet4Connect})
-	if err != nil {
-		t.objs.Close()
-		return nil, fmt.Errorf("attach connect4 to %s: %w", root, err)
+	for _, p := range []struct {
+		prog *ebpf.Program
+		at   ebpf.AttachType
+	}{{t.objs.Sock4Connect, ebpf.AttachCGroupInet4Connect}, {t.objs.Sock6Connect, ebpf.AttachCGroupInet6Connect}} {
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(dir.Fd()), Program: p.prog, Attach: p.at})
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("attach %v to %s: %w", p.at, root, err), t.Close())
+		}
+		t.links = append(t.links, l)
 	}
 	return t, nil
 }
@@ -94,69 +119,138 @@ func (t *Translator) AllowNetns(path string) error {
 	return t.objs.NetnsAllowed.Put(cookie, uint8(1))
 }
 
-// SetService makes connects to vip go to one of backends, picked at random
-// per connect (Cilium's default, random, not round-robin). No backends
-// leaves the Service to the node's own rules.
-func (t *Translator) SetService(vip netip.AddrPort, backends []netip.AddrPort) error {
-	if !vip.Addr().Is4() {
-		return fmt.Errorf("socket-LB translator: %v is not IPv4 (connect4 only)", vip)
-	}
+// SetService makes connects to vip over proto go to one of backends,
+// picked at random per connect (Cilium's default, random, not
+// round-robin). No backends leaves the Service to the node's own rules.
+// An IPv4 vip takes IPv4 backends, an IPv6 vip IPv6 ones.
+func (t *Translator) SetService(proto Proto, vip netip.AddrPort, backends []netip.AddrPort) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	id, ok := t.ids[vip]
+	key := svcID{proto, vip}
+	id, ok := t.ids[key]
 	if !ok {
 		id = t.nextID
 		t.nextID++
-		t.ids[vip] = id
+		t.ids[key] = id
 	}
 	// Backends first, then the count that makes them visible.
 	for i, b := range backends {
-		if !b.Addr().Is4() {
-			return fmt.Errorf("socket-LB translator: backend %v is not IPv4", b)
+		if b.Addr().Unmap().Is4() != vip.Addr().Unmap().Is4() {
+			return fmt.Errorf("socket-LB translator: backend %v of %v is of the other family", b, vip)
 		}
 		k := TranslatorBackendKey{Id: id, Slot: uint32(i)}
-		v := TranslatorBackendVal{Ip: ip4(b.Addr()), Port: port16(b.Port())}
+		v := TranslatorBackendVal{Ip: ip16(b.Addr()), Port: port16(b.Port())}
 		if err := t.objs.Backends.Put(k, v); err != nil {
 			return fmt.Errorf("socket-LB backend %v: %w", b, err)
 		}
 	}
-	k := TranslatorSvcKey{Ip: ip4(vip.Addr()), Port: port16(vip.Port())}
+	k := TranslatorSvcKey{Ip: ip16(vip.Addr()), Port: port16(vip.Port()), Proto: uint8(proto)}
 	if err := t.objs.Services.Put(k, TranslatorSvcVal{Count: uint32(len(backends)), Id: id}); err != nil {
-		return fmt.Errorf("socket-LB service %v: %w", vip, err)
+		return fmt.Errorf("socket-LB service %s %v: %w", proto, vip, err)
 	}
 	return nil
 }
 
+// Backends reads back what the kernel map holds for vip over proto: the
+// backends connects to it go to (none for an unknown Service).
+func (t *Translator) Backends(proto Proto, vip netip.AddrPort) ([]netip.AddrPort, error) {
+	var sv TranslatorSvcVal
+	k := TranslatorSvcKey{Ip: ip16(vip.Addr()), Port: port16(vip.Port()), Proto: uint8(proto)}
+	if err := t.objs.Services.Lookup(k, &sv); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("socket-LB service %s %v: %w", proto, vip, err)
+	}
+	var out []netip.AddrPort
+	for i := range sv.Count {
+		var v TranslatorBackendVal
+		if err := t.objs.Backends.Lookup(TranslatorBackendKey{Id: sv.Id, Slot: i}, &v); err != nil {
+			return nil, fmt.Errorf("socket-LB backend %d of %v: %w", i, vip, err)
+		}
+		out = append(out, netip.AddrPortFrom(addr16(v.Ip), unport16(v.Port)))
+	}
+	return out, nil
+}
+
+// Counts are the translator's rewrites since Attach.
+type Counts struct {
+	All uint64 // every rewrite
+	V6  uint64 // by connect6 (IPv6 and v4-mapped)
+	UDP uint64 // of UDP sockets
+}
+
+// Counts reads the rewrite counters.
+func (t *Translator) Counts() (Counts, error) {
+	var c Counts
+	for slot, dst := range []*uint64{&c.All, &c.V6, &c.UDP} {
+		if err := t.objs.Translated.Lookup(uint32(slot), dst); err != nil {
+			return c, fmt.Errorf("read translated count %d: %w", slot, err)
+		}
+	}
+	return c, nil
+}
+
 // Translated is how many connects the translator rewrote since Attach.
 func (t *Translator) Translated() (uint64, error) {
-	var n uint64
-	if err := t.objs.Translated.Lookup(uint32(0), &n); err != nil {
-		return 0, fmt.Errorf("read translated count: %w", err)
+	c, err := t.Counts()
+	return c.All, err
+}
+
+// ProgramStats returns the connect4 and connect6 programs' run counts and
+// times (zero unless kernel.bpf_stats_enabled is on), for benchmarks.
+func (t *Translator) ProgramStats() (v4, v6 ebpf.ProgramStats, err error) {
+	a, err := t.objs.Sock4Connect.Stats()
+	if err != nil {
+		return v4, v6, err
 	}
-	return n, nil
+	b, err := t.objs.Sock6Connect.Stats()
+	if err != nil {
+		return v4, v6, err
+	}
+	return *a, *b, nil
 }
 
 // Close detaches the program and frees its maps.
 func (t *Translator) Close() error {
 	var errs []error
-	if t.lnk != nil {
-		errs = append(errs, t.lnk.Close())
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
 	}
+	t.links = nil
 	errs = append(errs, t.objs.Close())
 	return errors.Join(errs...)
 }
 
-// ip4 is the address as bpf_sock_addr.user_ip4 holds it: network byte order
-// loaded as a native u32.
-func ip4(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
+// ip16 is the address as the maps hold it: 16 bytes in network byte
+// order (IPv4 v4-mapped), loaded as native u32 words like
+// bpf_sock_addr.user_ip4/user_ip6.
+func ip16(a netip.Addr) [4]uint32 {
+	b := a.As16() // IPv4 comes out v4-mapped
+	var w [4]uint32
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return w
+}
+
+func addr16(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i := range w {
+		binary.NativeEndian.PutUint32(b[4*i:], w[i])
+	}
+	return netip.AddrFrom16(b).Unmap()
 }
 
 // port16 is the port as bpf_sock_addr.user_port holds it: network byte
 // order in the low 16 bits.
-func port16(p uint16) uint32 {
+func port16(p uint16) uint16 {
 	var b [2]byte
 	binary.BigEndian.PutUint16(b[:], p)
-	return uint32(binary.NativeEndian.Uint16(b[:]))
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func unport16(p uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], p)
+	return binary.BigEndian.Uint16(b[:])
 }

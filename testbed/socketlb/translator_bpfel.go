@@ -21,14 +21,17 @@ type TranslatorBackendKey struct {
 
 type TranslatorBackendVal struct {
 	_    structs.HostLayout
-	Ip   uint32
-	Port uint32
+	Ip   [4]uint32
+	Port uint16
+	Pad  uint16
 }
 
 type TranslatorSvcKey struct {
-	_    structs.HostLayout
-	Ip   uint32
-	Port uint32
+	_     structs.HostLayout
+	Ip    [4]uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 type TranslatorSvcVal struct {
@@ -46,6 +49,7 @@ const (
 	TranslatorMapServices      = "services"
 	TranslatorMapTranslated    = "translated"
 	TranslatorProgSock4Connect = "sock4_connect"
+	TranslatorProgSock6Connect = "sock6_connect"
 )
 
 // LoadTranslator returns the embedded CollectionSpec for Translator.
@@ -91,6 +95,7 @@ type TranslatorSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type TranslatorProgramSpecs struct {
 	Sock4Connect *ebpf.ProgramSpec `ebpf:"sock4_connect"`
+	Sock6Connect *ebpf.ProgramSpec `ebpf:"sock6_connect"`
 }
 
 // TranslatorMapSpecs contains maps before they are loaded into the kernel.
@@ -155,11 +160,13 @@ type TranslatorVariables struct {
 // It can be passed to LoadTranslatorObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TranslatorPrograms struct {
 	Sock4Connect *ebpf.Program `ebpf:"sock4_connect"`
+	Sock6Connect *ebpf.Program `ebpf:"sock6_connect"`
 }
 
 func (p *TranslatorPrograms) Close() error {
 	return _TranslatorClose(
 		p.Sock4Connect,
+		p.Sock6Connect,
 	)
 }
 

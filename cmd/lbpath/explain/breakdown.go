@@ -28,6 +28,7 @@ type breakdown struct {
 	entryNodes   map[string]float64
 	entryTotal   float64
 	entryCross   float64
+	crossUnknown float64 // entry view whose entry node is not visible (entry external_not_visible, unknown)
 	external     float64 // entry view via loadbalancer or nodeport
 	externalSNAT float64
 	serverSNAT   float64 // server records that saw a node's address instead of the client
@@ -72,7 +73,10 @@ func (b *breakdown) add(m model.Metric, v float64) {
 		if cross {
 			b.entryCross += v
 		}
-		if entry == "loadbalancer" || entry == "nodeport" || entry == "externalip" {
+		if entry == entryNotVisible || entry == entryUnknown {
+			b.crossUnknown += v
+		}
+		if entry == "loadbalancer" || entry == "nodeport" || entry == "externalip" || entry == entryNotVisible {
 			b.external += v
 			if snat {
 				b.externalSNAT += v
@@ -104,8 +108,19 @@ func ratio(a, b float64) float64 {
 	return a / b
 }
 
-// crossShare is the fraction of entry-view connections that crossed nodes.
-func (b *breakdown) crossShare() float64 { return ratio(b.entryCross, b.entryTotal) }
+// Entries of a pod's own record where the translation was not visible
+// (agent/kube EntryExternalNotVisible, EntryUnknown): no entry node, so
+// whether they crossed nodes is not known.
+const (
+	entryNotVisible = "external_not_visible"
+	entryUnknown    = "unknown"
+)
+
+// crossShare is the fraction of entry-view connections that crossed nodes,
+// of those whose entry node is known.
+func (b *breakdown) crossShare() float64 {
+	return ratio(b.entryCross, b.entryTotal-b.crossUnknown)
+}
 
 // snatShare is the fraction of LB/NodePort connections whose client address
 // was rewritten; without an entry view (agents without the entry node's

@@ -196,6 +196,10 @@ type Report struct {
 	// nil without it.
 	Signals *LBSignals
 
+	// Ingress is the chain through ingress proxy pods to this Service's
+	// pods (ingress.go); nil when no proxy routed to it.
+	Ingress *Ingress
+
 	barWidth int
 }
 
@@ -280,7 +284,10 @@ func Inspect(ctx context.Context, promURL, service string, now time.Time, opts *
 	if err := r.lbSignals(ctx, q, sel, w); err != nil {
 		return nil, err
 	}
-	if r.Served == 0 && r.EntryConns == 0 && len(r.Pods) == 0 && len(r.Failures) == 0 && len(r.Deploys) == 0 && r.Signals == nil {
+	if err := r.ingress(ctx, q, sel, w); err != nil {
+		return nil, err
+	}
+	if r.Served == 0 && r.EntryConns == 0 && len(r.Pods) == 0 && len(r.Failures) == 0 && len(r.Deploys) == 0 && r.Signals == nil && r.Ingress == nil {
 		r.Findings = []Finding{{Kind: KindNoData, Message: fmt.Sprintf(
 			"NO DATA: Prometheus has no lbpath series for %s in the last %s: check the name, the agents' OTLP export and the collector pipeline",
 			r.Service(), w)}}

@@ -275,22 +275,26 @@ func TestNamesInCatalog(t *testing.T) {
 		t.Fatal(err)
 	}
 	uses := map[string][]string{
-		mConnections:             {lNamespace, lService, lPod, lNode, lDeployment, lRole, lOutcome, lEntry, lEntryNode, lSNAT, lCross, lCluster},
-		mRequests:                {lNamespace, lService, lPod, lNode, lDeployment},
-		mBytes:                   {lNamespace, lService, lPod, lNode, lRole},
-		mReqDuration:             {lNamespace, lService},
-		mReqDuration + "_bucket": {lNamespace, lService, "le"},
-		mShare:                   {lNamespace, lService, lPod, lNode, lSignal},
-		mHot:                     {lNamespace, lService, lPod, lNode},
-		mPods:                    {lNamespace, lService},
-		mNodeShare:               {lNamespace, lService, lNode, lSignal},
-		mDeployP50:               {lNamespace, lDeployment, lRevision, lHash},
-		mDeployP90:               {lNamespace, lDeployment, lRevision, lHash},
-		mDeployP99:               {lNamespace, lDeployment, lRevision, lHash},
-		mRegression:              {lNamespace, lDeployment},
-		mPValue:                  {lNamespace, lDeployment},
-		mTimeSince:               {lNamespace, lDeployment},
-		mDeploySamples:           {lNamespace, lDeployment, lRevision},
+		mConnections:              {lNamespace, lService, lPod, lNode, lDeployment, lRole, lOutcome, lEntry, lEntryNode, lSNAT, lCross, lCluster},
+		mRequests:                 {lNamespace, lService, lPod, lNode, lDeployment},
+		mBytes:                    {lNamespace, lService, lPod, lNode, lRole},
+		mReqDuration:              {lNamespace, lService},
+		mReqDuration + "_bucket":  {lNamespace, lService, "le"},
+		mShare:                    {lNamespace, lService, lPod, lNode, lSignal},
+		mHot:                      {lNamespace, lService, lPod, lNode},
+		mPods:                     {lNamespace, lService},
+		mNodeShare:                {lNamespace, lService, lNode, lSignal},
+		mDeployP50:                {lNamespace, lDeployment, lRevision, lHash},
+		mDeployP90:                {lNamespace, lDeployment, lRevision, lHash},
+		mDeployP99:                {lNamespace, lDeployment, lRevision, lHash},
+		mRegression:               {lNamespace, lDeployment},
+		mPValue:                   {lNamespace, lDeployment},
+		mTimeSince:                {lNamespace, lDeployment},
+		mDeploySamples:            {lNamespace, lDeployment, lRevision},
+		mIngressRequests:          {lNamespace, lService, lPod, lIngressName, lIngressRoute, lIngressProxy},
+		mIngressDuration:          {lNamespace, lService, lPod, lIngressRoute, lIngressProxy},
+		mIngressDuration + "_sum": {lIngressProxy},
+		mReqDuration + "_sum":     {lNamespace, lPod},
 	}
 	for name, labels := range uses {
 		m := cat.Metrics[name]
@@ -302,6 +306,35 @@ func TestNamesInCatalog(t *testing.T) {
 			if !m.Labels[l] && !cat.Global[l] {
 				t.Errorf("%s has no label %s", name, l)
 			}
+		}
+	}
+}
+
+// TestBreakdownHiddenEntries: pods' own records of translations lbpath
+// could not see count as entries and as external traffic with the client
+// IP kept, but not in the cross-node share (their entry node is unknown),
+// and the PATH section says what they mean.
+func TestBreakdownHiddenEntries(t *testing.T) {
+	b := newBreakdown()
+	rec := func(v float64, kv ...string) { b.add(metricOf(kv...), v) }
+	rec(30, lRole, "server", lEntry, "external_not_visible", lSNAT, "false", lCross, "false", lOutcome, "ok")
+	rec(10, lRole, "server", lEntry, "nodeport", lEntryNode, "node-a", lSNAT, "false", lCross, "true", lOutcome, "ok")
+	rec(5, lRole, "server", lEntry, "unknown", lSNAT, "false", lCross, "false", lOutcome, "ok")
+	if b.entries["external_not_visible"] != 30 || b.entries["unknown"] != 5 || b.entryTotal != 45 {
+		t.Errorf("entries %v total %v", b.entries, b.entryTotal)
+	}
+	if b.external != 40 || b.snatShare() != 0 {
+		t.Errorf("external %v SNAT %v: want 40 external, client IP kept", b.external, b.snatShare())
+	}
+	if got := b.crossShare(); got != 1 {
+		t.Errorf("cross-node share %v, want 1 (10 of the 10 with a known entry node)", got)
+	}
+	var out bytes.Buffer
+	renderHiddenEntries(&out, []EntryCount{{Entry: "external_not_visible", Conns: 30}, {Entry: "unknown", Conns: 5}}, 20)
+	for _, want := range []string{"30 connections entered from outside through a translation lbpath cannot see",
+		"TC/XDP eBPF NodePort", "5 connections from outside reached the pods' own addresses", "--isolated-pod-network"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("PATH notes lack %q:\n%s", want, out.String())
 		}
 	}
 }

@@ -130,11 +130,16 @@ func matchers(kv ...string) string {
 // whichever is there; with agents of both kinds behind one Service the
 // native answer wins for the label sets both have.
 func latencyQuantile(q, by, sel, w string) string {
-	native := fmt.Sprintf(`histogram_quantile(%s, sum(rate(%s{%s}[%s])))`, q, mReqDuration, sel, w)
-	classic := fmt.Sprintf(`histogram_quantile(%s, sum by (le) (rate(%s_bucket{%s}[%s])))`, q, mReqDuration, sel, w)
+	return quantileOf(mReqDuration, q, by, sel, w)
+}
+
+// quantileOf is latencyQuantile for any latency histogram m.
+func quantileOf(m, q, by, sel, w string) string {
+	native := fmt.Sprintf(`histogram_quantile(%s, sum(rate(%s{%s}[%s])))`, q, m, sel, w)
+	classic := fmt.Sprintf(`histogram_quantile(%s, sum by (le) (rate(%s_bucket{%s}[%s])))`, q, m, sel, w)
 	if by != "" {
-		native = fmt.Sprintf(`histogram_quantile(%s, sum by (%s) (rate(%s{%s}[%s])))`, q, by, mReqDuration, sel, w)
-		classic = fmt.Sprintf(`histogram_quantile(%s, sum by (%s, le) (rate(%s_bucket{%s}[%s])))`, q, by, mReqDuration, sel, w)
+		native = fmt.Sprintf(`histogram_quantile(%s, sum by (%s) (rate(%s{%s}[%s])))`, q, by, m, sel, w)
+		classic = fmt.Sprintf(`histogram_quantile(%s, sum by (%s, le) (rate(%s_bucket{%s}[%s])))`, q, by, m, sel, w)
 	}
 	return native + " or " + classic
 }

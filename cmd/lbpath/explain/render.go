@@ -194,6 +194,7 @@ func (r *Report) Render(out io.Writer) error {
 			fmt.Fprintf(&b, "  %-*s  %s\n", ew, "entry nodes", strings.Join(parts, " · "))
 		}
 		fmt.Fprintf(&b, "  %-*s  %s took an extra node hop\n", ew, "cross-node", percent(r.CrossNode))
+		renderHiddenEntries(&b, r.Entries, ew)
 		switch {
 		case r.External > 0:
 			fmt.Fprintf(&b, "  %-*s  %s of %s connections SNATed\n", ew, "client IP", percent(r.SNAT), r.externalName())
@@ -231,6 +232,7 @@ func (r *Report) Render(out io.Writer) error {
 	}
 
 	r.renderSignals(&b) // lbsignals.go
+	r.renderIngress(&b) // ingress.go
 
 	for _, d := range r.Deploys {
 		fmt.Fprintf(&b, "\nDEPLOY %s  latest rollout %s (from %s), %s ago\n", d.Deployment, orDash(d.After.Hash), orDash(d.Before.Hash), ago(d.Since))
@@ -272,4 +274,20 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
+}
+
+// renderHiddenEntries says what the entries of translations lbpath could
+// not see mean (docs/TELEMETRY.md, nat_not_visible).
+func renderHiddenEntries(b *bytes.Buffer, entries []EntryCount, ew int) {
+	for _, e := range entries {
+		switch e.Entry {
+		case entryNotVisible:
+			fmt.Fprintf(b, "  %-*s  %s connections entered from outside through a translation lbpath cannot see\n", ew, e.Entry, count(e.Conns))
+			fmt.Fprintf(b, "  %-*s  (TC/XDP eBPF NodePort or load balancer, DSR): entry node and extra hop unknown\n", ew, "")
+		case entryUnknown:
+			fmt.Fprintf(b, "  %-*s  %s connections from outside reached the pods' own addresses untranslated here:\n", ew, e.Entry, count(e.Conns))
+			fmt.Fprintf(b, "  %-*s  dialled directly or translated out of sight; if pod IPs are unreachable from\n", ew, "")
+			fmt.Fprintf(b, "  %-*s  outside, run the agents with --isolated-pod-network to tell\n", ew, "")
+		}
+	}
 }

@@ -32,8 +32,9 @@ type extSpan struct {
 	from, to time.Time // to is zero while the last answer still held it
 }
 
-// ExternalNameStats counts the resolver's work. Ambiguous counts lookups
-// of an address that several Services resolved to at once (left unnamed).
+// ExternalNameStats counts the resolver's work. Ambiguous counts
+// connections to an address that several Services resolved to at once
+// (left unnamed); the path pipeline counts each connection once.
 type ExternalNameStats struct {
 	Lookups, Errors, Skipped, Ambiguous atomic.Uint64
 }
@@ -92,24 +93,28 @@ func (x *Index) pruneExt(tl []extSpan, now time.Time) []extSpan {
 }
 
 // ExternalNameAt names the ExternalName Service whose externalName the
-// agent had resolved to ip at t (within the index's slack). Several
-// Services holding ip at t are ambiguous: none is returned and
-// ExternalNames.Ambiguous counts it.
-func (x *Index) ExternalNameAt(ip netip.Addr, t time.Time) (*Service, bool) {
+// agent had resolved to ip at t (within the index's slack). n is how many
+// Services held ip at t: with several, the address is ambiguous and s is
+// nil. It counts nothing: a connection is named several times while it
+// waits for metadata, so the caller counts an ambiguous connection once
+// (ExternalNames.Ambiguous, agent/path Pipeline).
+func (x *Index) ExternalNameAt(ip netip.Addr, t time.Time) (s *Service, n int) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	var found *Service
+	var keys []string
 	for _, sp := range x.extByIP[ip.Unmap()] {
 		if t.Before(sp.from.Add(-x.cfg.Slack)) || (!sp.to.IsZero() && !t.Before(sp.to.Add(x.cfg.Slack))) {
 			continue
 		}
-		if found != nil && found.Key() != sp.svc.Key() {
-			x.ExternalNames.Ambiguous.Add(1)
-			return nil, false
+		if k := sp.svc.Key(); !slices.Contains(keys, k) {
+			keys = append(keys, k)
 		}
-		found = sp.svc
+		s = sp.svc
 	}
-	return found, found != nil
+	if len(keys) > 1 {
+		return nil, len(keys)
+	}
+	return s, len(keys)
 }
 
 // externalNameChanged closes the resolved addresses of old when s (nil:

@@ -59,21 +59,22 @@ func TestExternalNameIndexTimeRanges(t *testing.T) {
 		want bool
 	}{{a1, 5, false}, {a1, 11, true}, {a1, 50, true}, {a1, 69, true}, {a1, 71, false}, {a1, 85, false},
 		{a2, 60, false}, {a2, 71, true}, {a2, 99, true}, {a2, 101, false}} {
-		s, ok := x.ExternalNameAt(tc.ip, at(tc.sec))
-		if ok != tc.want || (ok && s.Key() != "shop/db") {
+		s, n := x.ExternalNameAt(tc.ip, at(tc.sec))
+		if ok := n == 1; ok != tc.want || (ok && s.Key() != "shop/db") {
 			t.Errorf("%v t=%ds: got %v %v, want %v", tc.ip, tc.sec, s, ok, tc.want)
 		}
 	}
 	// A ClusterIP Service is no ExternalName: nothing to resolve.
 	x.SetService(&Service{Namespace: "shop", Name: "web", Type: "ClusterIP"}, at(110))
 	x.SetExternalNameAddrs("shop/web", "", []netip.Addr{a1}, at(110))
-	if _, ok := x.ExternalNameAt(a1, at(111)); ok {
+	if _, n := x.ExternalNameAt(a1, at(111)); n != 0 {
 		t.Error("a ClusterIP Service was given resolved addresses")
 	}
 }
 
-// Two Services resolving to one address at once: neither is named, the
-// lookup is counted as ambiguous; once one stops, the other is named.
+// Two Services resolving to one address at once: neither is named and the
+// lookup says there are two (the pipeline counts the connection); once one
+// stops, the other is named.
 func TestExternalNameAmbiguous(t *testing.T) {
 	x := NewIndex(IndexConfig{Slack: 500 * time.Millisecond})
 	a := netip.MustParseAddr("2001:db8::5")
@@ -81,18 +82,15 @@ func TestExternalNameAmbiguous(t *testing.T) {
 	x.SetService(extSvc("b", "db", "db.b.test"), at(0))
 	x.SetExternalNameAddrs("a/db", "db.a.test", []netip.Addr{a}, at(1))
 	x.SetExternalNameAddrs("b/db", "db.b.test", []netip.Addr{a}, at(2))
-	if s, ok := x.ExternalNameAt(a, at(1)); !ok || s.Key() != "a/db" {
-		t.Errorf("before b resolved: %v %v, want a/db", s, ok)
+	if s, n := x.ExternalNameAt(a, at(1)); n != 1 || s.Key() != "a/db" {
+		t.Errorf("before b resolved: %v %d, want a/db", s, n)
 	}
-	if s, ok := x.ExternalNameAt(a, at(10)); ok {
-		t.Errorf("ambiguous address named %v", s.Key())
-	}
-	if n := x.ExternalNames.Ambiguous.Load(); n != 1 {
-		t.Errorf("Ambiguous = %d, want 1", n)
+	if s, n := x.ExternalNameAt(a, at(10)); s != nil || n != 2 {
+		t.Errorf("ambiguous address: named %v, %d Services, want none of 2", s, n)
 	}
 	x.SetExternalNameAddrs("a/db", "db.a.test", nil, at(20))
-	if s, ok := x.ExternalNameAt(a, at(30)); !ok || s.Key() != "b/db" {
-		t.Errorf("after a moved away: %v %v, want b/db", s, ok)
+	if s, n := x.ExternalNameAt(a, at(30)); n != 1 || s.Key() != "b/db" {
+		t.Errorf("after a moved away: %v %d, want b/db", s, n)
 	}
 }
 
@@ -111,14 +109,14 @@ func TestResolveExternalNames(t *testing.T) {
 	}()
 	defer func() { cancel(); <-done }()
 	x.SetService(extSvc("shop", "db", "db.example.test"), time.Now())
-	waitFor(t, func() bool { _, ok := x.ExternalNameAt(a, time.Now()); return ok })
+	waitFor(t, func() bool { _, n := x.ExternalNameAt(a, time.Now()); return n == 1 })
 
 	res.mu.Lock()
 	res.errs["db.example.test"] = errors.New("i/o timeout")
 	res.mu.Unlock()
 	x.SetService(extSvc("shop", "zz", "zz.example.test"), time.Now()) // wakes a round; past Max
 	waitFor(t, func() bool { return x.ExternalNames.Errors.Load() == 1 && x.ExternalNames.Skipped.Load() >= 1 })
-	if _, ok := x.ExternalNameAt(a, time.Now()); !ok {
+	if _, n := x.ExternalNameAt(a, time.Now()); n != 1 {
 		t.Error("a temporary error dropped the last answer")
 	}
 	res.mu.Lock()
@@ -127,7 +125,7 @@ func TestResolveExternalNames(t *testing.T) {
 	x.SetService(extSvc("shop", "zz", "zz2.example.test"), time.Now())
 	waitFor(t, func() bool { return x.ExternalNames.Errors.Load() == 2 })
 	time.Sleep(5 * time.Millisecond) // past the slack
-	if _, ok := x.ExternalNameAt(a, time.Now()); ok {
+	if _, n := x.ExternalNameAt(a, time.Now()); n != 0 {
 		t.Error("NXDOMAIN kept the address named")
 	}
 }

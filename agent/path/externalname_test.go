@@ -47,3 +47,39 @@ func TestExternalNameNamesResolvedAddress(t *testing.T) {
 		}
 	}
 }
+
+// A pod's connection to an address two ExternalName Services resolved to
+// waits for metadata (its server could be a pod not yet known) and is
+// named again on every tick: it is emitted unnamed and counted once, and
+// a connection to one Service's own address is named and not counted.
+func TestExternalNameAmbiguousCountedOnce(t *testing.T) {
+	now := time.Now()
+	pl, paths, _, _ := pipelineAt(t, now)
+	x := pl.namer.idx
+	shared, own := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("198.51.100.8")
+	for _, ns := range []string{"a", "b"} {
+		x.SetService(&kube.Service{Namespace: ns, Name: "db", Type: "ExternalName", ExternalName: "db." + ns + ".test"}, now.Add(-time.Hour))
+	}
+	x.SetExternalNameAddrs("a/db", "db.a.test", []netip.Addr{shared, own}, now.Add(-time.Minute))
+	x.SetExternalNameAddrs("b/db", "db.b.test", []netip.Addr{shared}, now.Add(-time.Minute))
+	for i, dst := range []netip.Addr{shared, own, shared} {
+		c := conn(flow.RoleClient, ap(podA, uint16(41000+i)), ap(dst, 5432))
+		c.Start, c.End = now, now
+		pl.Connection(&c)
+	}
+	for at := 1100 * time.Millisecond; at <= 3100*time.Millisecond; at += 100 * time.Millisecond {
+		pl.Tick(now.Add(at))
+	}
+	if len(*paths) != 3 || pl.Waiting() != 0 {
+		t.Fatalf("emitted %d, waiting %d; want 3 and 0", len(*paths), pl.Waiting())
+	}
+	for _, p := range *paths {
+		named := p.Service != nil && p.Service.Key() == "a/db" && p.Entry == kube.EntryExternalName
+		if want := p.Conn.Target.Addr() == own; named != want || p.ExternalNameAmbiguous == want {
+			t.Errorf("%v: service %v entry %q ambiguous %v", p.Conn.Target, p.Service, p.Entry, p.ExternalNameAmbiguous)
+		}
+	}
+	if n := x.ExternalNames.Ambiguous.Load(); n != 2 {
+		t.Errorf("Ambiguous = %d, want 2 (one per connection)", n)
+	}
+}

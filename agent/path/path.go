@@ -93,6 +93,10 @@ type Path struct {
 	// ServiceSource is how Service was named when it was not from an
 	// address the cluster translates: ServiceSourceExternalName.
 	ServiceSource string
+	// ExternalNameAmbiguous: several ExternalName Services resolved to
+	// the dialled address, so none is named; the pipeline counts the
+	// connection once when it is emitted (kube ExternalNames.Ambiguous).
+	ExternalNameAmbiguous bool
 	// Ingress names the proxy hop when the client is an ingress proxy
 	// pod and Service a backend its Ingress routes to.
 	Ingress *kube.IngressHop
@@ -266,8 +270,11 @@ func (n *Namer) externalName(p *Path, at time.Time) {
 	if _, ok := n.idx.NodeAt(c.Target.Addr(), at); ok {
 		return
 	}
-	if s, ok := n.idx.ExternalNameAt(c.Target.Addr(), at); ok {
+	switch s, k := n.idx.ExternalNameAt(c.Target.Addr(), at); {
+	case k == 1:
 		p.Service, p.Entry, p.ServiceSource = s, kube.EntryExternalName, ServiceSourceExternalName
+	case k > 1:
+		p.ExternalNameAmbiguous = true
 	}
 }
 

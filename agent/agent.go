@@ -420,6 +420,12 @@ func (a *Agent) Drops() []exporter.Drop {
 			// A Service annotation lbpath could not use: its setting is
 			// lost (the agent's applies), counted once per value.
 			exporter.Drop{Stage: "metadata", Reason: "bad_annotation", Count: a.watcher.BadAnnotations.Load()},
+			// ExternalName Services: failed lookups (the last answer is
+			// kept), names past the per-round bound, and lookups of an
+			// address several Services resolved to (left unnamed).
+			exporter.Drop{Stage: "metadata", Reason: "externalname_lookup_failed", Count: a.watcher.Index.ExternalNames.Errors.Load()},
+			exporter.Drop{Stage: "metadata", Reason: "externalname_skipped", Count: a.watcher.Index.ExternalNames.Skipped.Load()},
+			exporter.Drop{Stage: "metadata", Reason: "externalname_ambiguous", Count: a.watcher.Index.ExternalNames.Ambiguous.Load()},
 			// Ingress routes unknown (RBAC or API): proxy hops unnamed.
 			exporter.Drop{Stage: "metadata", Reason: "ingress_watch_error", Count: a.watcher.IngressErrors.Load()},
 		)

@@ -476,6 +476,10 @@ func (e *Exporter) spanAttrs(p *path.Path) []attribute.KeyValue {
 	if p.EntryNode != "" {
 		a = append(a, attribute.String("lbpath.entry_node", p.EntryNode))
 	}
+	if p.ServiceSource != "" {
+		// Named from the agent's DNS lookup, not a translation.
+		a = append(a, attribute.String("lbpath.service_source", p.ServiceSource))
+	}
 	if p.Client.Node != nil && p.Client.NodeAddr != "" {
 		// Which node the client address is, and how lbpath knows (a
 		// tunnel address on an overlay is no InternalIP).

@@ -52,9 +52,14 @@ func startHTTPServer(pod *Pod, delay time.Duration) (*podServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen in pod %s: %w", pod.Name, err)
 	}
+	return serveHTTP(ln, pod.Name, delay), nil
+}
+
+// serveHTTP serves the pods' handler, answering as name, on ln.
+func serveHTTP(ln net.Listener, name string, delay time.Duration) *podServer {
 	ps := &podServer{
 		srv: &http.Server{
-			Handler:           podhttp.Handler(pod.Name, delay),
+			Handler:           podhttp.Handler(name, delay),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 		},
@@ -64,7 +69,7 @@ func startHTTPServer(pod *Pod, delay time.Duration) (*podServer, error) {
 		defer close(ps.done)
 		_ = ps.srv.Serve(ln) // always returns ErrServerClosed after stop
 	}()
-	return ps, nil
+	return ps
 }
 
 // stop closes the listener and all connections and waits until the serving

@@ -72,6 +72,8 @@ type IndexStats struct {
 type Index struct {
 	cfg   IndexConfig
 	Stats IndexStats
+	// ExternalNames counts the externalName resolver (externalname.go).
+	ExternalNames ExternalNameStats
 
 	mu         sync.RWMutex
 	podByIP    map[netip.Addr]timeline[*Pod]
@@ -90,6 +92,8 @@ type Index struct {
 	rsToDeploy map[string]string          // namespace/replicaset → deployment
 	byUID      map[string]uidEntry        // pod UID → pod, deleted ones for History (uid.go)
 	uidPruned  time.Time
+	extByIP    map[netip.Addr][]extSpan // resolved externalName addresses (externalname.go)
+	extWake    chan struct{}            // a new externalName to resolve now
 }
 
 // svcEndpoint is one endpoint of a Service as an EndpointSlice lists it.
@@ -126,6 +130,7 @@ func NewIndex(cfg IndexConfig) *Index {
 		svcByNP: map[protoPort]timeline[*Service]{}, svcByHC: map[uint16]timeline[*Service]{}, epByAddr: map[protoAddr]timeline[*svcEndpoint]{},
 		pods: map[string]*Pod{}, nodes: map[string]*Node{}, svcs: map[string]*Service{},
 		slices: map[string][]*svcEndpoint{}, svcSlices: map[string]map[string]bool{}, sliceSvc: map[string]string{}, rsToDeploy: map[string]string{},
+		extByIP: map[netip.Addr][]extSpan{}, extWake: make(chan struct{}, 1),
 	}
 }
 
@@ -319,6 +324,7 @@ func svcAddrs(s *Service) (addrs []protoAddr, nodePorts []protoPort) {
 func (x *Index) SetService(s *Service, now time.Time) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	x.externalNameChanged(x.svcs[s.Key()], s, now)
 	if old := x.svcs[s.Key()]; old != nil {
 		if s.LBPending() && !old.LBPendingSince.IsZero() {
 			s.LBPendingSince = old.LBPendingSince
@@ -366,6 +372,7 @@ func (x *Index) DeleteService(namespace, name string, now time.Time) {
 	if old := x.svcs[namespace+"/"+name]; old != nil {
 		delete(x.svcs, old.Key())
 		x.closeService(old, now)
+		x.externalNameChanged(old, nil, now)
 	}
 }
 
@@ -608,5 +615,5 @@ func (x *Index) Sizes() (pods, services, nodes, keys int) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	return len(x.pods), len(x.svcs), len(x.nodes),
-		len(x.podByIP) + len(x.hostPort) + len(x.nodeByIP) + len(x.svcByAddr) + len(x.svcByNP) + len(x.svcByHC) + len(x.epByAddr)
+		len(x.podByIP) + len(x.hostPort) + len(x.nodeByIP) + len(x.svcByAddr) + len(x.svcByNP) + len(x.svcByHC) + len(x.epByAddr) + len(x.extByIP)
 }

@@ -35,6 +35,9 @@ type Config struct {
 	// GatewayRecheck is how often the agent asks whether the Gateway API
 	// is served while its CRDs are absent; default a minute.
 	GatewayRecheck time.Duration
+	// ExternalNameResolver is the DNS server (host:port) the agent asks
+	// for ExternalName Services' names; empty means the system resolver.
+	ExternalNameResolver string
 }
 
 // RESTConfig builds the client configuration: the kubeconfig when given,
@@ -143,6 +146,7 @@ type Watcher struct {
 
 	annMu     sync.Mutex
 	annLogged map[string]string // Service key → the errors last logged
+	extCfg    ExternalNameConfig
 
 	// Ingress holds IngressClasses and Ingresses (ingress.go);
 	// IngressErrors counts their failed list/watch cycles.
@@ -153,6 +157,13 @@ type Watcher struct {
 	gatewayWatching atomic.Bool
 }
 
+func externalNameConfig(cfg Config) ExternalNameConfig {
+	if cfg.ExternalNameResolver == "" {
+		return ExternalNameConfig{}
+	}
+	return ExternalNameConfig{Resolver: NewDNSResolver(cfg.ExternalNameResolver)}
+}
+
 // NewWatcher prepares informers for Pods, Nodes, Services, EndpointSlices
 // and ReplicaSets, cluster-wide. Pods are watched cluster-wide, not only this
 // node's: a connection's client is often a pod on another node, and after the
@@ -161,7 +172,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &Watcher{Index: NewIndex(cfg.Index), log: log, Ingress: NewIngresses(),
+	w := &Watcher{Index: NewIndex(cfg.Index), log: log, extCfg: externalNameConfig(cfg), Ingress: NewIngresses(),
 		factory: informers.NewSharedInformerFactoryWithOptions(cs, cfg.Resync, informers.WithTransform(strip))}
 	add := func(resource string, inf cache.SharedIndexInformer, h cache.ResourceEventHandlerFuncs) error {
 		if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
@@ -255,6 +266,7 @@ func NewWatcher(cs kubernetes.Interface, cfg Config, log *slog.Logger) (*Watcher
 // connections that cannot be named yet wait a bounded time in agent/path.
 func (w *Watcher) Run(ctx context.Context) {
 	w.factory.Start(ctx.Done())
+	go w.Index.ResolveExternalNames(ctx, w.extCfg, w.log)
 	// The initial lists of a large cluster leave tens of MiB of decoded
 	// garbage; return it to the kernel once instead of keeping it in RSS
 	// until the runtime's slow background scavenger gets to it.
@@ -352,6 +364,7 @@ func strip(o any) (any, error) {
 		s.Spec.ClusterIP = v.Spec.ClusterIP
 		s.Spec.Ports = v.Spec.Ports
 		s.Spec.ExternalIPs = v.Spec.ExternalIPs
+		s.Spec.ExternalName = v.Spec.ExternalName
 		s.Spec.ExternalTrafficPolicy = v.Spec.ExternalTrafficPolicy
 		s.Spec.HealthCheckNodePort = v.Spec.HealthCheckNodePort
 		s.Status.LoadBalancer = v.Status.LoadBalancer
@@ -511,6 +524,9 @@ func ServiceFrom(v *corev1.Service) *Service {
 		if a := parseIP(ip); a.IsValid() {
 			s.ExternalIPs = append(s.ExternalIPs, a)
 		}
+	}
+	if v.Spec.Type == corev1.ServiceTypeExternalName {
+		s.ExternalName = v.Spec.ExternalName
 	}
 	s.AnnotationErrors = samplingAnnotations(s, v.Annotations)
 	return s

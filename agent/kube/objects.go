@@ -135,9 +135,12 @@ type protoPort struct {
 // Service is the stripped view of a Service.
 type Service struct {
 	Namespace, Name string
-	Type            string // ClusterIP, NodePort, LoadBalancer
-	ClusterIPs      []netip.Addr
-	Ports           []ServicePort
+	Type            string // ClusterIP, NodePort, LoadBalancer, ExternalName
+	// ExternalName is spec.externalName of a Service of type
+	// ExternalName: a DNS name the agent resolves itself (externalname.go).
+	ExternalName string
+	ClusterIPs   []netip.Addr
+	Ports        []ServicePort
 	// LBIngress are status.loadBalancer.ingress IPs.
 	LBIngress []netip.Addr
 	// LBHostnames are status.loadBalancer.ingress hostnames: a load
@@ -193,6 +196,10 @@ const (
 	// EntryExternalIP is a connection to one of the Service's
 	// spec.externalIPs (no load balancer is involved).
 	EntryExternalIP Entry = "externalip"
+	// EntryExternalName is a connection to an address the Service's
+	// spec.externalName resolved to when the agent last asked: a DNS
+	// name, not a translation (no ClusterIP, no NAT).
+	EntryExternalName Entry = "externalname"
 	// EntryExternalNotVisible: the pod was reached from outside the
 	// cluster through a translation lbpath proved but could not see
 	// (a TC/XDP eBPF NodePort or load balancer, DSR): one of the

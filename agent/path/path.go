@@ -90,10 +90,22 @@ type Path struct {
 	// NATNotVisible is the reason of the nat_not_visible diagnosis, ""
 	// when it does not apply (natvisible.go).
 	NATNotVisible string
+	// ServiceSource is how Service was named when it was not from an
+	// address the cluster translates: ServiceSourceExternalName.
+	ServiceSource string
+	// ExternalNameAmbiguous: several ExternalName Services resolved to
+	// the dialled address, so none is named; the pipeline counts the
+	// connection once when it is emitted (kube ExternalNames.Ambiguous).
+	ExternalNameAmbiguous bool
 	// Ingress names the proxy hop when the client is an ingress proxy
 	// pod and Service a backend its Ingress routes to.
 	Ingress *kube.IngressHop
 }
+
+// ServiceSourceExternalName: Service is an ExternalName Service whose
+// externalName the agent resolved to the dialled address; the pod's own
+// lookup is not seen (no NAT, no proof the pod asked that name).
+const ServiceSourceExternalName = "externalname_resolved"
 
 // Config tunes the diagnoses.
 type Config struct {
@@ -200,6 +212,7 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 		p.PodNode = c.Node
 	}
 
+	n.externalName(&p, at)
 	// Client: what the pod side saw, unless a NAT record says more.
 	p.Client = n.peer(c.Client, at)
 	p.Class, complete = n.classify(&p, late)
@@ -244,6 +257,25 @@ func (n *Namer) name(c *flow.Connection, late bool) (p Path, complete bool) {
 		n.Stats.PodUnknown.Add(1)
 	}
 	return p, complete
+}
+
+// externalName names the ExternalName Service of a connection dialled,
+// untranslated, to an address no pod, node or Service address holds but an
+// externalName resolved to (kube/externalname.go).
+func (n *Namer) externalName(p *Path, at time.Time) {
+	c := &p.Conn
+	if p.Service != nil || p.Pod != nil || c.Target != c.PodDst || c.Role == flow.RoleReject {
+		return
+	}
+	if _, ok := n.idx.NodeAt(c.Target.Addr(), at); ok {
+		return
+	}
+	switch s, k := n.idx.ExternalNameAt(c.Target.Addr(), at); {
+	case k == 1:
+		p.Service, p.Entry, p.ServiceSource = s, kube.EntryExternalName, ServiceSourceExternalName
+	case k > 1:
+		p.ExternalNameAmbiguous = true
+	}
 }
 
 // protoOf is the Service port protocol of a record's transport ("" is
@@ -295,7 +327,8 @@ func (n *Namer) diagnose(p *Path) {
 	if p.Conn.Outcome == flow.OutcomeRefused {
 		add(DiagRefused, "connection to %v refused", p.EntryAddr)
 	}
-	if p.Service != nil {
+	if p.Service != nil && p.Service.ExternalName == "" {
+		// An ExternalName Service has no endpoints by design.
 		all, onEntry := n.idx.ReadyEndpoints(p.Service.Key(), p.EntryNode)
 		if all == 0 {
 			add(DiagNoReadyEndpoints, "%s has no ready endpoints", svcName)

@@ -83,7 +83,19 @@ func NewPipeline(n *Namer, cfg PipelineConfig, emit func(*Path), req func(*Reque
 	if cfg.Settle == 0 {
 		cfg.Settle = time.Second
 	}
-	return &Pipeline{namer: n, cfg: cfg, emit: emit, req: req}
+	return &Pipeline{namer: n, cfg: cfg, emit: countAmbiguous(n, emit), req: req}
+}
+
+// countAmbiguous counts each emitted connection left unnamed because
+// several ExternalName Services resolved to its address: once, here, as a
+// connection waiting for metadata is named again on every tick.
+func countAmbiguous(n *Namer, emit func(*Path)) func(*Path) {
+	return func(p *Path) {
+		if p.ExternalNameAmbiguous {
+			n.idx.ExternalNames.Ambiguous.Add(1)
+		}
+		emit(p)
+	}
 }
 
 // Namer returns the namer (for inventory and stats).

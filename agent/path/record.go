@@ -42,6 +42,9 @@ type Record struct {
 	// NATNotVisible is the reason lbpath proved a Service translation it
 	// could not see (diagnosis nat_not_visible).
 	NATNotVisible string `json:"nat_not_visible,omitempty"`
+	// ServiceSource is externalname_resolved when Service is an
+	// ExternalName Service named from the agent's own DNS lookup.
+	ServiceSource string `json:"service_source,omitempty"`
 	// Ingress names the ingress proxy hop (Path.Ingress).
 	Ingress *kube.IngressHop `json:"ingress,omitempty"`
 }
@@ -51,7 +54,7 @@ func (p *Path) Record() Record {
 	r := Record{Connection: p.Conn, Entry: string(p.Entry), EntryNode: p.EntryNode, PodNode: p.PodNode,
 		PodZone: p.PodZone, ClientKind: string(p.Client.Kind), ClientLost: p.Client.Lost, CrossNode: p.CrossNode,
 		NotReady: !p.EndpointReady, Terminating: p.EndpointTerminating, Diagnoses: p.Diagnoses, Class: p.Class,
-		NATNotVisible: p.NATNotVisible, Ingress: p.Ingress}
+		NATNotVisible: p.NATNotVisible, ServiceSource: p.ServiceSource, Ingress: p.Ingress}
 	r.SNAT = p.SNAT
 	r.PodSource, r.PodIPDisagrees = p.PodSource, p.PodIPDisagrees
 	if p.Service != nil {

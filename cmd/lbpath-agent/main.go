@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -75,6 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Var(&scope, "pod-cidr", "limit socket records to pods in this CIDR and the node's own namespace (repeatable; for nodes sharing one kernel); \"node\": this node's spec.podCIDRs from the API server")
 	output := fs.String("output", "jsonl", "record output: jsonl (one record per line on stdout) or none")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig path (outside a cluster)")
+	extResolver := fs.String("externalname-resolver", "", "DNS server host:port that resolves ExternalName Services' names (default: the system resolver)")
 	noKube := fs.Bool("no-kube", false, "do not name connections from the API server")
 	inCluster := os.Getenv("KUBERNETES_SERVICE_HOST") != ""
 	fs.DurationVar(&cfg.Metadata.MetadataWait, "metadata-wait", 2*time.Second, "how long a connection waits for its pod's metadata")
@@ -168,7 +170,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if !*noKube && (*kubeconfig != "" || inCluster) {
-		cfg.Kube = &kube.Config{Kubeconfig: *kubeconfig}
+		cfg.Kube = &kube.Config{Kubeconfig: *kubeconfig, ExternalNameResolver: *extResolver}
+	}
+	if *extResolver != "" {
+		if _, _, err := net.SplitHostPort(*extResolver); err != nil {
+			fmt.Fprintf(stderr, "lbpath-agent: externalname-resolver: %q is not host:port: %v\n", *extResolver, err)
+			return 2
+		}
 	}
 	if *rb > 1<<31 {
 		fmt.Fprintf(stderr, "lbpath-agent: ring-buffer-bytes: %d is too large\n", *rb)

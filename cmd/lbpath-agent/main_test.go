@@ -31,6 +31,7 @@ func FuzzFlags(f *testing.F) {
 // TestSamplingFlags: a probability outside [0, 1], a word, a negative or
 // unit-less threshold exit 2 naming the flag; valid values (decimal and
 // fraction) pass the flag stage (the run then stops at the bad --output).
+// An --externalname-resolver that is not host:port exits 2 the same way.
 func TestSamplingFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -43,6 +44,7 @@ func TestSamplingFlags(t *testing.T) {
 		{[]string{"--span-sampling", "1/0"}, "span-sampling"},
 		{[]string{"--slow-threshold", "-1s"}, "slow-threshold"},
 		{[]string{"--slow-threshold", "5"}, "slow-threshold"},
+		{[]string{"--externalname-resolver", "10.0.0.53"}, "externalname-resolver"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(tc.args, &out, &errb); code != 2 || !strings.Contains(errb.String(), tc.flag) {

@@ -59,6 +59,11 @@ type Options struct {
 	// Names tunes each agent's naming and diagnoses (path.Config; the
 	// node and its addresses are set per agent).
 	Names path.Config
+	// ExternalNameResolver is the DNS server (host:port) the agents
+	// resolve ExternalName Services' externalName with, as the agent's
+	// --externalname-resolver; empty means the system resolver. Only
+	// with Kubeconfig.
+	ExternalNameResolver string
 }
 
 // Start runs an agent for every node of cl. Each agent attaches to its
@@ -73,7 +78,8 @@ func Start(cl *testbed.Cluster, opt Options, log *slog.Logger) (*Set, error) {
 		cfg := agent.Config{Node: n.Name, Netns: n.Netns, Scope: scope(cl, n, opt.PodCIDRScope), Flow: opt.Flow,
 			Metadata: opt.Metadata, Export: opt.Export, UDP: opt.UDP, Path: opt.Names}
 		if opt.Kubeconfig != "" {
-			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig, GatewayRecheck: opt.GatewayRecheck}
+			cfg.Kube = &kube.Config{Kubeconfig: opt.Kubeconfig, GatewayRecheck: opt.GatewayRecheck,
+				ExternalNameResolver: opt.ExternalNameResolver}
 		}
 		a, err := agent.New(cfg, log, agent.Outputs{Connection: s.add, Path: opt.Path, Request: opt.Request})
 		if err != nil {

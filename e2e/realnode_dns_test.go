@@ -201,9 +201,7 @@ func (r *realNode) checkDNSSpans(ctx context.Context, t *testing.T, exps []udpEx
 		missing = missing[:0]
 		traces := spansByTrace(r.sink.Spans())
 		for _, e := range exps {
-			if tr, srv := udpServerSpan(traces, e.res); srv != nil {
-				checkDNSSpan(t, e, dnsNode[e.res.Pod], tr, srv)
-			} else {
+			if _, srv := udpServerSpan(traces, e.res); srv == nil {
 				missing = append(missing, e)
 			}
 		}
@@ -214,6 +212,11 @@ func (r *realNode) checkDNSSpans(ctx context.Context, t *testing.T, exps []udpEx
 	})
 	if err != nil {
 		t.Fatalf("spans: %v (first missing: %+v)", err, missing[0].res)
+	}
+	traces := spansByTrace(r.sink.Spans())
+	for _, e := range exps {
+		tr, srv := udpServerSpan(traces, e.res)
+		checkDNSSpan(t, e, dnsNode[e.res.Pod], tr, srv)
 	}
 	if t.Failed() {
 		t.FailNow()

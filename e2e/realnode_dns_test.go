@@ -192,35 +192,86 @@ func dnsDelta(before, after map[string]float64) map[string]float64 {
 	return out
 }
 
-// checkDNSSpans waits for every flow's server span and compares it, and
-// its trace, with what the client sent and was answered.
+// checkDNSSpans waits for every flow's spans, then compares them with what
+// the client sent and was answered. A flow's spans come from two agents
+// when the CoreDNS pod is on the other node (the server span from the
+// pod's, the ClusterIP entry from the client's), each exporting on its own
+// schedule: the wait is for both, and only the comparison decides.
 func (r *realNode) checkDNSSpans(ctx context.Context, t *testing.T, exps []udpExp, dnsNode map[string]string) {
 	t.Helper()
 	var missing []udpExp
+	// When each flow's server span and its entry span were first seen: the
+	// log shows how far apart the two agents' exports arrive.
+	srvAt, entryAt := map[int]time.Duration{}, map[int]time.Duration{}
+	start := time.Now()
 	err := poll(ctx, 60*time.Second, func() error {
 		missing = missing[:0]
 		traces := spansByTrace(r.sink.Spans())
-		for _, e := range exps {
-			if _, srv := udpServerSpan(traces, e.res); srv == nil {
+		for i, e := range exps {
+			tr, s := udpServerSpan(traces, e.res)
+			if _, seen := srvAt[i]; s != nil && !seen {
+				srvAt[i] = time.Since(start)
+			}
+			if _, seen := entryAt[i]; s != nil && hasDNSEntry(tr, e) && !seen {
+				entryAt[i] = time.Since(start)
+			}
+			if s == nil || !hasDNSEntry(tr, e) {
 				missing = append(missing, e)
 			}
 		}
 		if len(missing) > 0 {
-			return fmt.Errorf("%d of %d flows have no server span yet", len(missing), len(exps))
+			return fmt.Errorf("%d of %d flows lack their server or ClusterIP entry span (%d server spans)", len(missing), len(exps), len(srvAt))
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatalf("spans: %v (first missing: %+v)", err, missing[0].res)
-	}
+	logSpanArrival(t, exps, dnsNode, srvAt, entryAt, err)
 	traces := spansByTrace(r.sink.Spans())
 	for _, e := range exps {
 		tr, srv := udpServerSpan(traces, e.res)
+		if srv == nil {
+			t.Errorf("query %v→%v answered by %s: no server span", e.res.Local, e.res.Remote, e.res.Pod)
+			continue
+		}
 		checkDNSSpan(t, e, dnsNode[e.res.Pod], tr, srv)
 	}
 	if t.Failed() {
+		t.Logf("every span of the test's client sockets, any trace:\n%s\n%s", clientSpans(r.sink.Spans(), exps), r.podReport(ctx))
 		t.FailNow()
 	}
+}
+
+// logSpanArrival logs, per kind of flow, how much later than its server
+// span a flow's ClusterIP entry span was first seen.
+func logSpanArrival(t *testing.T, exps []udpExp, dnsNode map[string]string, srvAt, entryAt map[int]time.Duration, err error) {
+	t.Helper()
+	later := map[string]int{}
+	var maxLag time.Duration
+	for i, e := range exps {
+		kind := "same-node"
+		if dnsNode[e.res.Pod] != e.entryNode {
+			kind = "cross-node"
+		}
+		if lag := entryAt[i] - srvAt[i]; lag > 0 {
+			later[kind+" from "+e.entryNode]++
+			maxLag = max(maxLag, lag)
+		}
+	}
+	t.Logf("spans of %d flows (err %v): entry span first seen after the server span for %v, by up to %v", len(exps), err, later, maxLag)
+}
+
+// clientSpans lists, for a failure message, every span whose client is
+// one of the test's sockets, with its trace ID: a span in another trace
+// than the server's shows up here.
+func clientSpans(spans []otlpsink.Span, exps []udpExp) string {
+	ours := testSockets(exps)
+	var b strings.Builder
+	for _, s := range spans {
+		a := s.Attrs
+		if c := fmt.Sprintf("%v:%v", a["client.address"], a["client.port"]); ours[c] || (a["network.transport"] == "udp" && a["lbpath.role"] != "server") {
+			fmt.Fprintf(&b, "  trace %s %s: %v\n", s.TraceID, c, a)
+		}
+	}
+	return b.String()
 }
 
 // udpServerSpan finds the UDP server span of the flow from res's client
@@ -261,15 +312,22 @@ func checkDNSSpan(t *testing.T, e udpExp, podNode string, tr []otlpsink.Span, sr
 	if rtt := res.End.Sub(res.Start).Microseconds(); lat <= 0 || lat > rtt {
 		t.Errorf("%s: lbpath.latency_max_us %v, the client measured %d µs", id, a["lbpath.latency_max_us"], rtt)
 	}
-	var entry bool
-	for _, s := range tr {
-		entry = entry || (s.Attrs["lbpath.entry"] == "clusterip" && s.Attrs["server.address"] == k8s.DNSServiceIP.String() &&
-			s.Attrs["server.port"] == int64(53) && s.Attrs["lbpath.entry_node"] == e.entryNode &&
-			s.Attrs["k8s.pod.name"] == res.Pod)
-	}
-	if !entry {
+	if !hasDNSEntry(tr, e) {
 		t.Errorf("%s: no span of its trace says it entered through kube-dns's ClusterIP on %s (trace %v)", id, e.entryNode, spanAttrs(tr))
 	}
+}
+
+// hasDNSEntry: a span of the flow's trace says it entered through
+// kube-dns's ClusterIP on the client's node, to the pod that answered.
+func hasDNSEntry(tr []otlpsink.Span, e udpExp) bool {
+	for _, s := range tr {
+		a := s.Attrs
+		if a["lbpath.entry"] == "clusterip" && a["server.address"] == k8s.DNSServiceIP.String() &&
+			a["server.port"] == int64(53) && a["lbpath.entry_node"] == e.entryNode && a["k8s.pod.name"] == e.res.Pod {
+			return true
+		}
+	}
+	return false
 }
 
 func spanAttrs(tr []otlpsink.Span) []map[string]any {
@@ -280,13 +338,19 @@ func spanAttrs(tr []otlpsink.Span) []map[string]any {
 	return out
 }
 
-// otherDNSFlows lists kube-dns's UDP server spans whose client is none of
-// the test's sockets, for a failure message.
-func otherDNSFlows(spans []otlpsink.Span, exps []udpExp) string {
+// testSockets are the test's client sockets, "address:port".
+func testSockets(exps []udpExp) map[string]bool {
 	ours := map[string]bool{}
 	for _, e := range exps {
 		ours[e.res.Local.String()] = true
 	}
+	return ours
+}
+
+// otherDNSFlows lists kube-dns's UDP server spans whose client is none of
+// the test's sockets, for a failure message.
+func otherDNSFlows(spans []otlpsink.Span, exps []udpExp) string {
+	ours := testSockets(exps)
 	var b strings.Builder
 	for _, s := range spans {
 		a := s.Attrs

@@ -38,10 +38,14 @@ type dnsClient struct{ pod, node, netns string }
 // answered by; and every UDP loss counter of every agent is 0.
 //
 // The counts are deltas of the whole Service's UDP series, so they hold
-// only if nothing else queries the cluster DNS meanwhile: nothing does here
-// (CoreDNS has no upstream; the agents resolve their collector once, at
-// start; every other component dials IPs). A flow that is not the test's
-// is listed from the spans when the counts disagree.
+// only if nothing else queries the cluster DNS meanwhile, and nothing does:
+// CoreDNS has no upstream, every other component dials IPs, and the agents
+// dial their collector by its Service's ClusterIP (the chart's
+// --otlp-endpoint from the Service link variable) without gRPC's DNS
+// service config. Before that, the agents re-resolved the collector's name
+// (with the search path's misses and a _grpc_config TXT lookup) during the
+// window, and the counts were off by those flows. A flow that is not the
+// test's is listed from the spans when the counts disagree.
 func (r *realNode) clusterDNS(t *testing.T) {
 	ctx := context.Background()
 	dnsNode := r.dnsPods(ctx, t)

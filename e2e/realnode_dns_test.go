@@ -385,8 +385,9 @@ func (r *realNode) checkNoUDPLoss(ctx context.Context, t *testing.T) {
 	}
 	// kernel/udp_flow_table_full, ringbuf/udp_flow, ringbuf/udp_exchange,
 	// capture/udp_decode_error, flow/udp_nat_table_full,
-	// flow/udp_nat_expired, flow/udp_open_table_full.
-	const udpLossCounters = 7
+	// flow/udp_nat_expired, flow/udp_open_table_full,
+	// flow/udp_dialed_table_full (socket-LB UDP).
+	const udpLossCounters = 8
 	for _, n := range r.c.TB.Nodes {
 		if nodes[n.Name] != udpLossCounters {
 			t.Errorf("agent on %s reports %d UDP loss counters, want %d: %v", n.Name, nodes[n.Name], udpLossCounters, v)

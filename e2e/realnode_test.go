@@ -51,14 +51,17 @@ type realNode struct {
 // their own probes; an idle node raises no alert; traffic from an external
 // client through the LoadBalancer is named right under both
 // externalTrafficPolicy values in spans and metrics that travel through the
-// chart's collector; a deleted agent flushes the connections that closed
+// chart's collector; DNS queries over UDP from pods to kube-dns's ClusterIP
+// are named with the CoreDNS pod that answered each; a deleted agent flushes the connections that closed
 // just before and exits inside its grace period; `helm upgrade` rolls the
 // agents without leaving BPF programs behind; `helm uninstall` leaves no
 // BPF program, no process and no rule.
 func TestRealNode(t *testing.T) {
 	ctx := context.Background()
 	r := &realNode{t: t}
-	r.c = upK8s(t, "lbrn", k8s.Options{RealNodes: true, Images: images.Product})
+	// Two CoreDNS pods (one per node): ClusterDNSOverUDP needs queries
+	// answered on and off the client's node.
+	r.c = upK8s(t, "lbrn", k8s.Options{RealNodes: true, Images: images.Product, DNSReplicas: 2})
 	var err error
 	if r.helm, err = manifests.Helm(ctx); err != nil {
 		t.Fatal(err)
@@ -83,6 +86,7 @@ func TestRealNode(t *testing.T) {
 	t.Run("IdleNodeRaisesNoAlert", r.idleNoAlert)
 	t.Run("LoadBalancerCluster", func(t *testing.T) { r.lbTraffic(t, testbed.PolicyCluster) })
 	t.Run("LoadBalancerLocal", func(t *testing.T) { r.lbTraffic(t, testbed.PolicyLocal) })
+	t.Run("ClusterDNSOverUDP", r.clusterDNS)
 	t.Run("AgentCostUnderLoad", r.costUnderLoad)
 	t.Run("DeletedAgentFlushes", r.deletedAgentFlushes)
 	t.Run("UpgradeRollsAgents", r.upgrade)

@@ -73,11 +73,14 @@ func (c *Config) validateEndpoint() error {
 		}
 		return nil
 	}
+	if strings.Contains(c.Endpoint, "$(") {
+		return fmt.Errorf("otlp-endpoint: %q was not expanded: the Service it names did not exist when the pod started; the container's restart gets its address", c.Endpoint)
+	}
 	if !c.isHTTP() {
-		if strings.Contains(c.Endpoint, "://") {
-			return fmt.Errorf("otlp-endpoint: %q is a URL; with grpc give host:port (e.g. collector:4317), or use --otlp-protocol http/protobuf", c.Endpoint)
+		if strings.Contains(c.grpcEndpoint(), "://") {
+			return fmt.Errorf("otlp-endpoint: %q is a URL; with grpc give host:port (e.g. collector:4317) or Kubernetes' tcp://host:port, or use --otlp-protocol http/protobuf", c.Endpoint)
 		}
-		if err := checkHostPort(c.Endpoint); err != nil {
+		if err := checkHostPort(c.grpcEndpoint()); err != nil {
 			return fmt.Errorf("otlp-endpoint: %w", err)
 		}
 		return nil
@@ -105,6 +108,14 @@ func (c *Config) validateEndpoint() error {
 	}
 	return nil
 }
+
+// grpcEndpoint is Endpoint as gRPC dials it: host:port, also when given as
+// tcp://host:port, the form of Kubernetes' Service link variable
+// <SERVICE>_PORT_<port>_TCP. The chart gives the agents that variable, the
+// collector Service's ClusterIP (bracketed when IPv6), so their exports
+// need no DNS lookup: an agent measuring the cluster DNS must not add its
+// own queries to it.
+func (c *Config) grpcEndpoint() string { return strings.TrimPrefix(c.Endpoint, "tcp://") }
 
 // parseEndpointURL accepts http[s]://host[:port][/path] and nothing the
 // SDK would silently drop (user info, query, fragment).

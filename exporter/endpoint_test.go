@@ -43,6 +43,12 @@ func TestEndpointValidate(t *testing.T) {
 		{Config{Endpoint: "https://collector:4318", Protocol: "http/protobuf", Insecure: true}, nil, "otlp-insecure"},
 		{Config{Endpoint: "http://collector:4318", Protocol: "http/protobuf", CAFile: "/ca.pem"}, nil, "otlp-endpoint"},
 		{Config{Endpoint: "collector"}, nil, "otlp-endpoint"},
+		// Kubernetes' Service link form: only tcp://, only for grpc; a
+		// variable the kubelet did not expand is named as such.
+		{Config{Endpoint: "tcp://10.96.0.5"}, nil, "otlp-endpoint"},
+		{Config{Endpoint: "udp://10.96.0.5:4317"}, nil, "otlp-endpoint"},
+		{Config{Endpoint: "tcp://10.96.0.5:4318", Protocol: "http/protobuf"}, nil, "otlp-endpoint"},
+		{Config{Endpoint: "$(LBPATH_COLLECTOR_PORT_4317_TCP)"}, nil, "otlp-endpoint"},
 		// The variables the SDK reads when no endpoint is given.
 		{Config{}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://[::1"}, "OTEL_EXPORTER_OTLP_ENDPOINT"},
 		{Config{}, map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "10.0.0.1:4317"}, "OTEL_EXPORTER_OTLP_ENDPOINT"},
@@ -77,6 +83,8 @@ func TestEndpointValidate(t *testing.T) {
 		{Config{Endpoint: "lbpath-collector.lbpath.svc:4317"}, nil},
 		{Config{Endpoint: "10.0.0.1:4317"}, nil},
 		{Config{Endpoint: "[::1]:4317"}, nil},
+		{Config{Endpoint: "tcp://10.96.0.5:4317"}, nil},
+		{Config{Endpoint: "tcp://[fd00:10:96::5]:4317"}, nil},
 		{Config{Endpoint: "collector:4318", Protocol: "http/protobuf"}, nil},
 		{Config{Endpoint: "http://collector:4318", Protocol: "http/protobuf"}, nil},
 		{Config{Endpoint: "https://otlp.example.com/prefix", Protocol: "http/protobuf"}, nil},

@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/lbpath/lbpath/agent/flow"
@@ -192,9 +193,11 @@ func (e *Exporter) spanExporter(ctx context.Context) (sdktrace.SpanExporter, err
 		opts = append(opts, otlptracehttp.WithTimeout(e.cfg.Timeout))
 		return otlptracehttp.New(ctx, opts...)
 	}
-	var opts []otlptracegrpc.Option
+	// No service config from DNS: its TXT lookup (_grpc_config.<host>) is
+	// the agent's own traffic to the cluster DNS it measures.
+	opts := []otlptracegrpc.Option{otlptracegrpc.WithDialOption(grpc.WithDisableServiceConfig())}
 	if e.cfg.Endpoint != "" {
-		opts = append(opts, otlptracegrpc.WithEndpoint(e.cfg.Endpoint))
+		opts = append(opts, otlptracegrpc.WithEndpoint(e.cfg.grpcEndpoint()))
 	}
 	if e.cfg.Insecure {
 		opts = append(opts, otlptracegrpc.WithInsecure())
@@ -237,9 +240,9 @@ func (e *Exporter) metricExporter(ctx context.Context) (sdkmetric.Exporter, erro
 		opts = append(opts, otlpmetrichttp.WithTimeout(e.cfg.Timeout))
 		return otlpmetrichttp.New(ctx, opts...)
 	}
-	var opts []otlpmetricgrpc.Option
+	opts := []otlpmetricgrpc.Option{otlpmetricgrpc.WithDialOption(grpc.WithDisableServiceConfig())}
 	if e.cfg.Endpoint != "" {
-		opts = append(opts, otlpmetricgrpc.WithEndpoint(e.cfg.Endpoint))
+		opts = append(opts, otlpmetricgrpc.WithEndpoint(e.cfg.grpcEndpoint()))
 	}
 	if e.cfg.Insecure {
 		opts = append(opts, otlpmetricgrpc.WithInsecure())

@@ -322,3 +322,31 @@ func TestNodeConntrackMetrics(t *testing.T) {
 		t.Errorf("node_stats_failed = %d after one failed read, want 1", n)
 	}
 }
+
+// The chart gives the agents the collector Service's address in Kubernetes'
+// Service link form, tcp://host:port (no DNS lookup): gRPC export to it
+// delivers.
+func TestExportToServiceLinkEndpoint(t *testing.T) {
+	sink, err := otlpsink.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Stop()
+	ctx := context.Background()
+	e, err := New(ctx, Config{Endpoint: "tcp://" + sink.GRPCAddr, Insecure: true, Node: "node1", MetricInterval: time.Hour,
+		Timeout: 2 * time.Second}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, server := twoViews()
+	e.Path(&server)
+	if err := e.ForceFlush(ctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if err := e.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if spans, points := sink.Counts(); spans == 0 || points == 0 {
+		t.Errorf("received %d spans, %d points; want both", spans, points)
+	}
+}

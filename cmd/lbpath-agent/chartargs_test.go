@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -36,11 +38,14 @@ func TestChartArgsAreAccepted(t *testing.T) {
 			}
 			for _, c := range ds.Spec.Template.Spec.Containers {
 				found = true
-				var out, errb bytes.Buffer
-				code := run(append(c.Args, "--health-addr=not-an-addr"), &out, &errb)
-				if code != 2 || !strings.HasPrefix(errb.String(), "lbpath-agent: health-addr:") {
-					t.Errorf("%s: container %s args %q: exit %d, stderr %q; want only the appended health-addr refused",
-						r.File, c.Name, c.Args, code, errb.String())
+				for _, clusterIP := range []string{"10.96.0.10", "fd00:10:96::a"} {
+					args := serviceLinks(c.Args, clusterIP)
+					var out, errb bytes.Buffer
+					code := run(append(args, "--health-addr=not-an-addr"), &out, &errb)
+					if code != 2 || !strings.HasPrefix(errb.String(), "lbpath-agent: health-addr:") {
+						t.Errorf("%s: container %s args %q: exit %d, stderr %q; want only the appended health-addr refused",
+							r.File, c.Name, args, code, errb.String())
+					}
 				}
 			}
 		}
@@ -48,4 +53,19 @@ func TestChartArgsAreAccepted(t *testing.T) {
 			t.Errorf("%s: no agent DaemonSet", r.File)
 		}
 	}
+}
+
+// serviceLinks expands $(<SERVICE>_PORT_<port>_TCP) in args as the kubelet
+// does for a Service of the pod's namespace with clusterIP (Docker link
+// form, tcp://ip:port, IPv6 bracketed); any other $(…) stays, as the
+// kubelet leaves a variable it does not know.
+func serviceLinks(args []string, clusterIP string) []string {
+	link := regexp.MustCompile(`\$\([A-Z0-9_]+_PORT_([0-9]+)_TCP\)`)
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = link.ReplaceAllStringFunc(a, func(v string) string {
+			return "tcp://" + net.JoinHostPort(clusterIP, link.FindStringSubmatch(v)[1])
+		})
+	}
+	return out
 }

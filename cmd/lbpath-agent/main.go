@@ -83,7 +83,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Path.LBPendingAfter, "lb-pending-after", 2*time.Minute, "diagnose a LoadBalancer whose EXTERNAL-IP is pending this long")
 	fs.BoolVar(&cfg.Path.IsolatedPodNetwork, "isolated-pod-network", false, "declare that no host outside the cluster's nodes reaches a pod address untranslated (no route to the pod CIDRs from outside, no load balancer with IP targets): a client outside the cluster at a pod's own address, untranslated on the pod's node, is then diagnosed nat_not_visible (a TC/XDP eBPF NodePort, DSR); without it such connections have entry unknown")
 	var ec exporter.Config
-	fs.StringVar(&ec.Endpoint, "otlp-endpoint", "", "OTLP endpoint: host:port for grpc; host:port or a base URL http[s]://host[:port][/prefix] for http/protobuf (/v1/traces, /v1/metrics appended); enables export (also OTEL_EXPORTER_OTLP_ENDPOINT, a URL)")
+	fs.StringVar(&ec.Endpoint, "otlp-endpoint", "", "OTLP endpoint: host:port (or Kubernetes' Service link form tcp://host:port) for grpc; host:port or a base URL http[s]://host[:port][/prefix] for http/protobuf (/v1/traces, /v1/metrics appended); enables export (also OTEL_EXPORTER_OTLP_ENDPOINT, a URL)")
 	fs.StringVar(&ec.Protocol, "otlp-protocol", "", "grpc or http/protobuf (default grpc, or OTEL_EXPORTER_OTLP_PROTOCOL)")
 	fs.BoolVar(&ec.Insecure, "otlp-insecure", false, "OTLP without TLS")
 	headers := fs.String("otlp-headers", "", "OTLP headers k=v,k2=v2")

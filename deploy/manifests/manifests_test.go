@@ -3,6 +3,7 @@ package manifests
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -251,7 +252,7 @@ func TestAgentLeastPrivilege(t *testing.T) {
 		t.Error("NODE_NAME must come from spec.nodeName")
 	}
 	args := strings.Join(c.Args, " ")
-	for _, a := range []string{"--output=none", "--otlp-endpoint=lbpath-collector.lbpath.svc:4317", "--otlp-insecure"} {
+	for _, a := range []string{"--output=none", serviceLinkEndpoint(t, d.svc[0], d.ds[0].Namespace, 4317), "--otlp-insecure"} {
 		if !strings.Contains(args, a) {
 			t.Errorf("agent args lack %s: %s", a, args)
 		}
@@ -505,4 +506,18 @@ func mapsEqual(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// serviceLinkEndpoint is the agent's --otlp-endpoint for port of svc: the
+// variable the kubelet sets to tcp://<ClusterIP>:<port> in pods of svc's
+// namespace (no DNS lookup; agent-daemonset.yaml), which must be ns.
+func serviceLinkEndpoint(t *testing.T, svc corev1.Service, ns string, port int32) string {
+	t.Helper()
+	if svc.Namespace != ns || !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool {
+		return p.Port == port && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP)
+	}) {
+		t.Errorf("Service %s/%s has no TCP port %d in the agents' namespace %s: no Service link variable for it", svc.Namespace, svc.Name, port, ns)
+	}
+	prefix := strings.ToUpper(strings.ReplaceAll(svc.Name, "-", "_"))
+	return fmt.Sprintf("--otlp-endpoint=$(%s_PORT_%d_TCP)", prefix, port)
 }

@@ -97,7 +97,7 @@ func TestScaleOutObjects(t *testing.T) {
 
 	// Agents push deltas to the gateway Service.
 	args := strings.Join(s.ds[0].Spec.Template.Spec.Containers[0].Args, " ")
-	for _, a := range []string{"--otlp-endpoint=lbpath-gateway.lbpath.svc:4317", "--metrics-temporality=delta"} {
+	for _, a := range []string{serviceLinkEndpoint(t, s.service(t, "lbpath-gateway"), s.ds[0].Namespace, 4317), "--metrics-temporality=delta"} {
 		if !strings.Contains(args, a) {
 			t.Errorf("agent args lack %s: %s", a, args)
 		}

@@ -68,6 +68,9 @@ type Options struct {
 	// barely larger than the pods a node runs makes host-local hand a
 	// freed address to the next pod, as on a crowded real node.
 	PodIPsPerNode int
+	// DNSReplicas is how many CoreDNS pods serve kube-dns on real nodes,
+	// one per node (at most the number of nodes); default 1.
+	DNSReplicas int
 	// NodeBinaries are containerd and CoreDNS for RealNodes; zero means
 	// EnsureNodeBinaries (which may build).
 	NodeBinaries NodeBinaries

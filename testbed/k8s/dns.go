@@ -21,11 +21,14 @@ const (
 )
 
 // corefile serves the cluster domain from the API (Services, and Pods by
-// IP-derived names) with the probes' health and ready endpoints. There is no
+// IP-derived names) with the probes' health and ready endpoints, and
+// `CH TXT hostname.bind` with the answering pod's name (chaos), which is how
+// a test knows which pod answered a query through the ClusterIP. There is no
 // forward plugin (see testbed/corednsbin): other names fail, as nothing
 // upstream is reachable.
 var corefile = fmt.Sprintf(`.:53 {
     errors
+    chaos
     health {
         lameduck 5s
     }
@@ -41,9 +44,10 @@ var corefile = fmt.Sprintf(`.:53 {
 
 // createDNS installs CoreDNS the way a cluster installer does: a
 // ServiceAccount with read access to Services, EndpointSlices, Pods and
-// Namespaces, the Corefile in a ConfigMap, a Deployment running image, and
+// Namespaces, the Corefile in a ConfigMap, a Deployment of replicas pods
+// running image, and
 // Service kube-dns at DNSServiceIP (the kubelets' clusterDNS).
-func createDNS(ctx context.Context, client kubernetes.Interface, image string) error {
+func createDNS(ctx context.Context, client kubernetes.Interface, image string, replicas int) error {
 	labels := map[string]string{dnsLabel: DNSService}
 	meta := func(name string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{Namespace: DNSNamespace, Name: name, Labels: labels}
@@ -74,7 +78,7 @@ func createDNS(ctx context.Context, client kubernetes.Interface, image string) e
 	if _, err := client.CoreV1().ConfigMaps(DNSNamespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create CoreDNS ConfigMap: %w", err)
 	}
-	if _, err := client.AppsV1().Deployments(DNSNamespace).Create(ctx, dnsDeployment(image), metav1.CreateOptions{}); err != nil {
+	if _, err := client.AppsV1().Deployments(DNSNamespace).Create(ctx, dnsDeployment(image, replicas), metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("create CoreDNS Deployment: %w", err)
 	}
 	svc := &corev1.Service{
@@ -95,20 +99,30 @@ func createDNS(ctx context.Context, client kubernetes.Interface, image string) e
 	return nil
 }
 
-func dnsDeployment(image string) *appsv1.Deployment {
+// dnsDeployment runs replicas CoreDNS pods (at least 1).
+func dnsDeployment(image string, replicas int) *appsv1.Deployment {
 	labels := map[string]string{dnsLabel: DNSService}
-	replicas := int32(1)
+	n := int32(max(replicas, 1))
 	no, yes := false, true
+	// One CoreDNS pod per node. kubeadm only prefers that; required, the
+	// placement is known (a test asks for at most one pod per node).
+	spread := &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+		RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+			LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
+			TopologyKey:   corev1.LabelHostname,
+		}},
+	}}
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: DNSNamespace, Name: DNSDeployment, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
+			Replicas: &n,
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: DNSDeployment,
 					PriorityClassName:  "system-cluster-critical",
+					Affinity:           spread,
 					// The node's resolver, not itself.
 					DNSPolicy: corev1.DNSDefault,
 					Containers: []corev1.Container{{

@@ -21,6 +21,10 @@ import (
 const (
 	ContainerdVersion = "v2.4.2"
 	CoreDNSVersion    = "v1.15.0"
+	// corednsBuild names testbed/corednsbin's plugin set in the cache
+	// key: a binary cached before a plugin was added must not be taken
+	// for the new build. Bump it when the plugin list changes.
+	corednsBuild = "chaos"
 )
 
 // NodeBinaries are the executables a real node runs besides kubelet and
@@ -67,7 +71,7 @@ func containerdTool() tool {
 func corednsTool() tool {
 	return tool{
 		what: "CoreDNS " + CoreDNSVersion + " (trimmed)", cold: "~2 min", module: "corednsbin",
-		dir: filepath.Join(toolcache.Dir(), "coredns-"+CoreDNSVersion),
+		dir: filepath.Join(toolcache.Dir(), "coredns-"+CoreDNSVersion+"-"+corednsBuild),
 		// Static: the image has no C library.
 		env:     []string{"CGO_ENABLED=0"},
 		pkgs:    []string{"github.com/lbpath/lbpath/testbed/corednsbin"},

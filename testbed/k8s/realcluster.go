@@ -42,7 +42,7 @@ const PodNameEnv = "POD_NAME"
 func nodeImages(corednsBin string) []images.Image {
 	return append(slices.Clone(testimages.All), images.Image{
 		Name: CoreDNSImage, Binary: corednsBin,
-		Description: "CoreDNS " + CoreDNSVersion + " with only the plugins the testbed's cluster DNS uses (errors, health, ready, kubernetes, cache)",
+		Description: "CoreDNS " + CoreDNSVersion + " with only the plugins the testbed's cluster DNS uses (errors, health, ready, kubernetes, cache, chaos)",
 	})
 }
 
@@ -206,7 +206,7 @@ func (c *Cluster) upReal(ctx context.Context) error {
 	if err := c.SetMode(ctx, c.opt.Mode); err != nil {
 		return err
 	}
-	if err := createDNS(ctx, c.Client, c.Images[CoreDNSImage].Ref); err != nil {
+	if err := createDNS(ctx, c.Client, c.Images[CoreDNSImage].Ref, c.opt.DNSReplicas); err != nil {
 		return err
 	}
 	if err := c.createDeployment(ctx); err != nil {
@@ -336,8 +336,8 @@ func nodeReady(n *corev1.Node) bool {
 	return false
 }
 
-// WaitDNSReady waits until the CoreDNS Deployment is available and Service
-// kube-dns has a ready endpoint.
+// WaitDNSReady waits until every CoreDNS pod is available, a ready
+// endpoint of Service kube-dns, and in every node's kube-proxy rules.
 func (c *Cluster) WaitDNSReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -347,19 +347,13 @@ func (c *Cluster) WaitDNSReady(ctx context.Context) error {
 		switch {
 		case err != nil:
 			last = err
-		case d.Status.AvailableReplicas < 1:
+		case d.Status.AvailableReplicas < *d.Spec.Replicas:
 			last = fmt.Errorf("deployment %s: %+v", DNSDeployment, d.Status)
 		default:
-			eps, err := c.endpointsIn(ctx, DNSNamespace, DNSService)
-			if err == nil && len(eps) > 0 && eps[0].Ready {
-				// Ready in the API is not yet reachable: until every
-				// kube-proxy has the DNAT, kube-dns's ClusterIP refuses.
-				if last = c.proxiedTo(ctx, map[string]netip.AddrPort{eps[0].Pod: netip.AddrPortFrom(eps[0].IP, 53)}); last == nil {
-					return nil
-				}
-				break
+			last = c.dnsProxied(ctx, int(*d.Spec.Replicas))
+			if last == nil {
+				return nil
 			}
-			last = fmt.Errorf("kube-dns endpoints %+v (%v)", eps, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -367,6 +361,27 @@ func (c *Cluster) WaitDNSReady(ctx context.Context) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// dnsProxied reports whether kube-dns has replicas ready endpoints and
+// every node's kube-proxy DNATs to each: Ready in the API is not yet
+// reachable, and until every kube-proxy has a pod's DNAT the ClusterIP
+// refuses or reaches only the others.
+func (c *Cluster) dnsProxied(ctx context.Context, replicas int) error {
+	eps, err := c.endpointsIn(ctx, DNSNamespace, DNSService)
+	if err != nil {
+		return err
+	}
+	want := map[string]netip.AddrPort{}
+	for _, e := range eps {
+		if e.Ready {
+			want[e.Pod] = netip.AddrPortFrom(e.IP, 53)
+		}
+	}
+	if len(want) < replicas {
+		return fmt.Errorf("kube-dns endpoints %+v, want %d ready", eps, replicas)
+	}
+	return c.proxiedTo(ctx, want)
 }
 
 // Resolve looks name up through the cluster DNS Service, from inside the

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/lbpath/lbpath/internal/otlpsink"
 	"github.com/lbpath/lbpath/internal/testenv"
 	"github.com/lbpath/lbpath/testbed"
 )
@@ -39,6 +41,7 @@ type slotRound struct {
 	cpu     time.Duration // the agent's CPU during the wrk run
 	peakKiB int64         // the agent's VmHWM at the end of the round
 	bpf     ebpf.ProgramStats
+	progs   map[string]ebpf.ProgramStats // bpf by program name
 }
 
 // slotStats gathers a slot's rounds.
@@ -92,10 +95,34 @@ func BenchmarkOverheadOnOff(b *testing.B) {
 	if err := cl.RouteLB(1); err != nil {
 		b.Fatal(err)
 	}
-	slots := onOffSlots(b, cl.Nodes[0].Netns)
+	// The pods' server closes first (Connection: close), so each pod holds
+	// a TIME_WAIT socket for 60 s per connection, all from the node's one
+	// masquerade address: at 4k connections/s that is more than the 64k
+	// source ports, so the node's random SNAT port soon hits a TIME_WAIT
+	// socket whose sequence check fails, the pod answers the SYN with the
+	// old connection's ACK, the client resets and retransmits the SYN a
+	// second later: 15-20 % of connections, throughput falling to a fifth
+	// round after round whatever the slot. Without TIME_WAIT on the pods
+	// (the socket closes at the same transition, FIN_WAIT2 -> CLOSE, so the
+	// agents' hooks see the same events) rounds stay independent.
+	for _, pod := range cl.Pods {
+		if out, err := exec.Command("nsenter", "--net="+pod.Netns, "sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0").CombinedOutput(); err != nil {
+			b.Fatalf("sysctl in %s: %v\n%s", pod.Name, err, out)
+		}
+	}
+	sink, err := otlpsink.Start()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Stop()
+	sink.Discard()
+	slots := onOffSlots(b, cl.Nodes[0].Netns, sink.GRPCAddr)
 	rounds, round := 1, time.Second
 	if fullScale() {
 		rounds, round = 5, 8*time.Second
+	}
+	if d, err := time.ParseDuration(os.Getenv("LBPATH_BENCH_ROUND")); err == nil {
+		round = d // e.g. a longer round for LBPATH_BENCH_PROFILE
 	}
 	for _, keepAlive := range []bool{true, false} {
 		name := "keepalive"
@@ -109,7 +136,7 @@ func BenchmarkOverheadOnOff(b *testing.B) {
 			}
 			res := make([]slotStats, len(slots))
 			one := func(i int, bpfStats bool) slotRound {
-				return runSlotRound(b, slots[i], name, cl.Client.Netns, cl.Web().LoadBalancerAddr(), keepAlive, round, bpfStats)
+				return runSlotRound(b, slots[i], name, cl.Nodes[0].Netns, cl.Client.Netns, cl.Web().LoadBalancerAddr(), keepAlive, round, bpfStats)
 			}
 			for range b.N {
 				for r := range rounds {
@@ -130,11 +157,16 @@ func BenchmarkOverheadOnOff(b *testing.B) {
 	}
 }
 
-// onOffSlots lists the harness's slots; the agents run as on a node: their
-// own process, the node's namespace, no Kubernetes, default output (JSONL
-// to /dev/null), request timing on.
-func onOffSlots(b *testing.B, nodeNetns string) []onOffSlot {
-	args := []string{"--node", "node1", "--netns", nodeNetns, "--no-kube", "--stats-interval", "0", "--health-addr", ""}
+// onOffSlots lists the harness's slots; the agents run as the chart runs
+// them (their own process, the node's namespace, --output none, OTLP export
+// to a collector: here a sink that counts and discards, default span
+// sampling, request timing on), without Kubernetes.
+// LBPATH_BENCH_AGENT_ARGS adds flags to both lbpath slots (later flags win,
+// e.g. "--output jsonl" or "--no-request-timing").
+func onOffSlots(b *testing.B, nodeNetns, otlpAddr string) []onOffSlot {
+	args := []string{"--node", "node1", "--netns", nodeNetns, "--no-kube", "--stats-interval", "0", "--health-addr", "",
+		"--output", "none", "--otlp-endpoint", otlpAddr, "--otlp-insecure"}
+	args = append(args, strings.Fields(os.Getenv("LBPATH_BENCH_AGENT_ARGS"))...)
 	slots := []onOffSlot{{name: "off"}, {name: "lbpath", argv: append([]string{buildAgent(b, releaseFlags...)}, args...), lbpath: true}}
 	if bin, ref := baselineAgent(b); bin != "" {
 		b.Logf("baseline: %s", ref)
@@ -189,13 +221,20 @@ func baselineAgent(b *testing.B) (bin, ref string) {
 
 // runSlotRound starts the slot's agent (if any), waits until its start-up
 // is over, runs wrk, and stops it.
-func runSlotRound(b *testing.B, s onOffSlot, workload, clientNetns string, target netip.AddrPort, keepAlive bool, d time.Duration, bpfStats bool) slotRound {
+func runSlotRound(b *testing.B, s onOffSlot, workload, nodeNetns, clientNetns string, target netip.AddrPort, keepAlive bool, d time.Duration, bpfStats bool) slotRound {
+	// Every round starts from an empty conntrack table on the node: a
+	// round of new connections leaves tens of thousands of TIME_WAIT
+	// entries (120 s) and the next round then loses a third to three
+	// quarters of its throughput to SYN retransmits, whichever slot it is.
+	if out, err := exec.Command("nsenter", "--net="+nodeNetns, "conntrack", "-F").CombinedOutput(); err != nil {
+		b.Fatalf("conntrack -F in the node namespace: %v\n%s", err, out)
+	}
 	var p *agentProc
 	if s.argv != nil {
 		p = startSlot(b, s, workload)
 	}
 	var progs []ebpf.ProgramID
-	var before ebpf.ProgramStats
+	var before map[string]ebpf.ProgramStats
 	if bpfStats {
 		st, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 		if err != nil {
@@ -203,7 +242,7 @@ func runSlotRound(b *testing.B, s onOffSlot, workload, clientNetns string, targe
 		}
 		defer st.Close()
 		progs = procProgIDs(procTree(p.cmd.Process.Pid))
-		before = sumProgStats(b, progs)
+		before = progStats(b, progs)
 	}
 	var cpu0 time.Duration
 	if p != nil {
@@ -222,8 +261,14 @@ func runSlotRound(b *testing.B, s onOffSlot, workload, clientNetns string, targe
 		r.peakKiB += procStatusKiB(pid, "VmHWM")
 	}
 	if bpfStats {
-		after := sumProgStats(b, progs)
-		r.bpf = ebpf.ProgramStats{Runtime: after.Runtime - before.Runtime, RunCount: after.RunCount - before.RunCount}
+		r.progs = progStats(b, progs)
+		for n, a := range r.progs {
+			a.Runtime -= before[n].Runtime
+			a.RunCount -= before[n].RunCount
+			r.progs[n] = a
+			r.bpf.Runtime += a.Runtime
+			r.bpf.RunCount += a.RunCount
+		}
 	}
 	stopSlot(b, s, p)
 	return r
@@ -333,6 +378,16 @@ func reportOnOff(b *testing.B, workload string, slots []onOffSlot, res []slotSta
 	}
 	for i, s := range slots {
 		fmt.Fprintf(&tab, "  %s rounds: req/s %.0f\n", s.name, res[i].rps)
+		if r := res[i].bpf; r != nil && r.wrk.requests > 0 {
+			fmt.Fprintf(&tab, "  %s BPF per %s:", s.name, per)
+			for _, n := range slices.Sorted(maps.Keys(r.progs)) {
+				if st := r.progs[n]; st.RunCount > 0 {
+					fmt.Fprintf(&tab, " %s %.1f runs × %.0f ns;", n, float64(st.RunCount)/float64(r.wrk.requests),
+						float64(st.Runtime.Nanoseconds())/float64(st.RunCount))
+				}
+			}
+			tab.WriteString("\n")
+		}
 	}
 	b.Log("\n" + tab.String())
 }
@@ -447,22 +502,30 @@ func procProgIDs(pids []int) []ebpf.ProgramID {
 	return ids
 }
 
-func sumProgStats(b *testing.B, ids []ebpf.ProgramID) ebpf.ProgramStats {
-	var sum ebpf.ProgramStats
+// progStats are the programs' run time and count, by name (programs of
+// one name, e.g. one per interface, summed).
+func progStats(b *testing.B, ids []ebpf.ProgramID) map[string]ebpf.ProgramStats {
+	out := map[string]ebpf.ProgramStats{}
 	for _, id := range ids {
 		p, err := ebpf.NewProgramFromID(id)
 		if err != nil {
 			b.Fatalf("program %d: %v", id, err)
 		}
 		st, err := p.Stats()
+		name := fmt.Sprint(id)
+		if info, ierr := p.Info(); ierr == nil && info.Name != "" {
+			name = info.Name
+		}
 		p.Close()
 		if err != nil {
 			b.Fatalf("stats of program %d: %v", id, err)
 		}
+		sum := out[name]
 		sum.Runtime += st.Runtime
 		sum.RunCount += st.RunCount
+		out[name] = sum
 	}
-	return sum
+	return out
 }
 
 func loadAvg() string {

@@ -9,7 +9,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lbpath/lbpath/agent/capture"
 	"github.com/lbpath/lbpath/agent/netns"
 )
 
@@ -81,7 +80,7 @@ func (s *eventSocket) drain(fn func(e *Entry, use bool, err error)) error {
 		case err != nil:
 			return fmt.Errorf("read conntrack events: %w", err)
 		}
-		now := capture.MonoNow()
+		now := clock.now()
 		for b := s.buf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
 			l := int(binary.NativeEndian.Uint32(b))
 			if l < unix.NLMSG_HDRLEN || l > len(b) {

@@ -348,20 +348,26 @@ func reportOnOff(b *testing.B, workload string, slots []onOffSlot, res []slotSta
 		per = "connection"
 	}
 	var tab strings.Builder
-	fmt.Fprintf(&tab, "%s (%s)\n| slot | req/s (median) | throughput on/off | p50 on/off | agent CPU-s per 10k | peak RSS MiB | BPF ns per %s | BPF runs per %s |\n|---|---|---|---|---|---|---|---|\n",
+	fmt.Fprintf(&tab, "%s (%s)\n| slot | req/s (median) | throughput on/off | same-round on/off | p50 on/off | agent CPU-s per 10k | peak RSS MiB | BPF ns per %s | BPF runs per %s |\n|---|---|---|---|---|---|---|---|---|\n",
 		workload, load, per, per)
 	off := res[0]
 	b.ReportMetric(med(off.rps), "req/s-off")
 	for i, s := range slots {
 		r := res[i]
 		tp, p50 := med(r.rps)/med(off.rps), med(r.p50)/med(off.p50)
+		// Each round's ratio to that round's no-agent run, the median of
+		// those: less sensitive to the machine's drift between rounds.
+		var paired []float64
+		for k := range min(len(r.rps), len(off.rps)) {
+			paired = append(paired, r.rps[k]/off.rps[k])
+		}
 		var bpfNs, bpfRuns float64
 		if r.bpf != nil && r.bpf.wrk.requests > 0 {
 			bpfNs = float64(r.bpf.bpf.Runtime.Nanoseconds()) / float64(r.bpf.wrk.requests)
 			bpfRuns = float64(r.bpf.bpf.RunCount) / float64(r.bpf.wrk.requests)
 		}
-		fmt.Fprintf(&tab, "| %s | %.0f | %.3f | %.3f | %.3f | %.1f | %.0f | %.1f |\n",
-			s.name, med(r.rps), tp, p50, med(r.cpuPer10k), float64(r.peakKiB)/1024, bpfNs, bpfRuns)
+		fmt.Fprintf(&tab, "| %s | %.0f | %.3f | %.3f | %.3f | %.3f | %.1f | %.0f | %.1f |\n",
+			s.name, med(r.rps), tp, med(paired), p50, med(r.cpuPer10k), float64(r.peakKiB)/1024, bpfNs, bpfRuns)
 		if len(r.errors) > 0 {
 			fmt.Fprintf(&tab, "  %s: wrk errors %q\n", s.name, r.errors)
 		}
@@ -369,6 +375,7 @@ func reportOnOff(b *testing.B, workload string, slots []onOffSlot, res []slotSta
 			continue
 		}
 		b.ReportMetric(tp, s.name+"-throughput-on/off")
+		b.ReportMetric(med(paired), s.name+"-same-round-on/off")
 		b.ReportMetric(p50, s.name+"-p50-on/off")
 		if s.argv != nil {
 			b.ReportMetric(med(r.cpuPer10k), s.name+"-cpu-s/10k")

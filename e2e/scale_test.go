@@ -67,14 +67,7 @@ func (p *agentProc) logText() string {
 
 func startAgentProc(tb testing.TB, bin string, args ...string) *agentProc {
 	tb.Helper()
-	p := &agentProc{}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout = io.Discard
-	p.cmd.Stderr = p
-	if err := p.cmd.Start(); err != nil {
-		tb.Fatalf("start agent: %v", err)
-	}
-	tb.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+	p := startProc(tb, exec.Command(bin, args...))
 	deadline := time.Now().Add(15 * time.Second)
 	for !strings.Contains(p.logText(), "lbpath-agent running") {
 		if time.Now().After(deadline) || p.cmd.ProcessState != nil {
@@ -82,6 +75,20 @@ func startAgentProc(tb testing.TB, bin string, args ...string) *agentProc {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return p
+}
+
+// startProc starts cmd with its stderr kept and its stdout on /dev/null
+// (a nil Stdout: a pipe would spend the benchmark process's CPU copying the
+// agent's records); it is killed when tb ends.
+func startProc(tb testing.TB, cmd *exec.Cmd) *agentProc {
+	tb.Helper()
+	p := &agentProc{cmd: cmd}
+	p.cmd.Stderr = p
+	if err := p.cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	tb.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
 	return p
 }
 

@@ -4,6 +4,15 @@
 # bench/results-<date>.txt; docs/PERFORMANCE.md quotes them. ~15 min.
 #   ./scripts/bench.sh            all of them
 #   ./scripts/bench.sh Memory     only benchmarks matching a regexp
+# The on/off harness (e2e BenchmarkOverheadOnOff; docs/PERFORMANCE.md,
+# "Issue 14") also measures, in the same run:
+#   the previous release: the latest v* tag, built from a temporary git
+#     worktree; LBPATH_BENCH_BASELINE=<ref> picks another ref
+#   a peer agent: LBPATH_BENCH_PEER='<shell command>' runs it (with exec) in
+#     the agent's slot; $LBPATH_BENCH_NODE_NETNS is the node's namespace, e.g.
+#     LBPATH_BENCH_PEER='nsenter --net=$LBPATH_BENCH_NODE_NETNS env SAMPLING=1 /opt/netobserv/agent'
+#   LBPATH_BENCH_AGENT_ARGS='--output jsonl' adds flags to both lbpath slots;
+#   LBPATH_BENCH_PROFILE=<dir> writes this tree's agent's CPU profiles there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

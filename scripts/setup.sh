@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=()
-for pair in clang:clang llvm-strip:llvm bpftool:bpftool iptables:iptables nft:nftables conntrack:conntrack ip:iproute2 runc:runc /usr/lib/cni/bridge:containernetworking-plugins nginx:nginx; do
+for pair in clang:clang llvm-strip:llvm bpftool:bpftool iptables:iptables nft:nftables conntrack:conntrack ip:iproute2 runc:runc /usr/lib/cni/bridge:containernetworking-plugins nginx:nginx wrk:wrk; do
   cmd=${pair%%:*} pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

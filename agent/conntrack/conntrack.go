@@ -24,7 +24,6 @@ import (
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
-	"github.com/lbpath/lbpath/agent/capture"
 	"github.com/lbpath/lbpath/agent/netns"
 )
 
@@ -204,7 +203,7 @@ func (l *Listener) dump(fn func(*Entry)) {
 		return
 	}
 	defer c.Close()
-	start := capture.MonoNow()
+	start := clock.now()
 	flows, err := c.Dump(nil)
 	if err != nil {
 		l.Stats.DumpErrors.Add(1)
@@ -243,7 +242,7 @@ func fromFlow(f *ct.Flow, typ EntryType, e *Entry) bool {
 			Src: netip.AddrPortFrom(f.TupleReply.IP.SourceAddress.Unmap(), f.TupleReply.Proto.SourcePort),
 			Dst: netip.AddrPortFrom(f.TupleReply.IP.DestinationAddress.Unmap(), f.TupleReply.Proto.DestinationPort),
 		},
-		TimeNs: capture.MonoNow(),
+		TimeNs: clock.now(),
 	}
 	// The tuples are the truth; status bits can lag on a destroy event.
 	e.DNAT = e.Reply.Src != e.Original.Dst

@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/lbpath/lbpath/agent/capture"
 	"github.com/lbpath/lbpath/agent/netns"
 )
 
@@ -32,6 +32,48 @@ const (
 type eventSocket struct {
 	fd  int
 	buf []byte
+	// msgs read up to batchMsgs datagrams (one event each) per
+	// recvmmsg(2), each into its own slotBytes of buf: one system call per
+	// batch instead of one per event, which cost ≈2 µs each on these VMs.
+	msgs []mmsghdr
+	iovs []unix.Iovec
+}
+
+const (
+	batchMsgs = 32
+	// slotBytes holds any ctnetlink event: the kernel builds them in at
+	// most NLMSG_GOODSIZE (≤ 8 KiB); a longer one would come truncated
+	// (MSG_TRUNC), which drain reports as malformed, never decodes.
+	slotBytes = 8 << 10
+)
+
+// mmsghdr is struct mmsghdr of recvmmsg(2).
+type mmsghdr struct {
+	hdr unix.Msghdr
+	n   uint32
+}
+
+func newEventSocket(fd int) *eventSocket {
+	s := &eventSocket{fd: fd, buf: make([]byte, batchMsgs*slotBytes), msgs: make([]mmsghdr, batchMsgs), iovs: make([]unix.Iovec, batchMsgs)}
+	for i := range s.msgs {
+		s.iovs[i].Base = &s.buf[i*slotBytes]
+		s.iovs[i].SetLen(slotBytes)
+		s.msgs[i].hdr.Iov = &s.iovs[i]
+		s.msgs[i].hdr.SetIovlen(1)
+	}
+	return s
+}
+
+// recv reads up to batchMsgs queued datagrams; it returns how many, or
+// the first read's error (EAGAIN when none is queued; ENOBUFS after the
+// kernel dropped events).
+func (s *eventSocket) recv() (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msgs[0])),
+		uintptr(len(s.msgs)), unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 // openEvents subscribes in the namespace at nsPath. The socket belongs to
@@ -60,7 +102,7 @@ func openEvents(nsPath string, rcvbuf int) (*eventSocket, error) {
 			return nil, fmt.Errorf("conntrack event socket buffer: %w", err)
 		}
 	}
-	return &eventSocket{fd: fd, buf: make([]byte, 64<<10)}, nil
+	return newEventSocket(fd), nil
 }
 
 func (s *eventSocket) close() { unix.Close(s.fd) }
@@ -72,7 +114,7 @@ func (s *eventSocket) close() { unix.Close(s.fd) }
 func (s *eventSocket) drain(fn func(e *Entry, use bool, err error)) error {
 	var e Entry
 	for {
-		n, _, err := unix.Recvfrom(s.fd, s.buf, unix.MSG_DONTWAIT)
+		n, err := s.recv()
 		switch {
 		case errors.Is(err, unix.EAGAIN):
 			return nil
@@ -81,17 +123,31 @@ func (s *eventSocket) drain(fn func(e *Entry, use bool, err error)) error {
 		case err != nil:
 			return fmt.Errorf("read conntrack events: %w", err)
 		}
-		now := capture.MonoNow()
-		for b := s.buf[:n]; len(b) >= unix.NLMSG_HDRLEN; {
-			l := int(binary.NativeEndian.Uint32(b))
-			if l < unix.NLMSG_HDRLEN || l > len(b) {
+		now := clock.now()
+		for i := range n {
+			if s.msgs[i].hdr.Flags&unix.MSG_TRUNC != 0 {
 				fn(&e, false, errShort)
-				break
+				continue
 			}
-			use, err := decodeEvent(binary.NativeEndian.Uint16(b[4:]), b[unix.NLMSG_HDRLEN:l], now, &e)
-			fn(&e, use, err)
-			b = b[min(len(b), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
+			s.decode(s.buf[i*slotBytes:i*slotBytes+int(s.msgs[i].n)], now, &e, fn)
 		}
+		if n < len(s.msgs) {
+			return nil // the queue is empty: save the EAGAIN round trip
+		}
+	}
+}
+
+// decode calls fn for each netlink message of one datagram.
+func (s *eventSocket) decode(b []byte, now uint64, e *Entry, fn func(e *Entry, use bool, err error)) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.NativeEndian.Uint32(b))
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			fn(e, false, errShort)
+			return
+		}
+		use, err := decodeEvent(binary.NativeEndian.Uint16(b[4:]), b[unix.NLMSG_HDRLEN:l], now, e)
+		fn(e, use, err)
+		b = b[min(len(b), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
 	}
 }
 

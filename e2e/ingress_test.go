@@ -10,10 +10,14 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/lbpath/lbpath/agent/flow"
 	"github.com/lbpath/lbpath/exporter"
 	"github.com/lbpath/lbpath/internal/otlpsink"
 	"github.com/lbpath/lbpath/testbed"
+	"github.com/lbpath/lbpath/testbed/collectorproc"
 	"github.com/lbpath/lbpath/testbed/k8s"
 	"github.com/lbpath/lbpath/testbed/nodeagents"
 	"github.com/lbpath/lbpath/testbed/testbedtest"
@@ -245,4 +249,139 @@ func precision(named float64, got map[string][2]float64) float64 {
 		return 0
 	}
 	return named / all
+}
+
+// TestIngressHotBackendAndRegression: what only the cluster-wide view sees
+// behind an ingress proxy, with a real nginx Ingress, the real kube-proxy
+// and a real lbpath-collector. Web has ClientIP session affinity, so every
+// request the proxy forwards (all from the proxy pod's one address) lands
+// on one web pod: lbimbalance must flag exactly the pod that answered them
+// (X-Pod, ground truth) and no other. Then web rolls out to a version 30 ms
+// slower while the traffic still comes only through the Ingress:
+// deployregression must flag it, and the ingress edge's latency behind the
+// proxy must show it per backend pod (every new pod ≥ 30 ms on average,
+// every old one below).
+func TestIngressHotBackendAndRegression(t *testing.T) {
+	c := upK8s(t, "lbih", k8s.Options{PoolSize: 6})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	sink := testbedtest.Sink(t)
+	col, err := collectorproc.Start(ctx, testbedtest.CollectorBinary(t), collectorproc.Options{
+		SinkHTTP:   sink.HTTPAddr,
+		Imbalance:  "    window: 20s\n    bucket: 5s\n    min_connections: 10\n",
+		Regression: "    before: 1m\n    after: 30s\n    resolution: 2s\n    current_window: 15s\n    min_samples: 40\n    retention: 10m\n",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(col.Stop)
+	if _, err := c.Client.CoreV1().Services(k8s.Namespace).Patch(ctx, k8s.WebDeployment, types.StrategicMergePatchType,
+		[]byte(`{"spec":{"sessionAffinity":"ClientIP"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ing, err := c.UpIngress(ctx, k8s.IngressOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := startExportingAgents(t, c, col.OTLPGRPC)
+	for _, a := range set.Agents {
+		if !waitFor(t, 30*time.Second, func() bool { return a.Watcher().Ingress.Len() == 1 }) {
+			t.Fatal("an agent never learnt the Ingress")
+		}
+	}
+	hc := c.TB.HTTPClient(c.TB.Client.Netns, true)
+	answered := map[string]int{}
+	traffic := func(n int) {
+		t.Helper()
+		for i := range n {
+			pod, err := ingressGet(hc, fmt.Sprintf("http://%s%s/%d", ing.LB, k8s.PathWeb, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			answered[pod]++
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	traffic(60)
+	if len(answered) != 1 {
+		t.Fatalf("with ClientIP affinity the proxy's requests reached %v, want one pod", answered)
+	}
+	var hot string
+	for p := range answered {
+		hot = p
+	}
+	wait := func(what string, ok func([]otlpsink.Point) bool) {
+		t.Helper()
+		if !waitFor(t, 40*time.Second, func() bool { return ok(sink.Points()) }) {
+			t.Fatalf("%s: not seen within 40s\ncollector log:\n%s", what, col.Log())
+		}
+	}
+	wait("hot backend pod "+hot, func(p []otlpsink.Point) bool {
+		v, ok := lastPoint(p, "lbpath.lb.hot", map[string]string{"k8s.service.name": "web", "k8s.pod.name": hot})
+		return ok && v == 1
+	})
+	before := podRS(t, c)
+	for pod := range before {
+		if pod == hot || !strings.HasPrefix(pod, k8s.WebDeployment+"-") {
+			continue
+		}
+		if v, ok := lastPoint(sink.Points(), "lbpath.lb.hot", map[string]string{"k8s.service.name": "web", "k8s.pod.name": pod}); ok && v != 0 {
+			t.Errorf("pod %s flagged hot too; only %s answered the proxy", pod, hot)
+		}
+	}
+
+	// The baseline for longer than the processor's first resolution, then
+	// a version 30 ms slower; all of it through the Ingress.
+	traffic(80)
+	time.Sleep(3 * time.Second)
+	traffic(20)
+	if err := c.SetWebDelay(ctx, 30*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitWebReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	traffic(80)
+	verdict := map[string]string{"k8s.deployment.name": "web"}
+	wait("regression verdict behind the Ingress", func(p []otlpsink.Point) bool {
+		v, ok := lastPoint(p, "lbpath.deploy.regression", verdict)
+		return ok && v == 1
+	})
+	after := podRS(t, c)
+	mean := ingressMeanByPod(sink.Points(), k8s.Namespace+"/"+k8s.IngressName)
+	t.Logf("hot backend %s (%d of %d requests before the rollout); mean latency behind the proxy per pod %v", hot, answered[hot], 60, mean)
+	for pod, m := range mean {
+		_, isOld := before[pod]
+		_, isNew := after[pod]
+		switch {
+		case isNew && !isOld && m < 0.030:
+			t.Errorf("new pod %s: %.1f ms behind the proxy, want ≥ 30 ms", pod, m*1e3)
+		case isOld && !isNew && m >= 0.030:
+			t.Errorf("old pod %s: %.1f ms behind the proxy, want < 30 ms", pod, m*1e3)
+		}
+	}
+}
+
+// ingressMeanByPod is the mean of lbpath.ingress.request.duration per
+// backend pod of Ingress name, from each series' newest cumulative point.
+func ingressMeanByPod(points []otlpsink.Point, name string) map[string]float64 {
+	last := map[string]otlpsink.Point{}
+	for _, p := range points {
+		if p.Metric == exporter.MetricIngressDuration && p.Attrs["lbpath.ingress.name"] == name {
+			last[fmt.Sprint(p.Resource, p.Attrs)] = p
+		}
+	}
+	sum, n := map[string]float64{}, map[string]uint64{}
+	for _, p := range last {
+		pod := fmt.Sprint(p.Attrs["k8s.pod.name"])
+		sum[pod] += p.Sum
+		n[pod] += p.Count
+	}
+	out := map[string]float64{}
+	for pod, s := range sum {
+		if n[pod] > 0 {
+			out[pod] = s / float64(n[pod])
+		}
+	}
+	return out
 }

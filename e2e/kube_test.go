@@ -111,6 +111,11 @@ func findView(named []path.Record, res testbed.Result) (view, bool) {
 	for i := range named {
 		conns[i] = named[i].Connection
 	}
+	// A client reuses a source port towards the same address minutes later
+	// (the kernel's port choice is per destination, and a socket-LB's
+	// destination is the pod): of the connections with res's tuple, the
+	// one whose server record started nearest res's own start is res's.
+	best, bestGap := view{}, time.Duration(-1)
 	for _, m := range flow.Merge(conns) {
 		if m.Client != res.Local || m.Target != res.Remote || m.Server == nil {
 			continue
@@ -127,11 +132,15 @@ func findView(named []path.Record, res testbed.Result) (view, bool) {
 				v.entry = &named[i]
 			}
 		}
-		if v.server != nil && v.entry != nil {
-			return v, true
+		if v.server == nil || v.entry == nil {
+			continue
+		}
+		gap := m.Server.Start.Sub(res.Start).Abs()
+		if bestGap < 0 || gap < bestGap {
+			best, bestGap = v, gap
 		}
 	}
-	return view{}, false
+	return best, bestGap >= 0
 }
 
 // waitView polls for res's view until it is found or deadline passes.

@@ -3,7 +3,6 @@ package k8s
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -67,20 +66,8 @@ var (
 // is real. It returns once the proxy and api's pods are ready. Only with
 // the kubelet stand-in.
 func (c *Cluster) UpGateway(ctx context.Context, opt IngressOptions) (*Ingress, error) {
-	if c.Kubelet == nil {
-		return nil, errors.New("gateway: needs the kubelet stand-in (not RealNodes)")
-	}
-	if opt.Dir == "" {
-		return nil, errors.New("gateway: IngressOptions.Dir is required")
-	}
-	if _, err := exec.LookPath("nginx"); err != nil {
-		return nil, fmt.Errorf("gateway: nginx not found (apt-get install nginx; scripts/setup.sh installs it): %w", err)
-	}
-	if opt.Node == 0 {
-		opt.Node = 1
-	}
-	if opt.APIReplicas == 0 {
-		opt.APIReplicas = 2
+	if err := c.proxyDefaults("gateway", &opt); err != nil {
+		return nil, err
 	}
 	dyn, err := c.dynamic()
 	if err != nil {
@@ -96,27 +83,10 @@ func (c *Cluster) UpGateway(ctx context.Context, opt IngressOptions) (*Ingress, 
 	if err := createGatewayObjects(ctx, dyn, routes); err != nil {
 		return nil, err
 	}
-	conf, err := c.nginxConf(ctx, routes, opt.Dir)
-	if err != nil {
-		return nil, err
-	}
 	proxy := nginxProxy{name: GatewayProxy, labels: map[string]string{GatewayNameLabel: GatewayName},
-		node: opt.Node, dir: opt.Dir, conf: conf, lbIP: GatewayLBIP}
-	if err := c.createProxy(ctx, proxy); err != nil {
-		return nil, err
-	}
-	if err := c.TB.RouteLBIP(GatewayLBIP); err != nil {
-		return nil, err
-	}
-	out := &Ingress{LB: netip.AddrPortFrom(GatewayLBIP, 80),
-		Backends: map[string]string{PathWeb: testbed.ServiceWeb, PathAPI: APIDeployment}}
-	if out.ProxyPod, err = c.waitReady(ctx, GatewayProxy, 1); err != nil {
-		return nil, err
-	}
-	if _, err := c.waitReady(ctx, APIDeployment, int(opt.APIReplicas)); err != nil {
-		return nil, err
-	}
-	if err := c.waitLBAnswers(ctx, out.LB); err != nil {
+		node: opt.Node, dir: opt.Dir, lbIP: GatewayLBIP}
+	out, err := c.runProxy(ctx, proxy, routes, opt.APIReplicas)
+	if err != nil {
 		return nil, err
 	}
 	return out, publishGatewayStatus(ctx, dyn)

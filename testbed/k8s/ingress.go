@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -70,20 +69,8 @@ type Ingress struct {
 // Ingress's status. It returns once the proxy and api's pods are ready.
 // Only with the kubelet stand-in.
 func (c *Cluster) UpIngress(ctx context.Context, opt IngressOptions) (*Ingress, error) {
-	if c.Kubelet == nil {
-		return nil, errors.New("ingress: needs the kubelet stand-in (not RealNodes)")
-	}
-	if opt.Dir == "" {
-		return nil, errors.New("ingress: IngressOptions.Dir is required")
-	}
-	if _, err := exec.LookPath("nginx"); err != nil {
-		return nil, fmt.Errorf("ingress: nginx not found (apt-get install nginx; scripts/setup.sh installs it): %w", err)
-	}
-	if opt.Node == 0 {
-		opt.Node = 1
-	}
-	if opt.APIReplicas == 0 {
-		opt.APIReplicas = 2
+	if err := c.proxyDefaults("ingress", &opt); err != nil {
+		return nil, err
 	}
 	if err := c.createAPI(ctx, opt.APIReplicas); err != nil {
 		return nil, err
@@ -92,27 +79,10 @@ func (c *Cluster) UpIngress(ctx context.Context, opt IngressOptions) (*Ingress, 
 	if err != nil {
 		return nil, err
 	}
-	conf, err := c.nginxConf(ctx, ingressRoutes(ing), opt.Dir)
-	if err != nil {
-		return nil, err
-	}
 	proxy := nginxProxy{name: IngressProxy, labels: map[string]string{"app.kubernetes.io/name": "ingress-nginx"},
-		node: opt.Node, dir: opt.Dir, conf: conf, lbIP: IngressLBIP}
-	if err := c.createProxy(ctx, proxy); err != nil {
-		return nil, err
-	}
-	if err := c.TB.RouteLBIP(IngressLBIP); err != nil {
-		return nil, err
-	}
-	out := &Ingress{LB: netip.AddrPortFrom(IngressLBIP, 80),
-		Backends: map[string]string{PathWeb: testbed.ServiceWeb, PathAPI: APIDeployment}}
-	if out.ProxyPod, err = c.waitReady(ctx, IngressProxy, 1); err != nil {
-		return nil, err
-	}
-	if _, err := c.waitReady(ctx, APIDeployment, int(opt.APIReplicas)); err != nil {
-		return nil, err
-	}
-	if err := c.waitLBAnswers(ctx, out.LB); err != nil {
+		node: opt.Node, dir: opt.Dir, lbIP: IngressLBIP}
+	out, err := c.runProxy(ctx, proxy, ingressRoutes(ing), opt.APIReplicas)
+	if err != nil {
 		return nil, err
 	}
 	ing.Status.LoadBalancer.Ingress = []networkingv1.IngressLoadBalancerIngress{{IP: IngressLBIP.String()}}
@@ -120,6 +90,54 @@ func (c *Cluster) UpIngress(ctx context.Context, opt IngressOptions) (*Ingress, 
 		return nil, fmt.Errorf("ingress: publish status of %s: %w", IngressName, err)
 	}
 	return out, nil
+}
+
+// proxyDefaults checks what an nginx proxy needs and fills opt's defaults.
+func (c *Cluster) proxyDefaults(what string, opt *IngressOptions) error {
+	if c.Kubelet == nil {
+		return fmt.Errorf("%s: needs the kubelet stand-in (not RealNodes)", what)
+	}
+	if opt.Dir == "" {
+		return fmt.Errorf("%s: IngressOptions.Dir is required", what)
+	}
+	if _, err := exec.LookPath("nginx"); err != nil {
+		return fmt.Errorf("%s: nginx not found (apt-get install nginx; scripts/setup.sh installs it): %w", what, err)
+	}
+	if opt.Node == 0 {
+		opt.Node = 1
+	}
+	if opt.APIReplicas == 0 {
+		opt.APIReplicas = 2
+	}
+	return nil
+}
+
+// runProxy renders routes into nginx's configuration, runs the proxy pod
+// behind its LoadBalancer Service, routes its LB IP to the cluster and
+// waits until the proxy and api's replicas are ready and the LB IP answers.
+func (c *Cluster) runProxy(ctx context.Context, p nginxProxy, routes []proxyRoute, apiReplicas int32) (*Ingress, error) {
+	conf, err := c.nginxConf(ctx, routes, p.dir)
+	if err != nil {
+		return nil, err
+	}
+	p.conf = conf
+	if err := c.createProxy(ctx, p); err != nil {
+		return nil, err
+	}
+	if err := c.TB.RouteLBIP(p.lbIP); err != nil {
+		return nil, err
+	}
+	out := &Ingress{LB: netip.AddrPortFrom(p.lbIP, 80), Backends: map[string]string{}}
+	for _, r := range routes {
+		out.Backends[r.path] = r.service
+	}
+	if out.ProxyPod, err = c.waitReady(ctx, p.name, 1); err != nil {
+		return nil, err
+	}
+	if _, err := c.waitReady(ctx, APIDeployment, int(apiReplicas)); err != nil {
+		return nil, err
+	}
+	return out, c.waitLBAnswers(ctx, out.LB)
 }
 
 // createAPI creates Deployment api (the stand-in's pod servers) and its

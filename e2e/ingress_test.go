@@ -275,10 +275,6 @@ func TestIngressHotBackendAndRegression(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(col.Stop)
-	if _, err := c.Client.CoreV1().Services(k8s.Namespace).Patch(ctx, k8s.WebDeployment, types.StrategicMergePatchType,
-		[]byte(`{"spec":{"sessionAffinity":"ClientIP"}}`), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	ing, err := c.UpIngress(ctx, k8s.IngressOptions{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -302,7 +298,19 @@ func TestIngressHotBackendAndRegression(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// First spread (no affinity yet), so every web pod has connections in
+	// the imbalance window and the hot one stands out against the others;
+	// then ClientIP affinity, and the proxy's one address sticks to a pod.
+	traffic(20)
+	if _, err := c.Client.CoreV1().Services(k8s.Namespace).Patch(ctx, k8s.WebDeployment, types.StrategicMergePatchType,
+		[]byte(`{"spec":{"sessionAffinity":"ClientIP"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // kube-proxy resyncs after the Service change
+	spread := answered
+	answered = map[string]int{}
 	traffic(60)
+	t.Logf("before affinity the proxy's requests spread %v", spread)
 	if len(answered) != 1 {
 		t.Fatalf("with ClientIP affinity the proxy's requests reached %v, want one pod", answered)
 	}
@@ -310,6 +318,7 @@ func TestIngressHotBackendAndRegression(t *testing.T) {
 	for p := range answered {
 		hot = p
 	}
+	hotN := answered[hot]
 	wait := func(what string, ok func([]otlpsink.Point) bool) {
 		t.Helper()
 		if !waitFor(t, 40*time.Second, func() bool { return ok(sink.Points()) }) {
@@ -349,7 +358,7 @@ func TestIngressHotBackendAndRegression(t *testing.T) {
 	})
 	after := podRS(t, c)
 	mean := ingressMeanByPod(sink.Points(), k8s.Namespace+"/"+k8s.IngressName)
-	t.Logf("hot backend %s (%d of %d requests before the rollout); mean latency behind the proxy per pod %v", hot, answered[hot], 60, mean)
+	t.Logf("hot backend %s (%d of 60 requests after affinity); mean latency behind the proxy per pod %v", hot, hotN, mean)
 	for pod, m := range mean {
 		_, isOld := before[pod]
 		_, isNew := after[pod]

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -49,6 +50,26 @@ func natNetns(t *testing.T) string {
 	return "/var/run/netns/" + name
 }
 
+// runListener runs a Listener on ns until the test ends and returns it
+// with a function listing the entries it reported so far.
+func runListener(t *testing.T, ns string) (*Listener, func() []Entry) {
+	t.Helper()
+	var mu sync.Mutex
+	var got []Entry
+	l := New(Config{Netns: ns}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx, func(e *Entry) { mu.Lock(); got = append(got, *e); mu.Unlock() }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	time.Sleep(200 * time.Millisecond) // let it subscribe
+	return l, func() []Entry { mu.Lock(); defer mu.Unlock(); return slices.Clone(got) }
+}
+
 // serveAndClose listens on the DNAT target (127.0.0.1:8080) in ns and
 // closes every connection it accepts, until the test ends.
 func serveAndClose(t *testing.T, ns string) {
@@ -80,19 +101,7 @@ func TestListenerReportsDNAT(t *testing.T) {
 	}
 	defer before.Close()
 
-	var mu sync.Mutex
-	var got []Entry
-	l := New(Config{Netns: ns}, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx, func(e *Entry) { mu.Lock(); got = append(got, *e); mu.Unlock() }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	time.Sleep(200 * time.Millisecond) // let it subscribe
+	l, entries := runListener(t, ns)
 
 	var after net.Conn
 	if err := netns.Do(ns, func() (err error) { after, err = net.Dial("tcp4", "10.99.0.1:80"); return }); err != nil {
@@ -102,9 +111,7 @@ func TestListenerReportsDNAT(t *testing.T) {
 
 	find := func(local net.Addr, dumped bool) (Entry, bool) {
 		src := netip.MustParseAddrPort(local.String())
-		mu.Lock()
-		defer mu.Unlock()
-		for _, e := range got {
+		for _, e := range entries() {
 			if e.Original.Src == src && e.Dumped == dumped && e.Type == EntryNew {
 				return e, true
 			}
@@ -119,7 +126,7 @@ func TestListenerReportsDNAT(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("entries missing: dumped=%v event=%v; got %+v", ok1, ok2, got)
+			t.Fatalf("entries missing: dumped=%v event=%v; got %+v", ok1, ok2, entries())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -202,19 +209,7 @@ func TestPortRemapIsNotSNAT(t *testing.T) {
 		}
 	}()
 
-	var mu sync.Mutex
-	var got []Entry
-	l := New(Config{Netns: ns}, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx, func(e *Entry) { mu.Lock(); got = append(got, *e); mu.Unlock() }) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	time.Sleep(200 * time.Millisecond) // let it subscribe
+	_, entries := runListener(t, ns)
 
 	// Both sockets bind the same source: SO_REUSEADDR lets two
 	// non-listening TCP sockets share it.
@@ -252,15 +247,13 @@ func TestPortRemapIsNotSNAT(t *testing.T) {
 	var e Entry
 	deadline := time.Now().Add(5 * time.Second)
 	for found := false; !found; {
-		mu.Lock()
-		for _, g := range got {
+		for _, g := range entries() {
 			if g.Type == EntryNew && g.Original.Src == src && g.Original.Dst == netip.MustParseAddrPort("10.99.0.1:80") {
 				e, found = g, true
 			}
 		}
-		mu.Unlock()
 		if !found && time.Now().After(deadline) {
-			t.Fatalf("no entry for %v → 10.99.0.1:80; got %+v", src, got)
+			t.Fatalf("no entry for %v → 10.99.0.1:80; got %+v", src, entries())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -16,30 +16,39 @@ import (
 	"github.com/lbpath/lbpath/testbed/nodeagents"
 )
 
+// kernelCostCluster is the kernel-cost benchmarks' set-up: BPF run-time
+// statistics on, an nftables/Cluster testbed (LB via node1) and an agent
+// per node; all undone when b ends.
+func kernelCostCluster(b *testing.B, prefix string) (*testbed.Cluster, *nodeagents.Set) {
+	b.Helper()
+	needCluster(b)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable bpf stats: %v", err)
+	}
+	b.Cleanup(func() { stats.Close() })
+	cl, err := testbed.Up(context.Background(), testbed.Options{Prefix: prefix, Mode: testbed.ModeNFTables, Policy: testbed.PolicyCluster})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cl.Down() })
+	set, err := nodeagents.Start(cl, nodeagents.Options{Flow: flow.Config{JoinWait: 200 * time.Millisecond}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { set.Stop() })
+	cl.RouteLB(1)
+	return cl, set
+}
+
 // BenchmarkKernelCostPerEvent measures what each eBPF program costs per run
 // under real testbed traffic (kernel.bpf_stats_enabled: run_time_ns /
 // run_cnt), and per connection. Each b.N is one HTTP request on a fresh
 // connection through the LB IP with Cluster policy (DNAT + SNAT, half of
 // them cross-node).
 func BenchmarkKernelCostPerEvent(b *testing.B) {
-	needCluster(b)
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		b.Fatalf("enable bpf stats: %v", err)
-	}
-	defer stats.Close()
 	ctx := context.Background()
-	cl, err := testbed.Up(ctx, testbed.Options{Prefix: "lbk", Mode: testbed.ModeNFTables, Policy: testbed.PolicyCluster})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cl.Down()
-	set, err := nodeagents.Start(cl, nodeagents.Options{Flow: flow.Config{JoinWait: 200 * time.Millisecond}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer set.Stop()
-	cl.RouteLB(1)
+	cl, set := kernelCostCluster(b, "lbk")
 	// One agent's programs are enough: each agent's copy runs on every event.
 	before, _ := set.Agents[0].Capture().ProgramStats()
 	b.ResetTimer()

@@ -1,19 +1,9 @@
 package e2e
 
 import (
-	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"testing"
-	"time"
-
-	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
-
-	"github.com/lbpath/lbpath/agent/flow"
-	"github.com/lbpath/lbpath/testbed"
-	"github.com/lbpath/lbpath/testbed/nodeagents"
 )
 
 // BenchmarkKernelCostKeptAlive is BenchmarkKernelCostPerEvent for the
@@ -22,24 +12,7 @@ import (
 // read/write hooks run; the connection's own open and close fall outside
 // the measured window.
 func BenchmarkKernelCostKeptAlive(b *testing.B) {
-	needCluster(b)
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		b.Fatalf("enable bpf stats: %v", err)
-	}
-	defer stats.Close()
-	ctx := context.Background()
-	cl, err := testbed.Up(ctx, testbed.Options{Prefix: "lbka", Mode: testbed.ModeNFTables, Policy: testbed.PolicyCluster})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cl.Down()
-	set, err := nodeagents.Start(cl, nodeagents.Options{Flow: flow.Config{JoinWait: 200 * time.Millisecond}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer set.Stop()
-	cl.RouteLB(1)
+	cl, set := kernelCostCluster(b, "lbka")
 	hc := cl.HTTPClient(cl.Client.Netns, true)
 	url := "http://" + cl.Web().LoadBalancerAddr().String() + "/"
 	get := func() {

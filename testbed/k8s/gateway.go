@@ -57,9 +57,9 @@ var (
 // real CRDs, GatewayClass testbed-nginx, Gateway shop-gw, HTTPRoute shop
 // (PathWeb → web, PathAPI → api), and as the Gateway's data plane a real
 // nginx pod (label GatewayNameLabel) behind a LoadBalancer Service. No
-// Gateway controller runs here (the ones served by the module proxy are
-// far too large to build in CI's time), so UpGateway does a controller's
-// part itself: it renders nginx's configuration from the HTTPRoute, and
+// Gateway controller runs here (Traefik v3.7.13, served by the module
+// proxy, is a large build not tried: CI's cold time is already over its
+// budget), so UpGateway does a controller's part itself: it renders nginx's configuration from the HTTPRoute, and
 // writes the Gateway's status.addresses (the LB IP) and conditions and the
 // HTTPRoute's parent status, as an implementation would. Everything lbpath
 // reads — the objects, their status, the pods, the Services, the traffic —
